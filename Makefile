@@ -1,0 +1,18 @@
+# ssdlab: the course and its checks. Every target first installs the project when it is missing.
+PYTHON ?= python
+PROFILE ?= $(or $(SSDLAB_PROFILE),full)
+
+.PHONY: install tour test lab
+
+install:
+	@$(PYTHON) -c "import importlib.metadata as m; m.version('ssdlab')" 2>/dev/null || \
+		$(PYTHON) -m pip install -e ".[dev]"
+
+tour: install  ## run the whole course headless on built-in data (SSDLAB_PROFILE=smoke for a one-minute run)
+	SSDLAB_PROFILE=$(PROFILE) $(PYTHON) -m ssdlab tour
+
+test: install  ## every test: unit tests, then the notebooks through nbval (smoke profile)
+	SSDLAB_PROFILE=smoke $(PYTHON) -m pytest -q
+
+lab: install  ## open the course notebooks in JupyterLab
+	$(PYTHON) -m jupyter lab notebooks/

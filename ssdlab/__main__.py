@@ -1,0 +1,68 @@
+"""`python -m ssdlab COMMAND`: data, train, eval, demo, info, tour (flags as in the seed)."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ssdlab.errors import SSDLabError
+
+
+def _config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """--config-file and trailing KEY VALUE overrides, as in the seed."""
+    parser.add_argument("--config-file", required=required, metavar="FILE", help="YAML recipe")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="config overrides, e.g. SOLVER.MAX_ITER 1000")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface."""
+    parser = argparse.ArgumentParser(prog="python -m ssdlab", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="generate the built-in synthetic dataset")
+    data.add_argument("kind", choices=["shapes"])
+    data.add_argument("--out", required=True, type=Path, help="folder to write")
+    data.add_argument("--train", type=int, default=4000, help="training images")
+    data.add_argument("--val", type=int, default=500, help="validation images")
+    data.add_argument("--seed", type=int, default=0)
+
+    train = sub.add_parser("train", help="train (resumes from OUTPUT_DIR/last_checkpoint)")
+    train.add_argument("--fresh", action="store_true", help="ignore OUTPUT_DIR/last_checkpoint")
+    _config_args(train)
+
+    evaluate = sub.add_parser("eval", help="VOC mAP and COCO AP of a checkpoint on DATASETS.TEST")
+    evaluate.add_argument("--ckpt", help="checkpoint (default: OUTPUT_DIR/last_checkpoint)")
+    _config_args(evaluate, required=False)
+
+    demo = sub.add_parser("demo", help="draw detections on images and time them")
+    demo.add_argument("--ckpt", required=True)
+    demo.add_argument("--images", required=True, type=Path, help="folder of .jpg/.png images")
+    demo.add_argument("--out", required=True, type=Path, help="folder for the drawn images")
+    demo.add_argument("--score-threshold", type=float, default=0.4)
+    _config_args(demo, required=False)
+
+    info = sub.add_parser("info", help="layer table, params, MACs, size and priors of a model")
+    info.add_argument("--ckpt", help="describe this checkpoint instead of a fresh model")
+    _config_args(info, required=False)
+
+    sub.add_parser("tour", help="the whole course headless on built-in data (SSDLAB_PROFILE=smoke: ~1 min)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; user errors print one clear line and exit with status 2."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from ssdlab import commands
+
+    try:
+        return getattr(commands, f"cmd_{args.command}")(args) or 0
+    except SSDLabError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""The CLI commands: each turns parsed arguments into library calls and prints the result."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ssdlab.config import CfgNode, load_config, merge_overrides
+from ssdlab.engine import checkpoint as ckpt
+from ssdlab.engine import distributed as dist
+from ssdlab.errors import CheckpointError, ConfigError
+
+
+def _opts(args: argparse.Namespace) -> list[str]:
+    """Trailing KEY VALUE overrides (argparse may keep a leading '--')."""
+    return [o for o in (args.opts or []) if o != "--"]
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    """Generate the shapes dataset."""
+    from ssdlab.data.shapes import generate_shapes
+
+    out = generate_shapes(args.out, n_train=args.train, n_val=args.val, seed=args.seed)
+    print(f"shapes dataset ready in {out} ({args.train} train, {args.val} val images)")
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    """Train a recipe; under torchrun every process runs this."""
+    from ssdlab.engine.train import train
+
+    cfg = load_config(args.config_file, _opts(args))
+    result = train(cfg, resume=not args.fresh)
+    if dist.is_main():
+        state = "finished" if result.finished else "stopped (run the same command to resume)"
+        print(f"training {state} at iteration {result.iteration}: {result.checkpoint}")
+        _print_metrics(result.metrics)
+    dist.cleanup()
+
+
+def _print_metrics(metrics: dict) -> None:
+    """One line per metric family."""
+    if metrics:
+        print(f"{metrics['voc_metric']}: {metrics['voc_map']:.4f}")
+        print("COCO " + "  ".join(f"{k} {v:.4f}" for k, v in metrics["coco"].items()))
+
+
+def checkpoint_and_config(args: argparse.Namespace) -> tuple[Path, dict, CfgNode]:
+    """The checkpoint to use and the config to run it with (recipe + overrides, or the stored one)."""
+    path = Path(args.ckpt) if getattr(args, "ckpt", None) else None
+    if path is None:
+        if not args.config_file:
+            raise ConfigError("give --ckpt, or --config-file whose OUTPUT_DIR holds last_checkpoint")
+        cfg = load_config(args.config_file, _opts(args))
+        path = ckpt.last_checkpoint(cfg.OUTPUT_DIR)
+        if path is None:
+            raise CheckpointError(f"no checkpoint in {cfg.OUTPUT_DIR} (no last_checkpoint file); "
+                                  "train first or pass --ckpt")
+    state = ckpt.read_checkpoint(path)
+    cfg = ckpt.checkpoint_config(state, str(path)).clone()
+    if args.config_file:
+        recipe = load_config(args.config_file, freeze=False)
+        for section in ("DATASETS", "TEST", "DATA_LOADER"):
+            cfg[section] = recipe[section]
+    merge_overrides(cfg, _opts(args))
+    return path, state, cfg.freeze()
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    """Evaluate a checkpoint on DATASETS.TEST (VOC and COCO metrics)."""
+    from ssdlab.engine.evaluate import format_ap_table
+    from ssdlab.engine.inference import evaluate_model
+    from ssdlab.engine.train import datasets
+
+    path, state, cfg = checkpoint_and_config(args)
+    device = dist.local_device(cfg.MODEL.DEVICE)
+    dist.init_distributed(device)
+    model = ckpt.model_from_checkpoint(state, str(path)).to(device)
+    result = evaluate_model(model, datasets(cfg, is_train=False), cfg, device,
+                            coco_json=path.with_suffix(".coco_results.json"))
+    if dist.is_main():
+        print(format_ap_table(result["voc"]))
+        print(result["coco"]["summary"])
+        _print_metrics({"voc_map": result["voc_map"], "voc_metric": result["voc"]["metric"],
+                        "coco": {k: result["coco"][k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}})
+    dist.cleanup()
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    """Draw detections on every image of a folder; print objects, ms and FPS per image."""
+    from ssdlab.engine.demo import run_demo
+
+    path, state, cfg = checkpoint_and_config(args)
+    model = ckpt.model_from_checkpoint(state, str(path))
+    for row in run_demo(model, cfg, args.images, args.out, args.score_threshold):
+        print(f"{row['image']}: {row['objects']} objects, {row['ms']:.1f} ms ({row['fps']:.1f} FPS) "
+              f"-> {row['out']}")
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    """Print the layer table and totals of a recipe's model or a checkpoint's."""
+    from ssdlab.engine.profile import layer_table, summary
+    from ssdlab.model.ssd import SSD
+
+    if args.ckpt:
+        model = ckpt.load(args.ckpt)
+        cfg = model.cfg
+    else:
+        cfg = load_config(args.config_file, _opts(args))
+        model = SSD(cfg)
+    size = cfg.INPUT.IMAGE_SIZE
+    print(f"{'idx':>4} {'type':<16} {'output':<18} {'params':>10} {'MACs':>14}")
+    for row in layer_table(model, size):
+        shape = "x".join(str(d) for d in row["shape"]) if row["shape"] else "-"
+        print(f"{row['index']:>4} {row['type']:<16} {shape:<18} {row['params']:>10,} {row['macs']:>14,}")
+    totals = summary(model, size)
+    print(f"params {totals['params']:,} ({totals['params'] / 2 ** 20:.2f} M = params/2^20)  "
+          f"MACs {totals['macs'] / 1e6:.1f} M  size {totals['size_mib']:.2f} MiB  "
+          f"priors {totals['priors']}  input {size}x{size}")
+    print(json.dumps({"params": totals["params"], "macs": totals["macs"], "size_mib": round(totals["size_mib"], 4),
+                      "priors": totals["priors"]}))
+
+
+def cmd_tour(args: argparse.Namespace) -> None:
+    """The course headless: data, training, evaluation, demo, summary."""
+    from ssdlab.tour import run_tour
+
+    print(run_tour())

@@ -1,0 +1,317 @@
+"""Configuration: defaults for every key, YAML recipes and trailing KEY VALUE overrides.
+
+The key names are the seed's (lufficc/SSD style) so its users feel at home:
+
+    cfg = load_config("ssdlab/configs/course/plain_shapes.yaml", ["SOLVER.MAX_ITER", "100"])
+    cfg.SOLVER.MAX_ITER  # -> 100 (typed from the default)
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import difflib
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from ssdlab.errors import ConfigError
+
+PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+class CfgNode(dict):
+    """A dict with attribute access that can be frozen against accidental edits."""
+
+    def __init__(self, init: dict | None = None):
+        super().__init__()
+        object.__setattr__(self, "_frozen", False)
+        for key, value in (init or {}).items():
+            self[key] = CfgNode(value) if isinstance(value, dict) else value
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if self._frozen:
+            raise ConfigError(f"config is frozen; cannot set {name!r} (use cfg.clone() first)")
+        self[name] = value
+
+    def freeze(self) -> "CfgNode":
+        """Make this node and its children read-only (attribute writes raise)."""
+        object.__setattr__(self, "_frozen", True)
+        for value in self.values():
+            if isinstance(value, CfgNode):
+                value.freeze()
+        return self
+
+    def clone(self) -> "CfgNode":
+        """A deep, unfrozen copy."""
+        return CfgNode(copy.deepcopy(self.to_dict()))
+
+    def to_dict(self) -> dict:
+        """Plain nested dicts and lists (safe for YAML, JSON and torch.save)."""
+        return {k: v.to_dict() if isinstance(v, CfgNode) else copy.deepcopy(v) for k, v in self.items()}
+
+    def dump(self) -> str:
+        """The config as YAML text."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _defaults() -> dict:
+    """Every key ssdlab knows, with its default value (the seed's where it had one)."""
+    return {
+        "MODEL": {
+            "META_ARCHITECTURE": "SSDDetector",
+            "DEVICE": "auto",  # auto = cuda when present, else cpu
+            "THRESHOLD": 0.5,  # IoU for a prior to match a ground-truth box
+            "NUM_CLASSES": 21,  # including background
+            "NEG_POS_RATIO": 3,
+            "CENTER_VARIANCE": 0.1,
+            "SIZE_VARIANCE": 0.2,
+            "FINE_TUNE": False,  # start from MODEL.WEIGHTS (another ssdlab checkpoint)
+            "WEIGHTS": "",
+            "BACKBONE": {
+                "NAME": "cfg_backbone",
+                "OUT_CHANNELS": [512, 1024, 512, 256, 256, 256],  # informative; taken from the cfg
+                "PRETRAINED": False,  # load ImageNet weights into the layers up to backbone=1
+                "CFG": "vgg_bn_ssd300.cfg",
+                "WEIGHTS": "",  # torchvision ImageNet state dict; default: torch hub cache
+            },
+            "PRIORS": {
+                "FEATURE_MAPS": [38, 19, 10, 5, 3, 1],
+                "STRIDES": [8, 16, 32, 64, 100, 300],
+                "MIN_SIZES": [30, 60, 111, 162, 213, 264],
+                "MAX_SIZES": [60, 111, 162, 213, 264, 315],
+                "ASPECT_RATIOS": [[2], [2, 3], [2, 3], [2, 3], [2], [2]],
+                "BOXES_PER_LOCATION": [4, 6, 6, 6, 4, 4],
+                "CLIP": True,
+            },
+            "BOX_HEAD": {
+                "NAME": "SSDBoxHead",
+                "PREDICTOR": "SSDBoxPredictor",  # or SSDLiteBoxPredictor
+            },
+        },
+        "INPUT": {
+            "IMAGE_SIZE": 300,
+            "PIXEL_MEAN": [123, 117, 104],  # RGB, subtracted; no division by std
+            "CHANNELS": 3,
+        },
+        "DATASETS": {
+            "TRAIN": [],  # names (voc_2007_trainval, coco_2014_train, ...) or paths (.data file, shapes folder)
+            "TEST": [],
+            "CACHE": True,  # keep decoded images in memory (small datasets)
+        },
+        "DATA_LOADER": {
+            "NUM_WORKERS": 2,
+            "PIN_MEMORY": True,
+        },
+        "SOLVER": {
+            "MAX_ITER": 120000,
+            "LR_STEPS": [80000, 100000],
+            "GAMMA": 0.1,
+            "BATCH_SIZE": 32,
+            "LR": 1e-3,
+            "MOMENTUM": 0.9,
+            "WEIGHT_DECAY": 5e-4,
+            "WARMUP_FACTOR": 1.0 / 3,
+            "WARMUP_ITERS": 500,
+            "OPTIMIZER": "SGD",  # SGD | AdamW
+            "SCHEDULER": "multistep",  # multistep | cosine
+            "SEED": 0,
+            "NUM_THREADS": 0,  # 0 = all physical cores
+            "LOG_PERIOD": 10,
+            "EVAL_PERIOD": 0,  # 0 = only at the end
+            "CHECKPOINT_PERIOD": 2500,
+            "KEEP_LAST": 3,
+            "CHANNELS_LAST": False,
+            "AUGMENT": True,
+        },
+        "TEST": {
+            "NMS_THRESHOLD": 0.45,
+            "CONFIDENCE_THRESHOLD": 0.01,
+            "MAX_PER_CLASS": -1,
+            "MAX_PER_IMAGE": 100,
+            "BATCH_SIZE": 10,
+            "BN_FUSE": False,
+            "USE_07_METRIC": False,  # VOC AP: False = area under the envelope, True = 11-point
+        },
+        "PRUNE": {
+            "TYPE": "no",  # no | normal | shortcut
+            "SR": 0.001,
+            "SR_SCHEDULE": "constant",  # constant | step
+            "SR_STEP_AT": 0.5,  # step: fraction of MAX_ITER after which SR is scaled
+            "SR_STEP_FACTOR": 0.1,
+            "ROUND_TO": 8,
+        },
+        "QUANTIZATION": {
+            "TYPE": "no",  # no | dorefa | IAO | BWN
+            "WBITS": 8,
+            "ABITS": 8,
+            "FINAL": False,  # also quantize the prediction heads
+            "DOREFA_ACT_SCALE": 0.1,
+            "IAO_MODE": "symmetric",  # symmetric | asymmetric
+            "FREEZE_OBSERVER_ITER": -1,
+            "FREEZE_BN_ITER": -1,
+        },
+        "OUTPUT_DIR": "outputs",
+    }
+
+
+def get_default_config() -> CfgNode:
+    """A fresh, unfrozen config holding every default."""
+    return CfgNode(_defaults())
+
+
+def _closest(key: str, choices: Iterable[str]) -> str:
+    """A 'did you mean' hint for an unknown key."""
+    match = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.4)
+    return f"; did you mean {match[0]!r}?" if match else ""
+
+
+def _all_keys(node: dict, prefix: str = "") -> list[str]:
+    """Every dotted key below node."""
+    keys = []
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        if isinstance(value, dict):
+            keys += _all_keys(value, full + ".")
+    return keys
+
+
+def _coerce(value: Any, default: Any, key: str, where: str) -> Any:
+    """Convert value (from YAML or the command line) to the type of the default."""
+    bad = ConfigError(f"{where}: {key} = {value!r} should be a {type(default).__name__} like {default!r}")
+    if isinstance(value, str) and not isinstance(default, str):
+        value = _parse_text(value, default, bad)
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if value in (0, 1):
+            return bool(value)
+        raise bad
+    if isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise bad
+    if isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise bad
+    if isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            return [list(v) if isinstance(v, tuple) else v for v in value]
+        raise bad
+    if isinstance(default, str):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    return value
+
+
+def _parse_text(text: str, default: Any, bad: ConfigError) -> Any:
+    """Parse a command-line or quoted-YAML string as a Python/YAML literal."""
+    if isinstance(default, bool) and text.lower() in ("true", "false", "yes", "no", "on", "off"):
+        return text.lower() in ("true", "yes", "on")
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise bad from None
+
+
+def merge_dict(cfg: CfgNode, update: dict, where: str, prefix: str = "") -> None:
+    """Merge a nested dict into cfg, checking every key and typing every value."""
+    for key, value in update.items():
+        full = f"{prefix}{key}"
+        if key not in cfg:
+            raise ConfigError(f"{where}: unknown key {full!r}{_closest(full, _all_keys(get_default_config()))}")
+        if isinstance(cfg[key], CfgNode):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: {full} is a section; give it keys, not {value!r}")
+            merge_dict(cfg[key], value, where, full + ".")
+        else:
+            cfg[key] = _coerce(value, cfg[key], full, where)
+
+
+def merge_overrides(cfg: CfgNode, opts: list[str], where: str = "command line") -> None:
+    """Apply trailing 'KEY VALUE KEY VALUE ...' overrides."""
+    if len(opts) % 2:
+        raise ConfigError(f"{where}: overrides come in KEY VALUE pairs; {opts[-1]!r} has no value")
+    for key, text in zip(opts[0::2], opts[1::2]):
+        node, parts = cfg, key.split(".")
+        for i, part in enumerate(parts):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"{where}: unknown key {key!r}{_closest(key, _all_keys(get_default_config()))}")
+            if i < len(parts) - 1:
+                node = node[part]
+        if isinstance(node[parts[-1]], CfgNode):
+            raise ConfigError(f"{where}: {key} is a section; name one of its keys")
+        node[parts[-1]] = _coerce(text, node[parts[-1]], key, where)
+
+
+def read_yaml(path: Path) -> dict:
+    """Load a YAML recipe with safe_load; errors name the file."""
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist; pass an existing --config-file "
+                          f"(recipes ship in {PACKAGE_CONFIGS})")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (MODEL:, SOLVER:, ...)")
+    return data
+
+
+def resolve_file(name: str, base: Path | None = None, subdir: str = "backbones") -> Path:
+    """Find a file given as absolute, relative to cwd, to base, or shipped in ssdlab/configs/<subdir>."""
+    path = Path(name).expanduser()
+    candidates = [path] if path.is_absolute() else [
+        Path.cwd() / path,
+        *([base / path] if base else []),
+        PACKAGE_CONFIGS / path,
+        PACKAGE_CONFIGS / subdir / path.name,
+    ]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    tried = ", ".join(str(c) for c in candidates)
+    raise ConfigError(f"cannot find {name!r} (looked in: {tried})")
+
+
+def load_config(config_file: str | Path | None = None, opts: list[str] | None = None,
+                freeze: bool = True) -> CfgNode:
+    """Defaults, then the YAML recipe, then KEY VALUE overrides; the backbone cfg path is resolved."""
+    cfg = get_default_config()
+    base = None
+    if config_file:
+        path = Path(config_file)
+        if not path.is_file():
+            try:
+                path = resolve_file(str(config_file), subdir="course")
+            except ConfigError:
+                read_yaml(path)  # raises the 'does not exist' message
+        merge_dict(cfg, read_yaml(path), where=str(path))
+        base = path.resolve().parent
+    merge_overrides(cfg, list(opts or []))
+    cfg.MODEL.BACKBONE.CFG = str(resolve_file(cfg.MODEL.BACKBONE.CFG, base))
+    return cfg.freeze() if freeze else cfg
+
+
+def config_from_dict(data: dict) -> CfgNode:
+    """Rebuild a config saved in a checkpoint (unknown keys are ignored errors, not silently kept)."""
+    cfg = get_default_config()
+    merge_dict(cfg, data, where="checkpoint config")
+    return cfg.freeze()

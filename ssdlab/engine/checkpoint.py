@@ -1,0 +1,127 @@
+"""Self-describing checkpoints: one .pt file that rebuilds its model, written atomically.
+
+A checkpoint is a dict of plain types and tensors (so `torch.load(weights_only=True)` reads it):
+    format, version, model (state dict), cfg_text (backbone .cfg), config (resolved), class_names,
+    iteration, metrics, and for resuming: optimizer, scheduler, rng.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ssdlab.config import CfgNode, config_from_dict
+from ssdlab.errors import CheckpointError, ConfigError
+
+FORMAT = "ssdlab-checkpoint"
+VERSION = 1
+
+
+def make_checkpoint(model: nn.Module, iteration: int = 0, metrics: dict | None = None,
+                    **training_state: Any) -> dict:
+    """The checkpoint dict of a model (plus optional optimizer/scheduler/rng state)."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    return {"format": FORMAT, "version": VERSION,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "cfg_text": model.cfg_text, "config": model.cfg.to_dict(),
+            "class_names": list(model.class_names), "iteration": int(iteration),
+            "metrics": metrics or {}, **training_state}
+
+
+def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:
+    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """Load and validate an ssdlab checkpoint (weights_only=True)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; give the path of a .pt file "
+                              "written by `python -m ssdlab train` (see OUTPUT_DIR/last_checkpoint)")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a foreign or corrupt file
+        raise CheckpointError(f"{path} is not a readable ssdlab checkpoint ({type(err).__name__}: "
+                              f"{str(err).splitlines()[0][:200]})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an ssdlab checkpoint (no '{FORMAT}' marker); "
+                              "ssdlab loads only files written by ssdlab train/prune/quantize")
+    if checkpoint.get("version", 0) > VERSION:
+        raise CheckpointError(f"{path} was written by a newer ssdlab (format version "
+                              f"{checkpoint['version']}); upgrade ssdlab to read it")
+    return checkpoint
+
+
+def checkpoint_config(checkpoint: dict, where: str = "checkpoint") -> CfgNode:
+    """The resolved config stored in a checkpoint."""
+    try:
+        return config_from_dict(checkpoint["config"])
+    except ConfigError as err:
+        raise CheckpointError(f"{where}: its stored config does not fit this ssdlab: {err}") from None
+
+
+def load_state_checked(model: nn.Module, state: dict, where: str = "checkpoint") -> None:
+    """load_state_dict that names the first missing, unexpected or mis-shaped tensor."""
+    own = model.state_dict()
+    for key, tensor in state.items():
+        if key not in own:
+            raise CheckpointError(f"{where}: tensor {key!r} {tuple(tensor.shape)} has no place in the "
+                                  "model; the checkpoint was made for a different cfg")
+        if own[key].shape != tensor.shape:
+            raise CheckpointError(f"{where}: tensor {key!r} has shape {tuple(tensor.shape)} in the "
+                                  f"checkpoint but {tuple(own[key].shape)} in the model; "
+                                  "the checkpoint does not match this cfg")
+    missing = [key for key in own if key not in state]
+    if missing:
+        raise CheckpointError(f"{where}: the checkpoint lacks tensor {missing[0]!r} "
+                              f"{tuple(own[missing[0]].shape)} (and {len(missing) - 1} more)")
+    model.load_state_dict(state)
+
+
+def model_from_checkpoint(checkpoint: dict, where: str = "checkpoint") -> nn.Module:
+    """Rebuild the model a checkpoint describes and load its weights."""
+    from ssdlab.model.ssd import SSD
+
+    cfg = checkpoint_config(checkpoint, where)
+    model = SSD(cfg, cfg_text=checkpoint["cfg_text"], class_names=checkpoint.get("class_names"))
+    load_state_checked(model, checkpoint["model"], where)
+    model.metrics = dict(checkpoint.get("metrics", {}))
+    return model
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+    """A ready model (eval mode) from an ssdlab checkpoint: `model = ssdlab.load("model_final.pt")`."""
+    model = model_from_checkpoint(read_checkpoint(path), where=str(path))
+    return model.to(device).eval()
+
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    """The checkpoint named in OUTPUT_DIR/last_checkpoint, if any."""
+    marker = Path(output_dir) / "last_checkpoint"
+    if not marker.is_file():
+        return None
+    path = Path(output_dir) / marker.read_text().strip()
+    return path if path.is_file() else None
+
+
+def write_last_checkpoint(output_dir: str | Path, path: Path) -> None:
+    """Point OUTPUT_DIR/last_checkpoint at path (atomically)."""
+    marker = Path(output_dir) / "last_checkpoint"
+    tmp = marker.with_suffix(".tmp")
+    tmp.write_text(path.name + "\n")
+    os.replace(tmp, marker)

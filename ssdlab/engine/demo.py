@@ -1,0 +1,69 @@
+"""Detect objects in a folder of images, draw them and time each image."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+
+from ssdlab.config import CfgNode
+from ssdlab.data.transforms import build_transforms
+from ssdlab.errors import DataError
+from ssdlab.viz.draw import draw_detections
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+
+
+def image_files(folder: Path) -> list[Path]:
+    """The images of a folder, sorted; a DataError when there are none."""
+    if not folder.is_dir():
+        raise DataError(f"image folder {folder} does not exist")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DataError(f"{folder} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return files
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    """An image file as HxWx3 uint8 RGB; a DataError naming the file when unreadable."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, UnidentifiedImageError) as err:
+        raise DataError(f"cannot read image {path}: {err}") from None
+
+
+@torch.no_grad()
+def detect(model: nn.Module, image: np.ndarray, cfg: CfgNode, transform=None) -> dict:
+    """Detections on one RGB image, boxes in its own pixels."""
+    transform = transform or build_transforms(cfg, is_train=False)
+    tensor = transform(image, None, None)[0].unsqueeze(0)
+    device = next(model.parameters()).device
+    det = model(tensor.to(device))[0]
+    height, width = image.shape[:2]
+    scale = torch.tensor([width, height, width, height], dtype=torch.float32) / cfg.INPUT.IMAGE_SIZE
+    return {"boxes": det["boxes"].cpu() * scale, "labels": det["labels"].cpu(), "scores": det["scores"].cpu()}
+
+
+def run_demo(model: nn.Module, cfg: CfgNode, images: Path, out: Path, score_threshold: float = 0.4) -> list[dict]:
+    """Draw detections above score_threshold for every image in images/ into out/; one record per image."""
+    model.eval()
+    transform = build_transforms(cfg, is_train=False)
+    out.mkdir(parents=True, exist_ok=True)
+    records = []
+    for path in image_files(images):
+        image = read_rgb(path)
+        start = time.perf_counter()
+        det = detect(model, image, cfg, transform)
+        seconds = time.perf_counter() - start
+        keep = det["scores"] > score_threshold
+        drawn = draw_detections(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep],
+                                model.class_names)
+        target = out / (path.stem + ".png")
+        drawn.save(target)
+        records.append({"image": path.name, "objects": int(keep.sum()), "ms": seconds * 1000,
+                        "fps": 1 / seconds, "out": str(target)})
+    return records

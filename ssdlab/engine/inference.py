@@ -1,0 +1,61 @@
+"""Run a detector over a dataset (sharded across ranks, gathered on every rank) and score it."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ssdlab.config import CfgNode
+from ssdlab.data.loader import make_test_loader
+from ssdlab.engine import distributed as dist
+from ssdlab.engine.evaluate import evaluate_coco, evaluate_voc
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, dataset, cfg: CfgNode, device: torch.device | str = "cpu",
+            progress: bool = True) -> dict[int, dict]:
+    """Detections for every image of dataset, boxes in original-image pixels, keyed by index.
+
+    Under torchrun each rank predicts its share and the shares are gathered, so every rank
+    ends with the detections of the whole dataset.
+    """
+    model = getattr(model, "module", model)
+    was_training = model.training
+    model.eval()
+    size = cfg.INPUT.IMAGE_SIZE
+    mine: dict[int, dict] = {}
+    loader = make_test_loader(cfg, dataset, dist.rank(), dist.world_size())
+    for images, _targets, indices in tqdm(loader, desc="eval", disable=not (progress and dist.is_main()),
+                                          leave=False):
+        for index, det in zip(indices, model(images.to(device))):
+            info = dataset.get_img_info(index)
+            scale = torch.tensor([info["width"], info["height"]] * 2, dtype=torch.float32) / size
+            mine[index] = {"boxes": det["boxes"].cpu() * scale, "labels": det["labels"].cpu(),
+                           "scores": det["scores"].cpu()}
+    model.train(was_training)
+    merged: dict[int, dict] = {}
+    for part in dist.all_gather_object(mine):
+        merged.update(part)
+    return merged
+
+
+def score(dataset, predictions: dict[int, dict], cfg: CfgNode, coco_json: str | Path | None = None) -> dict:
+    """VOC mAP@0.5 (the configured AP definition) and COCO AP of predictions on dataset."""
+    voc = evaluate_voc(dataset, predictions, iou_threshold=0.5, use_07_metric=cfg.TEST.USE_07_METRIC)
+    coco = evaluate_coco(dataset, predictions, results_json=coco_json)
+    return {"voc": voc, "coco": coco, "voc_map": voc["map"], "coco_ap": coco["AP"]}
+
+
+def evaluate_model(model: nn.Module, dataset, cfg: CfgNode, device: torch.device | str = "cpu",
+                   coco_json: str | Path | None = None) -> dict:
+    """Predict on dataset and score the detections (every rank gets the same numbers)."""
+    predictions = predict(model, dataset, cfg, device)
+    result = score(dataset, predictions, cfg, coco_json if dist.is_main() else None)
+    log.info("%s = %.4f, %s = %.4f", result["voc"]["metric"], result["voc_map"],
+             result["coco"]["metric"], result["coco_ap"])
+    return result

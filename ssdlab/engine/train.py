@@ -1,0 +1,314 @@
+"""The training loop: iteration-based SGD with warm-up, checkpoints that resume, DDP, hooks.
+
+Two hooks let later lessons change training without touching this loop:
+- `after_backward(model, iteration)`: called after loss.backward() and before optimizer.step()
+  (sparse training adds the L1 subgradient on BN γ here);
+- `model_transform(model, cfg) -> model`: applied to the freshly built model before the
+  optimizer is made and before a checkpoint is resumed (quantization swaps layers here).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ssdlab.config import CfgNode
+from ssdlab.data.catalog import build_dataset
+from ssdlab.data.loader import make_train_loader
+from ssdlab.data.transforms import build_target_transform, build_transforms
+from ssdlab.engine import checkpoint as ckpt
+from ssdlab.engine import distributed as dist
+from ssdlab.engine.inference import evaluate_model
+from ssdlab.engine.schedule import build_optimizer, build_scheduler
+from ssdlab.errors import ConfigError
+from ssdlab.model.ssd import SSD
+
+log = logging.getLogger(__name__)
+
+AfterBackward = Callable[[nn.Module, int], None]
+ModelTransform = Callable[[nn.Module, CfgNode], nn.Module]
+# Keys that describe the network itself: a fine-tuned checkpoint's values win over the recipe's.
+ARCHITECTURE_KEYS = ("MODEL.NUM_CLASSES", "MODEL.PRIORS", "MODEL.BOX_HEAD", "INPUT.IMAGE_SIZE")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so the same seed gives the same numbers on CPU."""
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def default_threads() -> int:
+    """Cores available to this process, shared among the processes of this machine."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def scale_for_world(cfg: CfgNode, world: int) -> CfgNode:
+    """The seed's scaling for N processes: lr × N; MAX_ITER and LR_STEPS ÷ N (BATCH_SIZE is per process)."""
+    if world == 1:
+        return cfg
+    cfg = cfg.clone()
+    cfg.SOLVER.LR *= world
+    cfg.SOLVER.MAX_ITER = max(1, cfg.SOLVER.MAX_ITER // world)
+    cfg.SOLVER.LR_STEPS = [step // world for step in cfg.SOLVER.LR_STEPS]
+    return cfg.freeze()
+
+
+def datasets(cfg: CfgNode, is_train: bool, with_transforms: bool = True):
+    """The configured training (DATASETS.TRAIN) or test (DATASETS.TEST, first name) dataset."""
+    names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST[:1]
+    key = "DATASETS.TRAIN" if is_train else "DATASETS.TEST"
+    if not names:
+        raise ConfigError(f"{key} is empty; name a dataset (e.g. shapes_train) or a .data file")
+    transform = build_transforms(cfg, is_train) if with_transforms else None
+    target = build_target_transform(cfg) if is_train and with_transforms else None
+    return build_dataset(names, is_train, transform=transform, target_transform=target,
+                         cache=cfg.DATASETS.CACHE)
+
+
+def initial_model(cfg: CfgNode, class_names: Iterable[str]) -> tuple[nn.Module, CfgNode]:
+    """A new model, or the MODEL.WEIGHTS checkpoint's when MODEL.FINE_TUNE (its architecture wins)."""
+    if not cfg.MODEL.FINE_TUNE:
+        return SSD(cfg, class_names=tuple(class_names)), cfg
+    source = ckpt.read_checkpoint(cfg.MODEL.WEIGHTS)
+    stored = ckpt.checkpoint_config(source, cfg.MODEL.WEIGHTS)
+    cfg = cfg.clone()
+    for dotted in ARCHITECTURE_KEYS:
+        section, key = dotted.split(".")
+        cfg[section][key] = stored[section][key]
+    cfg.freeze()
+    model = SSD(cfg, cfg_text=source["cfg_text"], class_names=tuple(class_names))
+    ckpt.load_state_checked(model, source["model"], where=cfg.MODEL.WEIGHTS)
+    log.info("fine-tuning from %s", cfg.MODEL.WEIGHTS)
+    return model, cfg
+
+
+def rng_state() -> dict:
+    """Python, NumPy and torch RNG state as checkpoint-safe types."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    return {"python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
+            "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "cached": float(cached)},
+            "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    """Restore what rng_state() saved."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+
+
+class GracefulStop:
+    """Turns the first Ctrl-C (SIGINT) into a request to stop after the current iteration."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "GracefulStop":
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self._previous = None
+        return self
+
+    def _handle(self, _signum, _frame) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stopping after this iteration (Ctrl-C again to abort without saving)")
+
+    def __exit__(self, *_exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+@dataclass
+class TrainResult:
+    """What a training run produced."""
+
+    checkpoint: Path
+    iteration: int
+    finished: bool
+    metrics: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """One training run of cfg in cfg.OUTPUT_DIR (resumes from OUTPUT_DIR/last_checkpoint)."""
+
+    def __init__(self, cfg: CfgNode, after_backward: Iterable[AfterBackward] = (),
+                 model_transform: ModelTransform | None = None, resume: bool = True, progress: bool = True):
+        self.device = dist.local_device(cfg.MODEL.DEVICE)
+        dist.init_distributed(self.device)
+        self.cfg = scale_for_world(cfg, dist.world_size())
+        self.after_backward = list(after_backward)
+        self.model_transform = model_transform
+        self.resume, self.progress = resume, progress
+        self.output_dir = Path(self.cfg.OUTPUT_DIR)
+        self.metrics_path = self.output_dir / "metrics.jsonl"
+
+    def setup(self) -> int:
+        """Build data, model, optimizer and scheduler; return the iteration to start at."""
+        if self.cfg.SOLVER.NUM_THREADS or self.device.type == "cpu":
+            torch.set_num_threads(self.cfg.SOLVER.NUM_THREADS or default_threads())
+        seed_everything(self.cfg.SOLVER.SEED)
+        self.train_set = datasets(self.cfg, is_train=True)
+        names = self.train_set.class_names
+        if len(names) != self.cfg.MODEL.NUM_CLASSES:
+            raise ConfigError(f"MODEL.NUM_CLASSES = {self.cfg.MODEL.NUM_CLASSES} but the training data has "
+                              f"{len(names)} classes including background ({', '.join(names[1:])}); "
+                              f"set MODEL.NUM_CLASSES {len(names)}")
+        self.test_set = datasets(self.cfg, is_train=False) if self.cfg.DATASETS.TEST else None
+        model, self.cfg = initial_model(self.cfg, names)
+        if self.model_transform:
+            model = self.model_transform(model, self.cfg)
+        self.model = model.to(self.device)
+        if self.cfg.SOLVER.CHANNELS_LAST:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.cfg, self.model)
+        self.scheduler = build_scheduler(self.cfg, self.optimizer)
+        start = self._resume() if self.resume else 0
+        self.wrapped = self._wrap_ddp(self.model)
+        return start
+
+    def _wrap_ddp(self, model: nn.Module) -> nn.Module:
+        """DistributedDataParallel under torchrun, the model itself otherwise."""
+        if dist.world_size() == 1:
+            return model
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def _resume(self) -> int:
+        """Load OUTPUT_DIR/last_checkpoint (model, optimizer, scheduler, RNG) if there is one."""
+        path = ckpt.last_checkpoint(self.output_dir)
+        if path is None:
+            return 0
+        state = ckpt.read_checkpoint(path)
+        ckpt.load_state_checked(self.model, state["model"], where=str(path))
+        if "optimizer" in state:
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            set_rng_state(state["rng"])
+        log.info("resuming from %s at iteration %d", path, state["iteration"])
+        return int(state["iteration"])
+
+    def save(self, iteration: int, name: str | None = None, metrics: dict | None = None) -> Path:
+        """Write a resumable checkpoint (rank 0 only), keep the last SOLVER.KEEP_LAST periodic ones."""
+        path = self.output_dir / (name or f"model_{iteration:06d}.pt")
+        if dist.is_main():
+            state = ckpt.make_checkpoint(self.model, iteration, metrics,
+                                         optimizer=self.optimizer.state_dict(),
+                                         scheduler=self.scheduler.state_dict(), rng=rng_state())
+            state["config"] = self.cfg.to_dict()
+            ckpt.save_checkpoint(state, path)
+            ckpt.write_last_checkpoint(self.output_dir, path)
+            self._prune_old_checkpoints()
+        dist.barrier()
+        return path
+
+    def _prune_old_checkpoints(self) -> None:
+        """Delete periodic checkpoints beyond the newest SOLVER.KEEP_LAST."""
+        periodic = sorted(self.output_dir.glob("model_[0-9]*.pt"))
+        for old in periodic[:-self.cfg.SOLVER.KEEP_LAST or None] if self.cfg.SOLVER.KEEP_LAST else []:
+            old.unlink(missing_ok=True)
+
+    def log_metrics(self, record: dict) -> None:
+        """Append one JSON line to OUTPUT_DIR/metrics.jsonl (rank 0)."""
+        if dist.is_main():
+            with self.metrics_path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def _trim_metrics(self, start: int) -> None:
+        """Drop log lines of iterations a resumed run will redo."""
+        if dist.is_main() and self.metrics_path.is_file():
+            lines = [line for line in self.metrics_path.read_text().splitlines()
+                     if line and json.loads(line).get("iter", 0) <= start]
+            self.metrics_path.write_text("".join(line + "\n" for line in lines))
+
+    def evaluate(self, iteration: int) -> dict:
+        """VOC and COCO metrics on the first DATASETS.TEST set."""
+        if self.test_set is None:
+            return {}
+        result = evaluate_model(self.model, self.test_set, self.cfg, self.device)
+        metrics = {"voc_map": result["voc_map"], "coco_ap": result["coco_ap"],
+                   "voc_metric": result["voc"]["metric"], "coco": {k: result["coco"][k]
+                                                                   for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}}
+        self.log_metrics({"iter": iteration, "eval": metrics})
+        return metrics
+
+    def step(self, images: torch.Tensor, targets: dict, iteration: int) -> dict:
+        """One optimisation step; returns the float losses."""
+        images = images.to(self.device, non_blocking=True)
+        if self.cfg.SOLVER.CHANNELS_LAST:
+            images = images.to(memory_format=torch.channels_last)
+        targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
+        losses = self.wrapped(images, targets)
+        loss = sum(losses.values())
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss became {loss.item()} at iteration {iteration}; "
+                                     "lower SOLVER.LR or raise SOLVER.WARMUP_ITERS")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        for hook in self.after_backward:
+            hook(self.model, iteration)
+        self.optimizer.step()
+        self.scheduler.step()
+        return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
+
+    def run(self) -> TrainResult:
+        """Train from the resume point to SOLVER.MAX_ITER; Ctrl-C saves and stops cleanly."""
+        start = self.setup()
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        if dist.is_main():
+            (self.output_dir / "config.yaml").write_text(self.cfg.dump())
+        self._trim_metrics(start)
+        solver = self.cfg.SOLVER
+        loader = make_train_loader(self.cfg, self.train_set, start, dist.rank(), dist.world_size())
+        self.model.train()
+        bar = tqdm(total=solver.MAX_ITER, initial=start, desc="train", disable=not (self.progress and dist.is_main()))
+        iteration, tick, metrics = start, time.perf_counter(), {}
+        with GracefulStop() as stop:
+            for images, targets, _ in loader:
+                losses = self.step(images, targets, iteration)
+                iteration += 1
+                if iteration % solver.LOG_PERIOD == 0 or iteration == solver.MAX_ITER:
+                    rate = solver.LOG_PERIOD * images.shape[0] * dist.world_size() / (time.perf_counter() - tick)
+                    tick = time.perf_counter()
+                    record = {"iter": iteration, "lr": self.optimizer.param_groups[0]["lr"],
+                              "images_per_s": rate, **losses}
+                    self.log_metrics(record)
+                    bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{record['lr']:.2e}", img_s=f"{rate:.0f}")
+                bar.update(1)
+                if solver.EVAL_PERIOD and iteration % solver.EVAL_PERIOD == 0 and iteration < solver.MAX_ITER:
+                    metrics = self.evaluate(iteration)
+                    self.model.train()
+                stopping = dist.broadcast_object(stop.requested)
+                if stopping or (solver.CHECKPOINT_PERIOD and iteration % solver.CHECKPOINT_PERIOD == 0):
+                    path = self.save(iteration, metrics=metrics)
+                if stopping:
+                    bar.close()
+                    return TrainResult(path, iteration, False, metrics)
+        bar.close()
+        metrics = self.evaluate(iteration)
+        final = self.save(iteration, name="model_final.pt", metrics=metrics)
+        return TrainResult(final, iteration, True, metrics)
+
+
+def train(cfg: CfgNode, **options) -> TrainResult:
+    """Train cfg (see Trainer for the options); the Python entry point behind `ssdlab train`."""
+    return Trainer(cfg, **options).run()

@@ -1,0 +1,1 @@
+"""The SSD model: cfg-defined backbones, priors, box coding, heads, loss and post-processing."""

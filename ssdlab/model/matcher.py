@@ -1,0 +1,36 @@
+"""Match ground-truth boxes to priors: which prior should predict which object.
+
+1. IoU of every prior with every ground-truth box.
+2. Each prior takes the ground truth it overlaps most.
+3. Each ground truth's best prior is forced to that ground truth, so every
+   object gets at least one prior even when no IoU reaches the threshold
+   (when two objects share a best prior, the later object wins).
+4. Priors whose IoU is below the threshold become background (label 0);
+   the forced priors always stay matched.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_convert, box_iou
+
+
+def match(gt_boxes_xyxy: Tensor, gt_labels: Tensor, priors_cxcywh: Tensor,
+          iou_threshold: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Per-prior labels (LongTensor[N], 0 = background) and matched xyxy boxes (Tensor[N, 4]).
+
+    Background priors keep the box of their best ground truth, so encoding all
+    N boxes stays finite; the loss ignores them. With no ground truth at all,
+    every prior is background and its box is the prior itself (which encodes to 0).
+    """
+    priors_xyxy = box_convert(priors_cxcywh, in_fmt="cxcywh", out_fmt="xyxy")
+    if gt_boxes_xyxy.numel() == 0:
+        return torch.zeros(len(priors_cxcywh), dtype=torch.long, device=priors_cxcywh.device), priors_xyxy
+    iou = box_iou(priors_xyxy, gt_boxes_xyxy)  # [N, G]
+    best_iou, best_gt = iou.max(dim=1)
+    for gt_index, prior_index in enumerate(iou.argmax(dim=0).tolist()):
+        best_gt[prior_index] = gt_index
+        best_iou[prior_index] = 2.0  # above any threshold: a forced match is never background
+    labels = gt_labels[best_gt].long()
+    labels[best_iou < iou_threshold] = 0
+    return labels, gt_boxes_xyxy[best_gt]

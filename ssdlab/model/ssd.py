@@ -1,0 +1,137 @@
+"""The SSD detector: a cfg-defined backbone, prediction heads, priors, the loss and post-processing.
+
+    model = build_model(cfg)
+    model.train(); losses = model(images, {"labels": labels, "boxes": boxes})  # targets per prior
+    model.eval();  detections = model(images)  # one dict per image
+
+`images` are float32 [B, 3, IMAGE_SIZE, IMAGE_SIZE] (RGB, mean subtracted).
+Training targets are per prior: `labels` LongTensor[B, N] (0 = background) and
+`boxes` Tensor[B, N, 4] encoded with `box_coder.encode` against `model.priors`
+(after `matcher.match`), with MODEL.CENTER_VARIANCE and MODEL.SIZE_VARIANCE.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ssdlab.config import CfgNode, resolve_file
+from ssdlab.errors import ConfigError
+from ssdlab.model.backbone import CfgBackbone
+from ssdlab.model.cfg import parse_cfg
+from ssdlab.model.heads import SSDHead, SSDLiteHead
+from ssdlab.model.loss import MultiBoxLoss
+from ssdlab.model.postprocess import postprocess
+from ssdlab.model.pretrained import load_imagenet_weights
+from ssdlab.model.priors import make_priors
+
+log = logging.getLogger(__name__)
+
+HEADS = {"SSDBoxPredictor": SSDHead, "SSDLiteBoxPredictor": SSDLiteHead}
+
+
+def read_backbone_text(cfg: CfgNode) -> tuple[str, str]:
+    """(text, path) of the backbone cfg file named by MODEL.BACKBONE.CFG."""
+    path = resolve_file(cfg.MODEL.BACKBONE.CFG)
+    return path.read_text(encoding="utf-8"), str(path)
+
+
+def make_head(cfg: CfgNode, in_channels: list[int]) -> nn.Module:
+    """The head class named by MODEL.BOX_HEAD.PREDICTOR for the given level widths."""
+    name = cfg.MODEL.BOX_HEAD.PREDICTOR
+    if name not in HEADS:
+        raise ConfigError(f"MODEL.BOX_HEAD.PREDICTOR = {name!r} is unknown; use one of {', '.join(HEADS)}")
+    return HEADS[name](in_channels, cfg.MODEL.PRIORS.BOXES_PER_LOCATION, cfg.MODEL.NUM_CLASSES)
+
+
+def check_levels(backbone: CfgBackbone, cfg: CfgNode, source: str) -> None:
+    """The cfg's number of head levels must equal len(MODEL.PRIORS.FEATURE_MAPS)."""
+    levels, expected = len(backbone.out_channels), len(cfg.MODEL.PRIORS.FEATURE_MAPS)
+    if levels != expected:
+        raise ConfigError(f"{source} has {levels} head levels (feature_idx 0..{levels - 1}) but "
+                          f"MODEL.PRIORS.FEATURE_MAPS lists {expected}; give MODEL.PRIORS one entry "
+                          "per level, or pick the backbone cfg that matches the recipe")
+
+
+class SSD(nn.Module):
+    """Single-shot detector: backbone feature maps -> per-prior class logits and box offsets."""
+
+    def __init__(self, cfg: CfgNode, cfg_text: str | None = None):
+        super().__init__()
+        source = "<cfg_text>"
+        if cfg_text is None:
+            cfg_text, source = read_backbone_text(cfg)
+        self.cfg = cfg
+        self.cfg_text = cfg_text
+        self.backbone = CfgBackbone(parse_cfg(cfg_text, source=source), cfg.INPUT.CHANNELS, source)
+        check_levels(self.backbone, cfg, source)
+        self.box_head = make_head(cfg, self.backbone.out_channels)
+        self.register_buffer("priors", make_priors(cfg.MODEL.PRIORS, cfg.INPUT.IMAGE_SIZE), persistent=False)
+        self.criterion = MultiBoxLoss(cfg.MODEL.NEG_POS_RATIO)
+
+    def forward_raw(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(cls_logits [B, N, C], bbox_pred [B, N, 4]) in prior order."""
+        cls_logits, bbox_pred = self.box_head(self.backbone(images))
+        if cls_logits.shape[1] != len(self.priors):
+            raise ConfigError(
+                f"the heads predict {cls_logits.shape[1]} boxes for images of size {tuple(images.shape[-2:])} "
+                f"but MODEL.PRIORS gives {len(self.priors)} priors; feed images of INPUT.IMAGE_SIZE = "
+                f"{self.cfg.INPUT.IMAGE_SIZE} or fix MODEL.PRIORS.FEATURE_MAPS")
+        return cls_logits, bbox_pred
+
+    def forward(self, images: Tensor, targets: dict[str, Tensor] | None = None):
+        """Training: {"reg_loss", "cls_loss"}; eval: a list of {"boxes", "labels", "scores"} per image."""
+        cls_logits, bbox_pred = self.forward_raw(images)
+        if self.training:
+            if targets is None:
+                raise ValueError("SSD in training mode needs targets {'labels', 'boxes'}; "
+                                 "call model.eval() to get detections")
+            return self.criterion(cls_logits, bbox_pred, targets["labels"], targets["boxes"])
+        return postprocess(cls_logits, bbox_pred, self.priors, self.cfg.INPUT.IMAGE_SIZE,
+                           self.cfg.MODEL.CENTER_VARIANCE, self.cfg.MODEL.SIZE_VARIANCE,
+                           score_threshold=self.cfg.TEST.CONFIDENCE_THRESHOLD,
+                           nms_threshold=self.cfg.TEST.NMS_THRESHOLD,
+                           max_per_image=self.cfg.TEST.MAX_PER_IMAGE)
+
+
+def feature_sizes(layers: list[dict], image_size: int, channels: int) -> list[tuple[int, int]]:
+    """(H, W) of each head level for one image, from a copy on the meta device (shapes only, no arithmetic)."""
+    with torch.device("meta"):
+        features = CfgBackbone(layers, channels).eval()(torch.empty(1, channels, image_size, image_size))
+    return [tuple(f.shape[-2:]) for f in features]
+
+
+def check_feature_maps(model: SSD) -> None:
+    """Raise ConfigError unless the backbone's maps at INPUT.IMAGE_SIZE match MODEL.PRIORS.FEATURE_MAPS."""
+    size = model.cfg.INPUT.IMAGE_SIZE
+    actual = feature_sizes(model.backbone.defs, size, model.cfg.INPUT.CHANNELS)
+    expected = [(f, f) for f in model.cfg.MODEL.PRIORS.FEATURE_MAPS]
+    if actual != expected:
+        shown = ", ".join(f"{h}x{w}" for h, w in actual)
+        raise ConfigError(f"MODEL.PRIORS.FEATURE_MAPS = {list(model.cfg.MODEL.PRIORS.FEATURE_MAPS)} but the "
+                          f"backbone gives maps of {shown} at INPUT.IMAGE_SIZE = {size}; set FEATURE_MAPS to "
+                          f"{[h for h, _ in actual]} (and check STRIDES) or change INPUT.IMAGE_SIZE")
+
+
+def imagenet_arch(cfg_path: str) -> str:
+    """The torchvision ImageNet net for a backbone cfg, guessed from its file name."""
+    name = Path(cfg_path).name.lower()
+    if "mobilenet_v2" in name:
+        return "mobilenet_v2"
+    if "vgg" in name:
+        return "vgg16_bn"
+    raise ConfigError(f"MODEL.BACKBONE.PRETRAINED is true but {cfg_path} names neither 'vgg' nor "
+                      "'mobilenet_v2', so no ImageNet weights fit it; set MODEL.BACKBONE.PRETRAINED False")
+
+
+def build_model(cfg: CfgNode) -> SSD:
+    """An SSD for cfg, its feature-map sizes checked against MODEL.PRIORS; ImageNet weights when PRETRAINED."""
+    model = SSD(cfg)
+    check_feature_maps(model)
+    if cfg.MODEL.BACKBONE.PRETRAINED:
+        load_imagenet_weights(model.backbone, imagenet_arch(cfg.MODEL.BACKBONE.CFG), cfg.MODEL.BACKBONE.WEIGHTS)
+    log.info("built SSD: %s, %s, %d priors, %d classes", Path(cfg.MODEL.BACKBONE.CFG).name,
+             type(model.box_head).__name__, len(model.priors), cfg.MODEL.NUM_CLASSES)
+    return model

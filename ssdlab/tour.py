@@ -1,0 +1,84 @@
+"""`make tour`: the course run headless on the built-in shapes data, ending with a summary table.
+
+SSDLAB_PROFILE=full (default) uses the course recipes as they are and writes to runs/;
+SSDLAB_PROFILE=smoke shrinks data and iterations to finish in about a minute (runs/smoke/).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from ssdlab.config import PACKAGE_CONFIGS, load_config
+from ssdlab.data.shapes import generate_shapes
+from ssdlab.engine import checkpoint as ckpt
+from ssdlab.engine.demo import run_demo
+from ssdlab.engine.profile import count_macs, count_params, measure_latency, size_mib
+from ssdlab.engine.train import train
+from ssdlab.errors import ConfigError
+
+COURSE_MODELS = ("plain", "residual")
+PROFILES = {
+    "full": {"root": "runs", "data": "datasets/shapes", "train": 4000, "val": 500, "overrides": []},
+    "smoke": {"root": "runs/smoke", "data": "runs/smoke/shapes", "train": 96, "val": 24,
+              "overrides": ["SOLVER.MAX_ITER", "12", "SOLVER.BATCH_SIZE", "8", "SOLVER.WARMUP_ITERS", "4",
+                            "SOLVER.LR_STEPS", "[8]", "SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.EVAL_PERIOD", "0",
+                            "DATA_LOADER.NUM_WORKERS", "0"]},
+}
+
+
+def current_profile() -> str:
+    """SSDLAB_PROFILE ('full' or 'smoke')."""
+    name = os.environ.get("SSDLAB_PROFILE", "full")
+    if name not in PROFILES:
+        raise ConfigError(f"SSDLAB_PROFILE = {name!r}; use one of {', '.join(PROFILES)}")
+    return name
+
+
+def course_config(model: str, profile: str | None = None, extra: list[str] | None = None):
+    """The course recipe of a model ('plain' or 'residual') under a profile, with its data and output."""
+    settings = PROFILES[profile or current_profile()]
+    data = settings["data"]
+    overrides = ["DATASETS.TRAIN", f"['{data}:train']", "DATASETS.TEST", f"['{data}:val']",
+                 "OUTPUT_DIR", f"{settings['root']}/{model}", *settings["overrides"], *(extra or [])]
+    return load_config(PACKAGE_CONFIGS / "course" / f"{model}_shapes.yaml", overrides)
+
+
+def train_course_model(model: str, profile: str | None = None) -> dict:
+    """Generate data if needed, train (or resume/reuse) one course model, and measure it."""
+    settings = PROFILES[profile or current_profile()]
+    generate_shapes(Path(settings["data"]), n_train=settings["train"], n_val=settings["val"])
+    cfg = course_config(model, profile)
+    start = time.perf_counter()
+    result = train(cfg)
+    net = ckpt.load(result.checkpoint)
+    size = cfg.INPUT.IMAGE_SIZE
+    demo_dir = Path(settings["data"]) / "images" / "val"
+    demo_in = Path(cfg.OUTPUT_DIR) / "demo_inputs"
+    demo_in.mkdir(parents=True, exist_ok=True)
+    for path in sorted(demo_dir.glob("*.png"))[:4]:
+        (demo_in / path.name).write_bytes(path.read_bytes())
+    run_demo(net, cfg, demo_in, Path(cfg.OUTPUT_DIR) / "demo", score_threshold=0.4)
+    return {"model": model, "params": count_params(net), "macs": count_macs(net, size),
+            "size_mib": size_mib(net), "latency_ms": measure_latency(net, size, runs=10)["median_ms"],
+            "voc_map": result.metrics.get("voc_map", float("nan")),
+            "coco_ap": result.metrics.get("coco_ap", float("nan")),
+            "seconds": time.perf_counter() - start, "checkpoint": str(result.checkpoint)}
+
+
+def format_summary(rows: list[dict]) -> str:
+    """The tour's summary table."""
+    lines = [f"{'model':<10} {'params':>9} {'MACs(M)':>8} {'MiB':>6} {'ms':>6} {'VOC mAP@0.5':>12} "
+             f"{'COCO AP':>8} {'time(s)':>8}  checkpoint"]
+    for r in rows:
+        lines.append(f"{r['model']:<10} {r['params']:>9,} {r['macs'] / 1e6:>8.1f} {r['size_mib']:>6.2f} "
+                     f"{r['latency_ms']:>6.1f} {r['voc_map']:>12.4f} {r['coco_ap']:>8.4f} {r['seconds']:>8.0f}  "
+                     f"{r['checkpoint']}")
+    return "\n".join(lines)
+
+
+def run_tour(profile: str | None = None) -> str:
+    """Run every step of the course and return the summary table."""
+    profile = profile or current_profile()
+    rows = [train_course_model(model, profile) for model in COURSE_MODELS]
+    return f"ssdlab tour ({profile} profile; VOC mAP = area AP at IoU 0.5)\n" + format_summary(rows)

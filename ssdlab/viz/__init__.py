@@ -1,0 +1,1 @@
+"""Pictures of detections, histograms and widgets for the notebooks."""

@@ -1,0 +1,29 @@
+"""Draw detections (boxes, class names, scores) on an image with Pillow."""
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def class_color(label: int) -> tuple[int, int, int]:
+    """A distinct, stable colour per class id (golden-ratio hue steps)."""
+    r, g, b = colorsys.hsv_to_rgb((label * 0.618034) % 1.0, 0.85, 0.95)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_detections(image: np.ndarray | Image.Image, boxes, labels, scores,
+                    class_names: tuple[str, ...]) -> Image.Image:
+    """A copy of image with one labelled rectangle per detection."""
+    canvas = Image.fromarray(np.asarray(image, dtype=np.uint8)) if not isinstance(image, Image.Image) else image.copy()
+    pen = ImageDraw.Draw(canvas)
+    for box, label, score in zip(np.asarray(boxes), np.asarray(labels), np.asarray(scores)):
+        color = class_color(int(label))
+        x0, y0, x1, y1 = (float(v) for v in box)
+        pen.rectangle([x0, y0, x1, y1], outline=color, width=2)
+        text = f"{class_names[int(label)]} {float(score):.2f}"
+        left, top, right, bottom = pen.textbbox((x0, y0), text)
+        pen.rectangle([left, top - (bottom - top) - 2, right + 2, top], fill=color)
+        pen.text((x0 + 1, top - (bottom - top) - 2), text, fill=(0, 0, 0))
+    return canvas

@@ -1,0 +1,104 @@
+"""Config: defaults, YAML recipes, KEY VALUE overrides and their errors."""
+import pytest
+
+from ssdlab.config import get_default_config, load_config, merge_overrides
+from ssdlab.errors import ConfigError
+
+
+def write(tmp_path, text, name="recipe.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_defaults_have_every_seed_section():
+    cfg = get_default_config()
+    for section in ("MODEL", "INPUT", "DATASETS", "SOLVER", "TEST", "PRUNE", "QUANTIZATION"):
+        assert section in cfg
+    assert cfg.MODEL.PRIORS.BOXES_PER_LOCATION == [4, 6, 6, 6, 4, 4]
+    assert cfg.SOLVER.WARMUP_FACTOR == pytest.approx(1 / 3)
+    assert cfg.OUTPUT_DIR == "outputs"
+
+
+def test_yaml_then_overrides_typed_from_defaults(tmp_path):
+    path = write(tmp_path, "MODEL:\n  NUM_CLASSES: 2\nSOLVER:\n  LR: 0.002324\n"
+                           "DATASETS:\n  TRAIN: (\"oxfordhand\",)\n")
+    cfg = load_config(path, ["SOLVER.MAX_ITER", "100", "TEST.BN_FUSE", "True",
+                             "SOLVER.LR_STEPS", "[50, 80]", "SOLVER.LR", "1e-2"])
+    assert cfg.MODEL.NUM_CLASSES == 2
+    assert cfg.SOLVER.MAX_ITER == 100 and isinstance(cfg.SOLVER.MAX_ITER, int)
+    assert cfg.TEST.BN_FUSE is True
+    assert cfg.SOLVER.LR_STEPS == [50, 80]
+    assert cfg.SOLVER.LR == pytest.approx(0.01)
+    assert cfg.DATASETS.TRAIN == ["oxfordhand"]  # the seed's tuple-in-a-string form
+    assert cfg.MODEL.BACKBONE.CFG.endswith("vgg_bn_ssd300.cfg")
+
+
+def test_int_given_for_float_key_becomes_float(tmp_path):
+    cfg = load_config(write(tmp_path, "SOLVER:\n  LR: 1\n"))
+    assert isinstance(cfg.SOLVER.LR, float)
+
+
+def test_frozen_config_refuses_writes(tmp_path):
+    cfg = load_config(None)
+    with pytest.raises(ConfigError, match="frozen"):
+        cfg.SOLVER.LR = 1.0
+    clone = cfg.clone()
+    clone.SOLVER.LR = 1.0
+    assert clone.SOLVER.LR == 1.0 and cfg.SOLVER.LR == pytest.approx(1e-3)
+
+
+def test_unknown_yaml_key_names_key_file_and_closest(tmp_path):
+    path = write(tmp_path, "SOLVER:\n  MAX_ITERS: 10\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "SOLVER.MAX_ITERS" in message and str(path) in message and "SOLVER.MAX_ITER" in message
+
+
+def test_unknown_override_names_closest_key():
+    with pytest.raises(ConfigError, match="QUANTIZATION.WBITS"):
+        load_config(None, ["QUANTIZATION.WBIT", "4"])
+
+
+def test_bad_value_type_names_key(tmp_path):
+    with pytest.raises(ConfigError, match="SOLVER.BATCH_SIZE"):
+        load_config(write(tmp_path, "SOLVER:\n  BATCH_SIZE: lots\n"))
+    with pytest.raises(ConfigError, match="TEST.BN_FUSE"):
+        load_config(None, ["TEST.BN_FUSE", "maybe"])
+
+
+def test_override_without_value():
+    cfg = get_default_config()
+    with pytest.raises(ConfigError, match="KEY VALUE"):
+        merge_overrides(cfg, ["SOLVER.LR"])
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_section_given_a_scalar(tmp_path):
+    with pytest.raises(ConfigError, match="MODEL.PRIORS is a section"):
+        load_config(write(tmp_path, "MODEL:\n  PRIORS: 3\n"))
+
+
+def test_invalid_yaml_names_file(tmp_path):
+    path = write(tmp_path, "MODEL: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_backbone_cfg_resolved_next_to_recipe(tmp_path):
+    (tmp_path / "mine.cfg").write_text("[convolutional]\nfilters=8\nsize=3\n")
+    cfg = load_config(write(tmp_path, "MODEL:\n  BACKBONE:\n    CFG: mine.cfg\n"))
+    assert cfg.MODEL.BACKBONE.CFG == str((tmp_path / "mine.cfg").resolve())
+    with pytest.raises(ConfigError, match="missing.cfg"):
+        load_config(None, ["MODEL.BACKBONE.CFG", "missing.cfg"])
+
+
+def test_dump_round_trips(tmp_path):
+    cfg = load_config(None, ["SOLVER.MAX_ITER", "7"])
+    path = write(tmp_path, cfg.dump(), "dumped.yaml")
+    assert load_config(path).to_dict() == cfg.to_dict()
