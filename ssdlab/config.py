@@ -135,6 +135,7 @@ def _defaults() -> dict:
             "CONFIDENCE_THRESHOLD": 0.01,
             "MAX_PER_CLASS": -1,
             "MAX_PER_IMAGE": 100,
+            "PRE_NMS_TOP_K": 400,  # candidates kept per class before NMS (-1 = all)
             "BATCH_SIZE": 10,
             "BN_FUSE": False,
             "USE_07_METRIC": False,  # VOC AP: False = area under the envelope, True = 11-point

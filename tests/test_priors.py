@@ -94,3 +94,9 @@ def test_list_length_mismatch_names_key():
     node, image_size = priors_cfg("vgg300_voc", MIN_SIZES=[30, 60, 111, 162, 213])
     with pytest.raises(ConfigError, match=r"MODEL\.PRIORS\.MIN_SIZES has 5 entries"):
         make_priors(node, image_size)
+
+
+def test_flat_aspect_ratios_are_refused():
+    node, image_size = priors_cfg("vgg300_voc", ASPECT_RATIOS=[2, 3, 3, 3, 2, 2])
+    with pytest.raises(ConfigError, match=r"MODEL\.PRIORS\.ASPECT_RATIOS\[0\] = 2 must be a list"):
+        make_priors(node, image_size)

@@ -65,6 +65,7 @@ SPLITS = {"train": 0, "val": 1}
 SIDE_RANGE = (128, 192)          # image width and height, inclusive
 SIZE_RANGE = (0.08, 0.60)        # object size / shorter image side, log-uniform
 ASPECT_RANGE = (2 / 3, 3 / 2)    # width/height stretch before rotation, log-uniform
+P_NOISE, NOISE_MAX = 0.5, 6.0    # share of images with pixel noise; its sigma in [1, NOISE_MAX]
 MIN_VISIBLE = 0.3                # every target keeps at least this share of its area visible
 CUT_BELOW = 0.98                 # "cut by the border": less than this share inside the image
 OCCLUDED_FROM = 0.05             # "occluded": at least this share of its in-image pixels covered
@@ -120,28 +121,27 @@ def place(unit: np.ndarray, size: float, aspect: float, angle: float, centre: np
 
 
 def polygon_area(points: np.ndarray) -> float:
-    """Area of a simple polygon (shoelace formula)."""
+    """Area of a simple polygon (shoelace formula); 0 for an empty one."""
+    if len(points) < 3:
+        return 0.0
     x, y = points[:, 0], points[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+    return 0.5 * abs(float(x[:-1] @ y[1:] - y[:-1] @ x[1:] + x[-1] * y[0] - y[-1] * x[0]))
 
 
 def clip_polygon(points: np.ndarray, width: float, height: float) -> np.ndarray:
     """The part of a polygon inside [0, width] x [0, height] (Sutherland-Hodgman)."""
-    edges = [(0, 0.0, 1), (0, width, -1), (1, 0.0, 1), (1, height, -1)]  # (axis, limit, inside sign)
-    for axis, limit, sign in edges:
-        if len(points) == 0:
-            break
-        kept = []
-        for start, end in zip(points, np.roll(points, -1, axis=0)):
+    kept = [tuple(p) for p in points.tolist()]
+    for axis, limit, sign in ((0, 0.0, 1), (0, width, -1), (1, 0.0, 1), (1, height, -1)):
+        polygon, kept = kept, []
+        for start, end in zip(polygon, polygon[1:] + polygon[:1]):
             start_in = sign * (start[axis] - limit) >= 0
             end_in = sign * (end[axis] - limit) >= 0
             if start_in != end_in:
                 t = (limit - start[axis]) / (end[axis] - start[axis])
-                kept.append(start + t * (end - start))
+                kept.append((start[0] + t * (end[0] - start[0]), start[1] + t * (end[1] - start[1])))
             if end_in:
                 kept.append(end)
-        points = np.array(kept).reshape(-1, 2)
-    return points
+    return np.array(kept, dtype=float).reshape(-1, 2)
 
 
 def clipped_box(points: np.ndarray, width: int, height: int) -> tuple[float, float, float, float]:
@@ -161,22 +161,24 @@ def rasterize(points: np.ndarray, width: int, height: int) -> np.ndarray:
 # ----------------------------------------------------------------------------- background
 
 def background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """A float HxWx3 texture: a colour gradient plus random stripes and smooth blotches."""
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    """A float32 HxWx3 texture: a colour gradient plus random stripes and smooth blotches."""
+    ys = np.arange(height, dtype=np.float32)[:, None]
+    xs = np.arange(width, dtype=np.float32)[None, :]
     angle = rng.uniform(0, 2 * np.pi)
-    ramp = (xs * math.cos(angle) + ys * math.sin(angle)) / max(width, height)
+    ramp = xs * np.float32(math.cos(angle)) + ys * np.float32(math.sin(angle))
     ramp = (ramp - ramp.min()) / max(float(np.ptp(ramp)), 1e-6)
-    start, stop = rng.uniform(0, 255, 3), rng.uniform(0, 255, 3)
+    start, stop = rng.uniform(0, 255, 3).astype(np.float32), rng.uniform(0, 255, 3).astype(np.float32)
     image = start + ramp[..., None] * (stop - start)
     if rng.random() < 0.5:
         period, phase, theta = rng.uniform(5, 30), rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
-        wave = np.sin(2 * np.pi * (xs * math.cos(theta) + ys * math.sin(theta)) / period + phase)
-        image = image + wave[..., None] * rng.uniform(-40, 40, 3)
+        step = np.float32(2 * np.pi / period)
+        wave = np.sin((xs * np.float32(math.cos(theta)) + ys * np.float32(math.sin(theta))) * step + np.float32(phase))
+        image += wave[..., None] * rng.uniform(-40, 40, 3).astype(np.float32)
     if rng.random() < 0.6:
         cells = rng.integers(3, 10)
         small = Image.fromarray(rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8))
         blotch = np.asarray(small.resize((width, height), Image.BILINEAR), dtype=np.float32)
-        image = image + (blotch - 128) * rng.uniform(0.15, 0.45)
+        image += (blotch - 128) * np.float32(rng.uniform(0.15, 0.45))
     return image
 
 
@@ -219,9 +221,9 @@ def draw_distractor(draw: ImageDraw.ImageDraw, rng: np.random.Generator, width: 
         xs = cx + np.linspace(-size / 2, size / 2, int(rng.integers(4, 7)))
         ys = cy + rng.uniform(-size / 4, size / 4, len(xs))
         draw.line(list(zip(xs.tolist(), ys.tolist())), fill=colour, width=thick, joint="curve")
-    else:  # blob: an irregular, lumpy outline
-        angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
-        radius = size / 2 * np.convolve(np.tile(rng.uniform(0.4, 1.0, 16), 3), np.ones(3) / 3, "same")[16:32]
+    else:  # blob: an irregular outline, lumpier than any target
+        angles = np.sort(rng.uniform(0, 2 * np.pi, 7))
+        radius = size / 2 * rng.uniform(0.3, 1.0, 7)
         points = np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], 1)
         draw.polygon([tuple(p) for p in points], fill=colour)
     return kind
@@ -271,7 +273,7 @@ def try_target(rng: np.random.Generator, width: int, height: int, placed: list[S
         if obj.visible * still < MIN_VISIBLE:
             return None
     box = clipped_box(polygon, width, height)
-    return ShapeObject(label, polygon, box, inside, inside < CUT_BELOW, False), mask
+    return ShapeObject(label, polygon, box, float(inside), bool(inside < CUT_BELOW), False), mask
 
 
 def add_targets(rng: np.random.Generator, width: int, height: int) -> tuple[list[ShapeObject], list[np.ndarray]]:
@@ -292,12 +294,12 @@ def add_targets(rng: np.random.Generator, width: int, height: int) -> tuple[list
         for i, earlier in enumerate(placed):
             visible_masks[i] = visible_masks[i] & ~mask
             shown = np.count_nonzero(visible_masks[i]) / max(np.count_nonzero(full_masks[i]), 1)
-            earlier.occluded = shown <= 1 - OCCLUDED_FROM
+            earlier.occluded = bool(shown <= 1 - OCCLUDED_FROM)
         placed.append(obj)
         full_masks.append(mask)
         visible_masks.append(mask.copy())
     for obj, visible, full in zip(placed, visible_masks, full_masks):
-        obj.visible = obj.visible * np.count_nonzero(visible) / max(np.count_nonzero(full), 1)
+        obj.visible = float(obj.visible * np.count_nonzero(visible) / max(np.count_nonzero(full), 1))
     return placed, full_masks
 
 
@@ -324,8 +326,9 @@ def make_scene(seed: int, split: str, index: int) -> Scene:
     if rng.random() < 0.25:
         canvas = canvas.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 0.8)))
     image = np.asarray(canvas, dtype=np.float32)
-    sigma = rng.uniform(0, 8)
-    image = np.clip(image + rng.normal(0, sigma, image.shape), 0, 255).astype(np.uint8)
+    if rng.random() < P_NOISE:
+        image += rng.standard_normal(image.shape, dtype=np.float32) * np.float32(rng.uniform(1, NOISE_MAX))
+    image = np.clip(image, 0, 255).astype(np.uint8)
     return Scene(image, objects, distractors)
 
 
@@ -369,7 +372,7 @@ def write_sample(task: tuple[str, int, str, int]) -> dict:
     height, width = scene.image.shape[:2]
     stem = f"{split}/{index:06d}"
     out = Path(root)
-    Image.fromarray(scene.image).save(out / "VOC/JPEGImages" / f"{stem}.png", compress_level=6)
+    Image.fromarray(scene.image).save(out / "VOC/JPEGImages" / f"{stem}.png", compress_level=1)
     (out / "labels" / f"{stem}.txt").write_text(text_label_lines(scene.objects, width, height))
     (out / "VOC/Annotations" / f"{stem}.xml").write_bytes(voc_xml(f"{stem}.png", scene.objects, width, height))
     return {"file": f"{stem}.png", "width": width, "height": height,
@@ -474,6 +477,7 @@ def generate_shapes(out: Path, n_train: int = 4000, n_val: int = 500, seed: int 
     check_replaceable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is meant to be shared
     try:
         start = time.perf_counter()
         stats = write_dataset(tmp, n_train, n_val, seed, workers)

@@ -192,8 +192,9 @@ def feature_layers(layers: list[dict], source: str = "<cfg>") -> list[int]:
                        "with feature=linear and feature_idx=0")
     missing = sorted(set(range(len(levels))) - set(levels))
     if missing:
-        raise CfgError(f"{source}: feature_idx values {sorted(levels)} are not contiguous from 0; "
-                       f"level {missing[0]} is missing (layer {levels[max(levels)]} has the largest)")
+        after = min(level for level in levels if level > missing[0])
+        raise CfgError(f"{where(source, layers, levels[after])}: feature_idx={after} but level {missing[0]} "
+                       f"is missing; head levels must be numbered 0..{len(levels) - 1} without gaps")
     return [levels[level] for level in range(len(levels))]
 
 

@@ -95,9 +95,9 @@ def _map_unit(sequential: torch.nn.Module, unit: tuple[str, str | None], tv: dic
     _copy(conv.weight, tv[used[0]], used[0], index, "conv.weight")
     tv_bias = f"{conv_prefix}.bias"
     if (conv.bias is not None) != (tv_bias in tv):
-        state = "has" if conv.bias is not None else "has no"
-        raise CheckpointError(f"cfg layer {index} {state} a conv bias but torchvision's {conv_prefix} does not "
-                              "agree; set bias=1 for vgg16_bn and bias=0 for mobilenet_v2")
+        ours = "has a conv bias" if conv.bias is not None else "has no conv bias"
+        raise CheckpointError(f"cfg layer {index} {ours} but torchvision's {conv_prefix} does not agree; "
+                              "set bias=1 for vgg16_bn and bias=0 for mobilenet_v2")
     if conv.bias is not None:
         _copy(conv.bias, tv[tv_bias], tv_bias, index, "conv.bias")
         used.append(tv_bias)

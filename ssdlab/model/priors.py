@@ -29,6 +29,9 @@ def check_priors_cfg(priors_cfg) -> None:
                 f"MODEL.PRIORS.{key} has {len(priors_cfg[key])} entries but MODEL.PRIORS.FEATURE_MAPS has "
                 f"{levels}; give every MODEL.PRIORS list one entry per head level")
     for k, (ratios, boxes) in enumerate(zip(priors_cfg.ASPECT_RATIOS, priors_cfg.BOXES_PER_LOCATION)):
+        if not isinstance(ratios, (list, tuple)):
+            raise ConfigError(f"MODEL.PRIORS.ASPECT_RATIOS[{k}] = {ratios!r} must be a list of ratios, like [2, 3]; "
+                              "ASPECT_RATIOS holds one list per head level")
         expected = 2 + 2 * len(ratios)
         if boxes != expected:
             raise ConfigError(

@@ -58,17 +58,22 @@ def check_levels(backbone: CfgBackbone, cfg: CfgNode, source: str) -> None:
 class SSD(nn.Module):
     """Single-shot detector: backbone feature maps -> per-prior class logits and box offsets."""
 
-    def __init__(self, cfg: CfgNode, cfg_text: str | None = None):
+    def __init__(self, cfg: CfgNode, cfg_text: str | None = None, class_names: tuple[str, ...] | None = None):
         super().__init__()
         source = "<cfg_text>"
         if cfg_text is None:
             cfg_text, source = read_backbone_text(cfg)
         self.cfg = cfg
         self.cfg_text = cfg_text
+        self.class_names = tuple(class_names or default_class_names(cfg.MODEL.NUM_CLASSES))
+        if len(self.class_names) != cfg.MODEL.NUM_CLASSES:
+            raise ConfigError(f"MODEL.NUM_CLASSES = {cfg.MODEL.NUM_CLASSES} but {len(self.class_names)} class "
+                              f"names were given ({', '.join(self.class_names)}); they must agree")
+        priors = make_priors(cfg.MODEL.PRIORS, cfg.INPUT.IMAGE_SIZE)  # checks the MODEL.PRIORS lists first
         self.backbone = CfgBackbone(parse_cfg(cfg_text, source=source), cfg.INPUT.CHANNELS, source)
         check_levels(self.backbone, cfg, source)
         self.box_head = make_head(cfg, self.backbone.out_channels)
-        self.register_buffer("priors", make_priors(cfg.MODEL.PRIORS, cfg.INPUT.IMAGE_SIZE), persistent=False)
+        self.register_buffer("priors", priors, persistent=False)
         self.criterion = MultiBoxLoss(cfg.MODEL.NEG_POS_RATIO)
 
     def forward_raw(self, images: Tensor) -> tuple[Tensor, Tensor]:
@@ -93,7 +98,13 @@ class SSD(nn.Module):
                            self.cfg.MODEL.CENTER_VARIANCE, self.cfg.MODEL.SIZE_VARIANCE,
                            score_threshold=self.cfg.TEST.CONFIDENCE_THRESHOLD,
                            nms_threshold=self.cfg.TEST.NMS_THRESHOLD,
-                           max_per_image=self.cfg.TEST.MAX_PER_IMAGE)
+                           max_per_image=self.cfg.TEST.MAX_PER_IMAGE,
+                           pre_nms_top_k=self.cfg.TEST.PRE_NMS_TOP_K)
+
+
+def default_class_names(num_classes: int) -> tuple[str, ...]:
+    """'__background__', 'class1', ... for a model built without data."""
+    return ("__background__", *(f"class{i}" for i in range(1, num_classes)))
 
 
 def feature_sizes(layers: list[dict], image_size: int, channels: int) -> list[tuple[int, int]]:

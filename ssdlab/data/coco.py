@@ -1,0 +1,82 @@
+"""COCO instances annotations (``annotations/instances_*.json``) read through pycocotools.
+
+Crowd boxes (``iscrowd=1``) are dropped; ``bbox = [x, y, w, h]`` becomes xyxy; category ids
+(1..90 with gaps in COCO) become contiguous labels 1..K in sorted id order, and the class
+names come from the categories. With ``remove_empty`` (training) images left without any
+box are dropped. ``label_to_category`` maps labels back to category ids for COCOeval, and
+``ids`` are the COCO image ids.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+from typing import Callable
+
+from pycocotools.coco import COCO
+
+from ssdlab.data.base import DetectionDataset, ImageRecord, drop_unreadable, make_record
+from ssdlab.errors import DataError
+
+
+def load_coco(ann_file: Path) -> COCO:
+    """A pycocotools COCO index of ann_file (its progress prints silenced); DataError when unusable."""
+    try:
+        data = json.loads(ann_file.read_text())
+    except FileNotFoundError:
+        raise DataError(f"COCO annotation file {ann_file} does not exist; download it with "
+                        "data_scripts/COCO2014.sh or set COCO_ROOT") from None
+    except ValueError as err:
+        raise DataError(f"{ann_file}: not valid JSON ({err}); download the file again") from None
+    if not isinstance(data, dict) or any(key not in data for key in ("images", "annotations", "categories")):
+        raise DataError(f"{ann_file}: not a COCO instances file (it needs 'images', 'annotations' "
+                        "and 'categories' at the top level)")
+    coco = COCO()
+    coco.dataset = data
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def image_records(coco: COCO, image_root: Path, category_to_label: dict[int, int],
+                  ann_file: Path) -> list[ImageRecord]:
+    """One ImageRecord per image, sorted by image id, crowd boxes left out."""
+    records = []
+    for image_id in sorted(coco.imgs):
+        info = coco.imgs[image_id]
+        anns = [a for a in coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
+        unknown = [a["id"] for a in anns if a["category_id"] not in category_to_label]
+        if unknown:
+            raise DataError(f"{ann_file}: annotation {unknown[0]} has a category_id missing from "
+                            "'categories'; fix the annotation file")
+        boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
+        labels = [category_to_label[a["category_id"]] for a in anns]
+        records.append(make_record(image_id, image_root / info["file_name"], info["width"], info["height"],
+                                   boxes, labels))
+    return records
+
+
+class COCODataset(DetectionDataset):
+    """COCO images under image_root with boxes from ann_file (e.g. train2014 + instances_train2014.json)."""
+
+    def __init__(self, image_root: str | Path, ann_file: str | Path, remove_empty: bool = False,
+                 transform: Callable | None = None, target_transform: Callable | None = None,
+                 cache: bool = False, skip_bad_images: bool = False, keep_difficult: bool = False):
+        self.image_root, self.ann_file = Path(image_root), Path(ann_file)
+        if not self.image_root.is_dir():
+            raise DataError(f"COCO image folder {self.image_root} does not exist; download it with "
+                            "data_scripts/COCO2014.sh or set COCO_ROOT")
+        self.coco = load_coco(self.ann_file)
+        category_ids = sorted(self.coco.cats)
+        self.category_to_label = {cat: label for label, cat in enumerate(category_ids, start=1)}
+        self.label_to_category = {label: cat for cat, label in self.category_to_label.items()}
+        class_names = ("__background__",) + tuple(self.coco.cats[c]["name"] for c in category_ids)
+        name = f"COCO {self.ann_file.stem}"
+        records = image_records(self.coco, self.image_root, self.category_to_label, self.ann_file)
+        if skip_bad_images:
+            records = drop_unreadable(records, lambda record: record.file, name)
+        super().__init__(records, class_names, name, transform, target_transform, keep_difficult, cache)
+        if remove_empty:
+            self.records = [record for record in self.records if len(record.boxes)]
+            self.ids = [record.id for record in self.records]

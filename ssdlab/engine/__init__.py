@@ -1,0 +1,1 @@
+"""Running models: training loop, evaluation (VOC mAP, COCO AP), checkpoints and profiling."""

@@ -1,0 +1,69 @@
+"""The command line as a user runs it: train, eval, demo (subprocesses) and info (every recipe)."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ssdlab.__main__ import main
+from ssdlab.config import PACKAGE_CONFIGS
+
+TESTS = Path(__file__).resolve().parent
+RECIPES = sorted(PACKAGE_CONFIGS.glob("*.yaml")) + sorted((PACKAGE_CONFIGS / "course").glob("*.yaml"))
+
+
+def ssdlab_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "ssdlab", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_train_eval_demo_detect_the_shapes(shapes_dir, tmp_path):
+    data = ["DATASETS.TRAIN", f"['{shapes_dir}:train']", "DATASETS.TEST", f"['{shapes_dir}:val']"]
+    out = tmp_path / "run"
+    trained = ssdlab_cli("train", "--config-file", str(TESTS / "data" / "tiny.yaml"), *data,
+                         "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "300", "SOLVER.LR_STEPS", "[240]",
+                         "SOLVER.BATCH_SIZE", "16", "SOLVER.NUM_THREADS", "2", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert (out / "model_final.pt").is_file() and (out / "metrics.jsonl").is_file()
+
+    evaluated = ssdlab_cli("eval", "--ckpt", str(out / "model_final.pt"), *data, cwd=tmp_path)
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    voc = float(re.search(r"VOC mAP@0.5 \(area\): ([0-9.]+)", evaluated.stdout).group(1))
+    assert voc > 0.25, evaluated.stdout  # chance level on this data is about 0.01
+    assert "circle" in evaluated.stdout and "AP50" in evaluated.stdout
+
+    drawn = tmp_path / "drawn"
+    demo = ssdlab_cli("demo", "--ckpt", str(out / "model_final.pt"), "--images",
+                      str(shapes_dir / "images" / "val"), "--out", str(drawn), "--score-threshold", "0.4",
+                      cwd=tmp_path)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    lines = [line for line in demo.stdout.splitlines() if "FPS" in line]
+    assert len(lines) == 24 and len(list(drawn.glob("*.png"))) == 24
+    assert sum(int(re.search(r": (\d+) objects", line).group(1)) for line in lines) > 10
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_info_for_every_shipped_recipe(recipe, capsys):
+    assert main(["info", "--config-file", str(recipe)]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"params [\d,]+ .* MACs [\d.]+ M .* priors \d+", out), out
+
+
+def test_info_prior_counts_of_seed_recipes(capsys):
+    for name, priors in [("vgg_bn_ssd300_voc0712", 8732), ("mobile_v2_ssd_voc0712", 3234),
+                         ("vgg_bn_ssd512_voc0712", 24564)]:
+        main(["info", "--config-file", str(PACKAGE_CONFIGS / f"{name}.yaml")])
+        assert f"priors {priors}" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "--config-file", "nope.yaml"], "does not exist"),
+    (["train", "--config-file", str(TESTS / "data" / "tiny.yaml"), "SOLVER.MAX_ITERS", "3"], "SOLVER.MAX_ITER"),
+    (["eval", "--ckpt", "missing.pt"], "missing.pt"),
+])
+def test_bad_input_is_one_clear_line(args, message, tmp_path):
+    done = ssdlab_cli(*args, cwd=tmp_path)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr

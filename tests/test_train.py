@@ -1,0 +1,179 @@
+"""Trainer: loss goes down, hooks run where promised, resume is exact, checkpoints are safe."""
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+import ssdlab
+from ssdlab.engine import checkpoint as ckpt
+from ssdlab.engine.schedule import WarmupSchedule
+from ssdlab.engine.train import train
+from ssdlab.errors import CheckpointError, ConfigError
+
+
+def read_log(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def same_weights(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_short_training_lowers_the_loss(tiny_cfg):
+    cfg = tiny_cfg("SOLVER.MAX_ITER", "60", "SOLVER.LR_STEPS", "[50]", "SOLVER.LOG_PERIOD", "5")
+    result = train(cfg, progress=False)
+    assert result.finished and result.iteration == 60
+    losses = [r["loss"] for r in read_log(Path(cfg.OUTPUT_DIR) / "metrics.jsonl") if "loss" in r]
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
+    assert 0.0 <= result.metrics["voc_map"] <= 1.0 and "area" in result.metrics["voc_metric"]
+
+
+def test_warmup_multistep_factors_by_hand():
+    schedule = WarmupSchedule("multistep", max_iter=100, steps=[50, 80], gamma=0.1,
+                              warmup_factor=1 / 3, warmup_iters=10)
+    assert schedule(0) == pytest.approx(1 / 3)
+    assert schedule(5) == pytest.approx(1 / 3 * 0.5 + 0.5)
+    assert schedule(10) == pytest.approx(1.0)
+    assert schedule(49) == pytest.approx(1.0)
+    assert schedule(50) == pytest.approx(0.1)
+    assert schedule(80) == pytest.approx(0.01)
+    cosine = WarmupSchedule("cosine", 100, [], 0.1, 1.0, 0)
+    assert cosine(50) == pytest.approx(0.5) and cosine(100) == pytest.approx(0.0)
+
+
+def test_interrupt_then_resume_gives_identical_weights(tiny_cfg):
+    straight = train(tiny_cfg("SOLVER.MAX_ITER", "10", out="straight"), progress=False)
+
+    def ctrl_c_at_4(_model, iteration):
+        if iteration == 4:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    cfg = tiny_cfg("SOLVER.MAX_ITER", "10", out="resumed")
+    first = train(cfg, after_backward=[ctrl_c_at_4], progress=False)
+    assert not first.finished and first.iteration == 5  # the iteration in flight completes, then it saves
+    assert ckpt.last_checkpoint(cfg.OUTPUT_DIR) == first.checkpoint
+    second = train(cfg, progress=False)
+    assert second.finished and second.iteration == 10
+    a = ckpt.read_checkpoint(straight.checkpoint)["model"]
+    b = ckpt.read_checkpoint(second.checkpoint)["model"]
+    assert same_weights(a, b)
+    iters = [r["iter"] for r in read_log(Path(cfg.OUTPUT_DIR) / "metrics.jsonl") if "loss" in r]
+    assert iters == sorted(set(iters))  # the resumed run did not log an iteration twice
+
+
+def test_after_backward_runs_before_the_optimizer_step(tiny_cfg):
+    cfg = tiny_cfg("SOLVER.MAX_ITER", "3", "SOLVER.WEIGHT_DECAY", "0.0", "SOLVER.OPTIMIZER", "SGD",
+                   "DATASETS.TEST", "[]")
+    torch.manual_seed(0)
+    calls = []
+
+    def zero_grads(model, iteration):
+        calls.append(iteration)
+        assert all(p.grad is not None for p in model.backbone.parameters())
+        for p in model.parameters():
+            p.grad = torch.zeros_like(p)
+
+    result = train(cfg, after_backward=[zero_grads], progress=False)
+    assert calls == [0, 1, 2]
+    trained = ckpt.read_checkpoint(result.checkpoint)["model"]
+    ssdlab.seed_everything(cfg.SOLVER.SEED)
+    fresh = ssdlab.build_model(cfg).state_dict()
+    params = {n for n, _ in ssdlab.build_model(cfg).named_parameters()}
+    assert all(torch.equal(trained[k], fresh[k]) for k in params)
+
+
+def test_model_transform_is_applied_before_training(tiny_cfg):
+    cfg = tiny_cfg("SOLVER.MAX_ITER", "3", "DATASETS.TEST", "[]")
+
+    def freeze_backbone(model, _cfg):
+        for p in model.backbone.parameters():
+            p.requires_grad_(False)
+        return model
+
+    result = train(cfg, model_transform=freeze_backbone, progress=False)
+    ssdlab.seed_everything(cfg.SOLVER.SEED)
+    fresh = ssdlab.build_model(cfg).state_dict()
+    trained = ckpt.read_checkpoint(result.checkpoint)["model"]
+    conv = "backbone.module_list.0.conv.weight"
+    head = next(k for k in fresh if k.startswith("box_head") and k.endswith("weight"))
+    assert torch.equal(trained[conv], fresh[conv]) and not torch.equal(trained[head], fresh[head])
+
+
+def test_checkpoint_rebuilds_its_model(tiny_cfg):
+    cfg = tiny_cfg("SOLVER.MAX_ITER", "2")
+    result = train(cfg, progress=False)
+    raw = torch.load(result.checkpoint, weights_only=True)
+    assert raw["format"] == "ssdlab-checkpoint" and "[convolutional]" in raw["cfg_text"]
+    assert raw["class_names"][0] == "__background__" and len(raw["class_names"]) == 6
+    model = ssdlab.load(result.checkpoint)
+    assert not model.training
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        dets = model(images)
+    assert len(dets) == 2 and set(dets[0]) == {"boxes", "labels", "scores"}
+
+
+def test_fine_tune_starts_from_weights_at_iteration_zero(tiny_cfg):
+    base = train(tiny_cfg("SOLVER.MAX_ITER", "3", out="base"), progress=False)
+    cfg = tiny_cfg("SOLVER.MAX_ITER", "2", "MODEL.FINE_TUNE", "True", "MODEL.WEIGHTS", str(base.checkpoint),
+                   "SOLVER.LR", "0.0", "SOLVER.WEIGHT_DECAY", "0.0", out="tuned")
+    tuned = train(cfg, progress=False)
+    assert tuned.iteration == 2
+    a = ckpt.read_checkpoint(base.checkpoint)["model"]
+    b = ckpt.read_checkpoint(tuned.checkpoint)["model"]
+    params = {n for n, _ in ssdlab.load(base.checkpoint).named_parameters()}
+    assert all(torch.equal(a[k], b[k]) for k in params)  # lr 0: the weights are the loaded ones
+
+
+def test_not_an_ssdlab_checkpoint(tmp_path):
+    path = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match="not an ssdlab checkpoint"):
+        ssdlab.load(path)
+    (tmp_path / "garbage.pt").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError, match="garbage.pt"):
+        ssdlab.load(tmp_path / "garbage.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        ssdlab.load(tmp_path / "missing.pt")
+
+
+def test_mismatched_checkpoint_names_tensor_and_shapes(tiny_cfg):
+    result = train(tiny_cfg("SOLVER.MAX_ITER", "1", "DATASETS.TEST", "[]"), progress=False)
+    state = ckpt.read_checkpoint(result.checkpoint)
+    state["cfg_text"] = state["cfg_text"].replace("filters=48", "filters=40")
+    with pytest.raises(CheckpointError) as err:
+        ckpt.model_from_checkpoint(state, "edited.pt")
+    message = str(err.value)
+    assert "backbone.module_list.3" in message and "(48," in message and "(40," in message
+
+
+def test_failed_write_keeps_the_last_good_checkpoint(tiny_cfg, monkeypatch):
+    result = train(tiny_cfg("SOLVER.MAX_ITER", "1", "DATASETS.TEST", "[]"), progress=False)
+    good = result.checkpoint.read_bytes()
+    state = ckpt.read_checkpoint(result.checkpoint)
+
+    def broken_save(obj, path):
+        with open(path, "wb") as handle:
+            handle.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(state, result.checkpoint)
+    assert result.checkpoint.read_bytes() == good
+    assert not list(result.checkpoint.parent.glob("*.tmp"))
+
+
+def test_num_classes_must_match_data(tiny_cfg):
+    with pytest.raises(ConfigError, match="MODEL.NUM_CLASSES"):
+        train(tiny_cfg("MODEL.NUM_CLASSES", "3"), progress=False)
+
+
+def test_missing_dataset_path(tiny_cfg, tmp_path):
+    from ssdlab.errors import DataError
+    with pytest.raises(DataError, match="nowhere"):
+        train(tiny_cfg("DATASETS.TRAIN", f"['{tmp_path}/nowhere.data']"), progress=False)
