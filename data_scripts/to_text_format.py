@@ -71,7 +71,8 @@ def write_names(out: Path, name: str, class_names: tuple[str, ...]) -> None:
 
 def write_data(out: Path, name: str, num_classes: int) -> None:
     """Write NAME.data pointing at every list present in out."""
-    lists = "".join(f"{split}= {split}.txt\n" for split in ("train", "valid", "test") if (out / f"{split}.txt").is_file())
+    present = [split for split in ("train", "valid", "test") if (out / f"{split}.txt").is_file()]
+    lists = "".join(f"{split}= {split}.txt\n" for split in present)
     (out / f"{name}.data").write_text(f"classes= {num_classes}\n{lists}names= {name}.names\n"
                                       "images= images\nlabels= labels\n")
 
@@ -117,7 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(f"added {count} images to {args.out / (args.split + '.txt')}; dataset file {args.out / (args.name + '.data')}")
+    print(f"added {count} images to {args.out / (args.split + '.txt')}; "
+          f"dataset file {args.out / (args.name + '.data')}")
     return 0
 
 

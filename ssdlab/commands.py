@@ -106,7 +106,7 @@ def cmd_info(args: argparse.Namespace) -> None:
         cfg = model.cfg
     else:
         cfg = load_config(args.config_file, _opts(args))
-        model = SSD(cfg)
+        model = SSD(cfg)  # no ImageNet weights needed to describe the model
     size = cfg.INPUT.IMAGE_SIZE
     print(f"{'idx':>4} {'type':<16} {'output':<18} {'params':>10} {'MACs':>14}")
     for row in layer_table(model, size):

@@ -29,11 +29,13 @@ class TinyDataset:
         return len(self.annotations)
 
     def get_annotation(self, i: int):
+        """(boxes float32 [K, 4], labels int64 [K], difficult bool [K]) of image i."""
         boxes, labels, difficult = self.annotations[i]
         return (np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64),
                 np.array(difficult, bool))
 
     def get_img_info(self, i: int) -> dict:
+        """Size and file name of image i."""
         return {"height": 100, "width": 120, "file": f"img{i}.jpg"}
 
 
@@ -193,3 +195,42 @@ def test_coco_without_detections_gives_zeros():
     result = evaluate_coco(data, {0: detections(np.zeros((0, 4)), [], [])})
     assert all(result[k] == 0.0 for k in ("AP", "AP50", "AP75", "APs", "APm", "APl"))
     assert format_ap_table(result).splitlines()[0] == "COCO AP@[.5:.95]"
+
+
+def loop_voc_ap(data: TinyDataset, preds: dict, cls: int) -> float:
+    """The VOC devkit's loop, written plainly (continuous coordinates, area AP) as a reference."""
+    gts = {i: data.get_annotation(i) for i in range(len(data))}
+    taken = {i: np.zeros(len(gts[i][0]), bool) for i in gts}
+    npos = sum(int(((labels == cls) & ~hard).sum()) for _, labels, hard in gts.values())
+    dets = sorted(((s, i, b) for i, p in preds.items() for b, l, s in zip(p["boxes"], p["labels"], p["scores"])
+                   if l == cls), key=lambda d: -d[0])
+    tp, fp = [], []
+    for _, i, box in dets:
+        boxes, labels, hard = gts[i]
+        ious = [0.0 if labels[j] != cls else float(
+            max(0, min(box[2], b[2]) - max(box[0], b[0])) * max(0, min(box[3], b[3]) - max(box[1], b[1]))
+            / ((box[2] - box[0]) * (box[3] - box[1]) + (b[2] - b[0]) * (b[3] - b[1])
+               - max(0, min(box[2], b[2]) - max(box[0], b[0])) * max(0, min(box[3], b[3]) - max(box[1], b[1]))))
+            for j, b in enumerate(boxes)]
+        j = int(np.argmax(ious)) if ious else -1
+        if j >= 0 and ious[j] >= 0.5 and hard[j]:
+            continue
+        hit = j >= 0 and ious[j] >= 0.5 and not taken[i][j]
+        if hit:
+            taken[i][j] = True
+        tp.append(int(hit))
+        fp.append(1 - int(hit))
+    tp, fp = np.cumsum(tp), np.cumsum(fp)
+    recall = np.concatenate([[0], tp / npos, [1]])
+    precision = np.concatenate([[0], tp / np.maximum(tp + fp, 1), [0]])
+    for k in range(len(precision) - 2, -1, -1):
+        precision[k] = max(precision[k], precision[k + 1])
+    return float(sum((recall[k + 1] - recall[k]) * precision[k + 1] for k in range(len(recall) - 1)))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_voc_matches_a_plain_devkit_loop(seed):
+    data, preds = random_scene(seed)
+    result = evaluate_voc(data, preds)
+    for cls, name in ((1, "cat"), (2, "dog")):
+        assert result["ap"][name] == pytest.approx(loop_voc_ap(data, preds, cls))

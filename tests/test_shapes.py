@@ -22,9 +22,9 @@ def scenes() -> list:
 
 
 def files_of(root: Path) -> dict[str, bytes]:
-    """Every file below root except the manifest (it holds the generation time)."""
-    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*"))
-            if p.is_file() and p.name != "MANIFEST.json"}
+    """Every file below root except the manifest (it holds the generation time); links as their target."""
+    return {p.relative_to(root).as_posix(): str(p.readlink()).encode() if p.is_symlink() else p.read_bytes()
+            for p in sorted(root.rglob("*")) if (p.is_file() or p.is_symlink()) and p.name != "MANIFEST.json"}
 
 
 def mask(polygon: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -38,7 +38,7 @@ def test_same_seed_same_bytes_whatever_the_workers(tmp_path):
     one = generate_shapes(tmp_path / "a", n_train=12, n_val=4, seed=3, workers=1)
     two = generate_shapes(tmp_path / "b", n_train=12, n_val=4, seed=3, workers=2)
     first, second = files_of(one), files_of(two)
-    assert len(first) > 60 and first == second
+    assert len(first) == 16 * 3 + 8 + 1 and first == second  # PNG, txt, xml per image; 8 files; 1 link
 
 
 def test_different_seeds_and_splits_differ():
@@ -64,7 +64,7 @@ def test_object_counts_and_classes(scenes):
 
 
 def test_object_sizes_between_8_and_60_percent(scenes):
-    full, seen_small, seen_large = [], False, False
+    full = []
     for scene in scenes:
         height, width = scene.image.shape[:2]
         side = min(width, height)
@@ -123,7 +123,7 @@ def test_distractors_are_not_targets(scenes):
 
 def test_layout_manifest_and_reuse(tmp_path, monkeypatch):
     out = generate_shapes(tmp_path / "shapes", n_train=6, n_val=3, seed=1, workers=1)
-    for rel in ("VOC/JPEGImages/train/000005.png", "VOC/JPEGImages/val/000002.png",
+    for rel in ("images/train/000005.png", "VOC/JPEGImages/val/000002.png",
                 "VOC/Annotations/train/000000.xml", "VOC/ImageSets/Main/val.txt", "labels/val/000002.txt",
                 "shapes.names", "shapes.data", "train.txt", "val.txt", "annotations/instances_train.json"):
         assert (out / rel).is_file(), rel
@@ -131,7 +131,8 @@ def test_layout_manifest_and_reuse(tmp_path, monkeypatch):
     assert (manifest["seed"], manifest["n_train"], manifest["n_val"]) == (1, 6, 3)
     assert manifest["stats"]["train"]["images"] == 6
     assert (out / "shapes.names").read_text().split() == list(SHAPE_CLASSES)
-    assert (out / "val.txt").read_text().split() == [f"VOC/JPEGImages/val/{i:06d}.png" for i in range(3)]
+    assert (out / "val.txt").read_text().split() == [f"images/val/{i:06d}.png" for i in range(3)]
+    assert (out / "VOC/JPEGImages").is_symlink() and (out / "VOC/JPEGImages").resolve() == (out / "images").resolve()
     monkeypatch.setattr(shapes, "write_dataset", lambda *a: pytest.fail("regenerated a complete dataset"))
     assert generate_shapes(out, n_train=6, n_val=3, seed=1, workers=1) == out
 
@@ -140,7 +141,7 @@ def test_other_parameters_replace_the_dataset(tmp_path):
     out = generate_shapes(tmp_path / "s", n_train=3, n_val=1, seed=0, workers=1)
     generate_shapes(out, n_train=2, n_val=1, seed=4, workers=1)
     assert json.loads((out / "MANIFEST.json").read_text())["seed"] == 4
-    assert len(list((out / "VOC/JPEGImages/train").iterdir())) == 2
+    assert len(list((out / "images/train").iterdir())) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
 
 

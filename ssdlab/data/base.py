@@ -54,10 +54,10 @@ def make_record(id_: Any, file: Path, width: int, height: int, boxes: Sequence, 
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Decode an image file to HxWx3 uint8 RGB; DataError naming the file when it cannot."""
+    """Decode an image file to a writable HxWx3 uint8 RGB array; DataError naming the file when it cannot."""
     try:
         with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
+            return np.array(image.convert("RGB"))
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist; check the dataset folder or its list file") from None
     except IMAGE_ERRORS as err:
@@ -141,11 +141,12 @@ class DetectionDataset(Dataset):
         return f"{type(self).__name__}({self.name!r}, {len(self)} images, {len(self.class_names) - 1} classes)"
 
     def get_image(self, index: int) -> np.ndarray:
-        """The image as an HxWx3 uint8 RGB array (from the cache when enabled)."""
+        """The image as an HxWx3 uint8 RGB array (from the cache, read-only, when enabled)."""
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         image = read_image(self.records[index].file)
         if self._cache is not None:
+            image.setflags(write=False)  # shared by every later call: transforms get a copy
             self._cache[index] = image
         return image
 
@@ -162,6 +163,8 @@ class DetectionDataset(Dataset):
     def get_item(self, index: int, rng: np.random.Generator | None = None) -> tuple[Any, dict, int]:
         """The sample (image, {"boxes", "labels"}, index); rng is handed to the transform when given."""
         image = self.get_image(index)
+        if not image.flags.writeable:
+            image = image.copy()
         boxes, labels, difficult = self.get_annotation(index)
         if not self.keep_difficult:
             boxes, labels = boxes[~difficult], labels[~difficult]

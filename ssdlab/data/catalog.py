@@ -79,7 +79,7 @@ def build_one(name: str, is_train: bool, **kwargs) -> DetectionDataset:
     if name.endswith(".data"):
         return TextDataset(name, "train" if is_train else "valid", **kwargs)
     folder, split = split_folder_spec(name)
-    if Path(folder).is_dir():
+    if split is not None or Path(folder).is_dir():
         return shapes_dataset(Path(folder), split or ("train" if is_train else "valid"), **kwargs)
     raise DataError(f"unknown dataset {name!r}: use one of {', '.join(known_names())}, a path to a "
                     ".data file, or a shapes folder (DIR, DIR:train or DIR:val)")

@@ -19,18 +19,21 @@ are listed in drawing order (a later object may cover an earlier one).
 
 Layout written (one physical copy of the images, read by all three loaders)::
 
-    DIR/VOC/JPEGImages/{train,val}/000000.png    the images (PNG, lossless)
+    DIR/images/{train,val}/000000.png            the images (PNG, lossless)
+    DIR/labels/{train,val}/000000.txt            text format: "cls xc yc w h" normalised, cls 0-based
+    DIR/shapes.names, DIR/train.txt, DIR/val.txt, DIR/shapes.data
+                                                 text format; the lists hold image paths relative
+                                                 to DIR ("images/train/000000.png")
+    DIR/VOC/JPEGImages -> ../images              a relative symlink (a copy where the file system
+                                                 has no symlinks); survives `cp -r`
     DIR/VOC/Annotations/{train,val}/000000.xml   VOC XML (boxes 1-based: x + 1)
     DIR/VOC/ImageSets/Main/{train,val}.txt       VOC ids, e.g. "train/000000"
-    DIR/labels/{train,val}/000000.txt            text format: "cls xc yc w h" normalised, cls 0-based
-    DIR/shapes.names, DIR/train.txt, DIR/val.txt DIR/shapes.data  (text format; the lists hold
-                                                 image paths relative to DIR)
     DIR/annotations/instances_{train,val}.json   COCO (category ids 1..5; file_name relative
-                                                 to DIR/VOC/JPEGImages)
+                                                 to DIR/images, e.g. "train/000000.png")
     DIR/MANIFEST.json                            seed, counts, version, statistics, time
 
     VOCDataset(DIR / "VOC", "train", class_names=SHAPES_CLASS_NAMES)
-    COCODataset(DIR / "VOC/JPEGImages", DIR / "annotations/instances_train.json")
+    COCODataset(DIR / "images", DIR / "annotations/instances_train.json")
     TextDataset(DIR / "shapes.data", "train")      # or "valid"
 
 The dataset is written into ``DIR.tmp-xxxx`` and renamed at the end, so an interrupted run
@@ -46,12 +49,14 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from tqdm.auto import tqdm
 
 from ssdlab.errors import DataError
 
@@ -110,14 +115,13 @@ def unit_polygon(name: str, rng: np.random.Generator) -> np.ndarray:
     return np.stack([radius * np.cos(angles), radius * np.sin(angles)], 1)
 
 
-def place(unit: np.ndarray, size: float, aspect: float, angle: float, centre: np.ndarray) -> np.ndarray:
-    """Stretch, rotate and scale a unit outline so its box's longer side is size, centred on centre."""
+def place(unit: np.ndarray, size: float, aspect: float, angle: float) -> np.ndarray:
+    """Stretch, rotate and scale a unit outline so its box's longer side is size, centred on 0."""
     points = unit * np.array([math.sqrt(aspect), 1 / math.sqrt(aspect)])
     c, s = math.cos(angle), math.sin(angle)
     points = points @ np.array([[c, s], [-s, c]])
     low, high = points.min(0), points.max(0)
-    points = (points - (low + high) / 2) * (size / (high - low).max())
-    return points + centre
+    return (points - (low + high) / 2) * (size / (high - low).max())
 
 
 def polygon_area(points: np.ndarray) -> float:
@@ -261,7 +265,7 @@ def try_target(rng: np.random.Generator, width: int, height: int, placed: list[S
     size = min(width, height) * math.exp(rng.uniform(*np.log(SIZE_RANGE)))
     aspect = math.exp(rng.uniform(*np.log(ASPECT_RANGE)))
     angle = rng.uniform(0, 2 * np.pi)
-    shape = place(unit, size, aspect, angle, np.zeros(2))
+    shape = place(unit, size, aspect, angle)
     centre = candidate_centre(rng, np.ptp(shape, 0), width, height, placed)
     polygon = shape + centre
     inside = polygon_area(clip_polygon(polygon, width, height)) / polygon_area(polygon)
@@ -276,20 +280,19 @@ def try_target(rng: np.random.Generator, width: int, height: int, placed: list[S
     return ShapeObject(label, polygon, box, float(inside), bool(inside < CUT_BELOW), False), mask
 
 
-def add_targets(rng: np.random.Generator, width: int, height: int) -> tuple[list[ShapeObject], list[np.ndarray]]:
+def add_targets(rng: np.random.Generator, width: int, height: int) -> list[ShapeObject]:
     """Place 1-6 targets; update every earlier target's visibility and occlusion flag."""
     wanted = int(rng.integers(1, 7))
     placed: list[ShapeObject] = []
     full_masks: list[np.ndarray] = []
     visible_masks: list[np.ndarray] = []
     for _ in range(wanted):
-        result = None
-        for _try in range(20):
+        for _attempt in range(20):
             result = try_target(rng, width, height, placed, visible_masks, full_masks)
             if result is not None:
                 break
-        if result is None:
-            break
+        else:
+            break  # no room left for another target
         obj, mask = result
         for i, earlier in enumerate(placed):
             visible_masks[i] = visible_masks[i] & ~mask
@@ -300,7 +303,7 @@ def add_targets(rng: np.random.Generator, width: int, height: int) -> tuple[list
         visible_masks.append(mask.copy())
     for obj, visible, full in zip(placed, visible_masks, full_masks):
         obj.visible = float(obj.visible * np.count_nonzero(visible) / max(np.count_nonzero(full), 1))
-    return placed, full_masks
+    return placed
 
 
 def draw_target(draw: ImageDraw.ImageDraw, rng: np.random.Generator, obj: ShapeObject, base: np.ndarray) -> None:
@@ -320,7 +323,7 @@ def make_scene(seed: int, split: str, index: int) -> Scene:
     canvas = Image.fromarray(np.clip(base, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(canvas)
     distractors = [draw_distractor(draw, rng, width, height) for _ in range(int(rng.integers(1, 5)))]
-    objects, _masks = add_targets(rng, width, height)
+    objects = add_targets(rng, width, height)
     for obj in objects:
         draw_target(draw, rng, obj, base)
     if rng.random() < 0.25:
@@ -372,7 +375,7 @@ def write_sample(task: tuple[str, int, str, int]) -> dict:
     height, width = scene.image.shape[:2]
     stem = f"{split}/{index:06d}"
     out = Path(root)
-    Image.fromarray(scene.image).save(out / "VOC/JPEGImages" / f"{stem}.png", compress_level=1)
+    Image.fromarray(scene.image).save(out / "images" / f"{stem}.png", compress_level=1)
     (out / "labels" / f"{stem}.txt").write_text(text_label_lines(scene.objects, width, height))
     (out / "VOC/Annotations" / f"{stem}.xml").write_bytes(voc_xml(f"{stem}.png", scene.objects, width, height))
     return {"file": f"{stem}.png", "width": width, "height": height,
@@ -406,26 +409,24 @@ def split_stats(records: list[dict]) -> dict:
 
 def write_split(tmp: Path, split: str, records: list[dict]) -> None:
     """Write the split's lists (text format and VOC) and its COCO json."""
-    (tmp / f"{split}.txt").write_text("".join(f"VOC/JPEGImages/{r['file']}\n" for r in records))
+    (tmp / f"{split}.txt").write_text("".join(f"images/{r['file']}\n" for r in records))
     (tmp / "VOC/ImageSets/Main" / f"{split}.txt").write_text(
         "".join(f"{r['file'][:-4]}\n" for r in records))
     (tmp / "annotations" / f"instances_{split}.json").write_text(json.dumps(coco_json(records)))
 
 
-def write_dataset(tmp: Path, n_train: int, n_val: int, seed: int, workers: int) -> dict:
+def write_dataset(tmp: Path, n_train: int, n_val: int, seed: int, workers: int, progress: bool = False) -> dict:
     """Generate every file of the dataset under tmp; return the per-split statistics."""
-    for sub in ("VOC/JPEGImages", "VOC/Annotations", "labels"):
+    for sub in ("images", "VOC/Annotations", "labels"):
         for split in SPLITS:
             (tmp / sub / split).mkdir(parents=True)
     (tmp / "VOC/ImageSets/Main").mkdir(parents=True)
     (tmp / "annotations").mkdir()
     counts = {"train": n_train, "val": n_val}
     tasks = [(str(tmp), seed, split, i) for split in SPLITS for i in range(counts[split])]
-    if workers > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(write_sample, tasks, chunksize=32))
-    else:
-        results = [write_sample(task) for task in tasks]
+    with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+        mapped = pool.map(write_sample, tasks, chunksize=32) if pool else map(write_sample, tasks)
+        results = list(tqdm(mapped, total=len(tasks), desc="shapes", unit="img", disable=not progress, leave=False))
     stats = {}
     for split in SPLITS:
         records = [r for r, t in zip(results, tasks) if t[2] == split]
@@ -434,8 +435,19 @@ def write_dataset(tmp: Path, n_train: int, n_val: int, seed: int, workers: int) 
     (tmp / "shapes.names").write_text("".join(f"{name}\n" for name in SHAPE_CLASSES))
     (tmp / "shapes.data").write_text(
         f"classes= {len(SHAPE_CLASSES)}\ntrain= train.txt\nvalid= val.txt\nnames= shapes.names\n"
-        "images= VOC/JPEGImages\nlabels= labels\n")
+        "images= images\nlabels= labels\n")
+    link_voc_images(tmp)
     return stats
+
+
+def link_voc_images(root: Path) -> None:
+    """Make VOC/JPEGImages a relative symlink to images/ (a copy where symlinks are not supported)."""
+    link = root / "VOC" / "JPEGImages"
+    try:
+        link.symlink_to(Path("..") / "images", target_is_directory=True)
+    except OSError as err:
+        log.warning("cannot create the symlink %s (%s); copying the images for the VOC view", link, err)
+        shutil.copytree(root / "images", link)
 
 
 # ----------------------------------------------------------------------------- entry point
@@ -465,7 +477,8 @@ def check_replaceable(out: Path) -> None:
                         "choose another --out or remove the folder")
 
 
-def generate_shapes(out: Path, n_train: int = 4000, n_val: int = 500, seed: int = 0, workers: int = 2) -> Path:
+def generate_shapes(out: Path, n_train: int = 4000, n_val: int = 500, seed: int = 0, workers: int = 2,
+                    progress: bool = False) -> Path:
     """Write the shapes dataset to out (atomically) and return out; reuse it when already complete."""
     out = Path(out)
     if n_train < 1 or n_val < 1:
@@ -480,7 +493,7 @@ def generate_shapes(out: Path, n_train: int = 4000, n_val: int = 500, seed: int 
     tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is meant to be shared
     try:
         start = time.perf_counter()
-        stats = write_dataset(tmp, n_train, n_val, seed, workers)
+        stats = write_dataset(tmp, n_train, n_val, seed, workers, progress)
         seconds = time.perf_counter() - start
         manifest = {"format": "ssdlab-shapes", "version": VERSION, "seed": seed, "n_train": n_train,
                     "n_val": n_val, "classes": list(SHAPE_CLASSES), "stats": stats,

@@ -74,6 +74,7 @@ class Compose:
         return image, boxes, labels
 
     def __repr__(self) -> str:
+        """The names of the steps, e.g. Compose(Resize, SubtractMeans, ToTensor)."""
         return "Compose(" + ", ".join(type(t).__name__ for t in self.transforms) + ")"
 
 

@@ -32,7 +32,7 @@ from ssdlab.engine import distributed as dist
 from ssdlab.engine.inference import evaluate_model
 from ssdlab.engine.schedule import build_optimizer, build_scheduler
 from ssdlab.errors import ConfigError
-from ssdlab.model.ssd import SSD
+from ssdlab.model.ssd import SSD, build_model
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def datasets(cfg: CfgNode, is_train: bool, with_transforms: bool = True):
 def initial_model(cfg: CfgNode, class_names: Iterable[str]) -> tuple[nn.Module, CfgNode]:
     """A new model, or the MODEL.WEIGHTS checkpoint's when MODEL.FINE_TUNE (its architecture wins)."""
     if not cfg.MODEL.FINE_TUNE:
-        return SSD(cfg, class_names=tuple(class_names)), cfg
+        return build_model(cfg, tuple(class_names)), cfg
     source = ckpt.read_checkpoint(cfg.MODEL.WEIGHTS)
     stored = ckpt.checkpoint_config(source, cfg.MODEL.WEIGHTS)
     cfg = cfg.clone()

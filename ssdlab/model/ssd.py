@@ -137,9 +137,9 @@ def imagenet_arch(cfg_path: str) -> str:
                       "'mobilenet_v2', so no ImageNet weights fit it; set MODEL.BACKBONE.PRETRAINED False")
 
 
-def build_model(cfg: CfgNode) -> SSD:
+def build_model(cfg: CfgNode, class_names: tuple[str, ...] | None = None) -> SSD:
     """An SSD for cfg, its feature-map sizes checked against MODEL.PRIORS; ImageNet weights when PRETRAINED."""
-    model = SSD(cfg)
+    model = SSD(cfg, class_names=class_names)
     check_feature_maps(model)
     if cfg.MODEL.BACKBONE.PRETRAINED:
         load_imagenet_weights(model.backbone, imagenet_arch(cfg.MODEL.BACKBONE.CFG), cfg.MODEL.BACKBONE.WEIGHTS)

@@ -1,0 +1,1 @@
+"""Datasets, the built-in shapes generator, transforms and batching."""
