@@ -2,7 +2,7 @@
 PYTHON ?= python
 PROFILE ?= $(or $(SSDLAB_PROFILE),full)
 
-.PHONY: install tour test lab
+.PHONY: install tour test lab pretrained
 
 install:
 	@$(PYTHON) -c "import importlib.metadata as m; m.version('ssdlab')" 2>/dev/null || \
@@ -16,3 +16,6 @@ test: install  ## every test: unit tests, then the notebooks through nbval (smok
 
 lab: install  ## open the course notebooks in JupyterLab
 	$(PYTHON) -m jupyter lab notebooks/
+
+pretrained: install  ## retrain the committed course baselines (ssdlab/checkpoints/, ~30 min each on 2 cores)
+	$(PYTHON) -c "from ssdlab.course import make_baselines; print(*make_baselines(), sep='\n')"

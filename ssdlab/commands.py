@@ -122,6 +122,6 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 def cmd_tour(args: argparse.Namespace) -> None:
     """The course headless: data, training, evaluation, demo, summary."""
-    from ssdlab.tour import run_tour
+    from ssdlab.course import run_tour
 
     print(run_tour())

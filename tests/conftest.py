@@ -10,10 +10,10 @@ TESTS = Path(__file__).resolve().parent
 
 @pytest.fixture(scope="session")
 def shapes_dir(tmp_path_factory) -> Path:
-    """A 64-train / 24-val shapes dataset (all three on-disk formats)."""
+    """A 160-train / 24-val shapes dataset (all three on-disk formats)."""
     from ssdlab.data.shapes import generate_shapes
 
-    return generate_shapes(tmp_path_factory.mktemp("data") / "shapes", n_train=64, n_val=24, seed=3, workers=1)
+    return generate_shapes(tmp_path_factory.mktemp("data") / "shapes", n_train=160, n_val=24, seed=3, workers=1)
 
 
 @pytest.fixture

@@ -22,9 +22,8 @@ def ssdlab_cli(*args, cwd):
 def test_train_eval_demo_detect_the_shapes(shapes_dir, tmp_path):
     data = ["DATASETS.TRAIN", f"['{shapes_dir}:train']", "DATASETS.TEST", f"['{shapes_dir}:val']"]
     out = tmp_path / "run"
-    trained = ssdlab_cli("train", "--config-file", str(TESTS / "data" / "tiny.yaml"), *data,
-                         "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "300", "SOLVER.LR_STEPS", "[240]",
-                         "SOLVER.BATCH_SIZE", "16", "SOLVER.NUM_THREADS", "2", cwd=tmp_path)
+    trained = ssdlab_cli("train", "--config-file", str(TESTS / "data" / "slim.yaml"), *data,
+                         "OUTPUT_DIR", str(out), cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert (out / "model_final.pt").is_file() and (out / "metrics.jsonl").is_file()
 

@@ -315,7 +315,8 @@ def build_transforms(cfg, is_train: bool) -> Compose:
     size, mean = cfg.INPUT.IMAGE_SIZE, cfg.INPUT.PIXEL_MEAN
     if not is_train:
         return Compose([Resize(size), SubtractMeans(mean), ToTensor()])
-    augment = [PhotometricDistort(), Expand(mean), RandomSampleCrop(), RandomMirror()] if cfg.SOLVER.AUGMENT else []
+    augment = [PhotometricDistort(), Expand(mean, cfg.INPUT.EXPAND_MAX_RATIO), RandomSampleCrop(),
+               RandomMirror()] if cfg.SOLVER.AUGMENT else []
     return Compose([ConvertFromInts(), *augment, ToPercentCoords(), Resize(size), SubtractMeans(mean), ToTensor()])
 
 

@@ -125,3 +125,11 @@ def write_last_checkpoint(output_dir: str | Path, path: Path) -> None:
     tmp = marker.with_suffix(".tmp")
     tmp.write_text(path.name + "\n")
     os.replace(tmp, marker)
+
+
+def release_copy(src: str | Path, dst: str | Path) -> Path:
+    """Save a checkpoint without its resume state (optimizer, scheduler, RNG): a small file to share."""
+    state = read_checkpoint(src)
+    for key in ("optimizer", "scheduler", "rng"):
+        state.pop(key, None)
+    return save_checkpoint(state, dst)

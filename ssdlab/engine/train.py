@@ -14,9 +14,10 @@ import os
 import random
 import signal
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -146,6 +147,7 @@ class TrainResult:
     iteration: int
     finished: bool
     metrics: dict = field(default_factory=dict)
+    train_seconds: float = 0.0
 
 
 class Trainer:
@@ -281,32 +283,63 @@ class Trainer:
         loader = make_train_loader(self.cfg, self.train_set, start, dist.rank(), dist.world_size())
         self.model.train()
         bar = tqdm(total=solver.MAX_ITER, initial=start, desc="train", disable=not (self.progress and dist.is_main()))
-        iteration, tick, metrics = start, time.perf_counter(), {}
+        iteration, metrics, clock = start, {}, TrainClock()
         with GracefulStop() as stop:
             for images, targets, _ in loader:
                 losses = self.step(images, targets, iteration)
                 iteration += 1
+                clock.count(images.shape[0] * dist.world_size())
                 if iteration % solver.LOG_PERIOD == 0 or iteration == solver.MAX_ITER:
-                    rate = solver.LOG_PERIOD * images.shape[0] * dist.world_size() / (time.perf_counter() - tick)
-                    tick = time.perf_counter()
-                    record = {"iter": iteration, "lr": self.optimizer.param_groups[0]["lr"],
-                              "images_per_s": rate, **losses}
-                    self.log_metrics(record)
-                    bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{record['lr']:.2e}", img_s=f"{rate:.0f}")
+                    self._log_step(iteration, losses, clock, bar)
                 bar.update(1)
-                if solver.EVAL_PERIOD and iteration % solver.EVAL_PERIOD == 0 and iteration < solver.MAX_ITER:
-                    metrics = self.evaluate(iteration)
-                    self.model.train()
-                stopping = dist.broadcast_object(stop.requested)
-                if stopping or (solver.CHECKPOINT_PERIOD and iteration % solver.CHECKPOINT_PERIOD == 0):
-                    path = self.save(iteration, metrics=metrics)
+                with clock.paused():
+                    if solver.EVAL_PERIOD and iteration % solver.EVAL_PERIOD == 0 and iteration < solver.MAX_ITER:
+                        metrics = self.evaluate(iteration)
+                        self.model.train()
+                    stopping = dist.broadcast_object(stop.requested)
+                    if stopping or (solver.CHECKPOINT_PERIOD and iteration % solver.CHECKPOINT_PERIOD == 0):
+                        path = self.save(iteration, metrics=metrics)
                 if stopping:
                     bar.close()
-                    return TrainResult(path, iteration, False, metrics)
+                    return TrainResult(path, iteration, False, metrics, clock.total)
         bar.close()
         metrics = self.evaluate(iteration)
-        final = self.save(iteration, name="model_final.pt", metrics=metrics)
-        return TrainResult(final, iteration, True, metrics)
+        final = self.save(iteration, name="model_final.pt", metrics={**metrics, "train_seconds": clock.total})
+        return TrainResult(final, iteration, True, metrics, clock.total)
+
+    def _log_step(self, iteration: int, losses: dict, clock: "TrainClock", bar) -> None:
+        """Log losses, lr, throughput and training time; show them on the progress bar."""
+        record = {"iter": iteration, "lr": self.optimizer.param_groups[0]["lr"],
+                  "images_per_s": clock.rate(), "train_seconds": clock.total, **losses}
+        self.log_metrics(record)
+        bar.set_postfix(loss=f"{losses['loss']:.3f}", lr=f"{record['lr']:.2e}", img_s=f"{record['images_per_s']:.0f}")
+
+
+class TrainClock:
+    """Training wall time without evaluation and checkpoint pauses, and images/s since the last log."""
+
+    def __init__(self):
+        self.total, self._images, self._since = 0.0, 0, 0.0
+        self._mark = time.perf_counter()
+
+    def count(self, images: int) -> None:
+        """Add the images of one step and the time since the previous call."""
+        now = time.perf_counter()
+        self.total += now - self._mark
+        self._since += now - self._mark
+        self._mark, self._images = now, self._images + images
+
+    def rate(self) -> float:
+        """Images per second since the last call of rate()."""
+        rate = self._images / max(self._since, 1e-9)
+        self._images, self._since = 0, 0.0
+        return rate
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Time spent inside does not count as training."""
+        yield
+        self._mark = time.perf_counter()
 
 
 def train(cfg: CfgNode, **options) -> TrainResult:

@@ -1,7 +1,9 @@
-"""`make tour`: the course run headless on the built-in shapes data, ending with a summary table.
+"""The course models on the built-in shapes data: profiles, training, the committed baselines, the tour.
 
-SSDLAB_PROFILE=full (default) uses the course recipes as they are and writes to runs/;
-SSDLAB_PROFILE=smoke shrinks data and iterations to finish in about a minute (runs/smoke/).
+Profiles (SSDLAB_PROFILE): `full` (default) uses the course recipes as they are and writes to
+runs/; `smoke` shrinks data and iterations to finish in about a minute (runs/smoke/);
+`pretrained` is the longer recipe behind the baselines committed in ssdlab/checkpoints/
+(`make pretrained`), which the compression lessons start from.
 """
 from __future__ import annotations
 
@@ -13,17 +15,21 @@ from ssdlab.config import PACKAGE_CONFIGS, load_config
 from ssdlab.data.shapes import generate_shapes
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.demo import run_demo
+from ssdlab.engine.checkpoint import release_copy
 from ssdlab.engine.profile import count_macs, count_params, measure_latency, size_mib
 from ssdlab.engine.train import train
 from ssdlab.errors import ConfigError
 
 COURSE_MODELS = ("plain", "residual")
+BASELINES = Path(__file__).resolve().parent / "checkpoints"
 PROFILES = {
     "full": {"root": "runs", "data": "datasets/shapes", "train": 4000, "val": 500, "overrides": []},
     "smoke": {"root": "runs/smoke", "data": "runs/smoke/shapes", "train": 96, "val": 24,
               "overrides": ["SOLVER.MAX_ITER", "12", "SOLVER.BATCH_SIZE", "8", "SOLVER.WARMUP_ITERS", "4",
                             "SOLVER.LR_STEPS", "[8]", "SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.EVAL_PERIOD", "0",
                             "DATA_LOADER.NUM_WORKERS", "0"]},
+    "pretrained": {"root": "runs/pretrained", "data": "datasets/shapes", "train": 4000, "val": 500,
+                   "overrides": ["SOLVER.MAX_ITER", "4500", "SOLVER.CHECKPOINT_PERIOD", "500"]},
 }
 
 
@@ -82,3 +88,17 @@ def run_tour(profile: str | None = None) -> str:
     profile = profile or current_profile()
     rows = [train_course_model(model, profile) for model in COURSE_MODELS]
     return f"ssdlab tour ({profile} profile; VOC mAP = area AP at IoU 0.5)\n" + format_summary(rows)
+
+
+def baseline(model: str) -> Path:
+    """The committed, well-trained checkpoint of a course model (ssdlab/checkpoints/<model>_shapes.pt)."""
+    return BASELINES / f"{model}_shapes.pt"
+
+
+def make_baselines(models: tuple[str, ...] = COURSE_MODELS) -> list[Path]:
+    """Train each course model with the longer recipe and save a release copy as its baseline."""
+    written = []
+    for model in models:
+        row = train_course_model(model, "pretrained")
+        written.append(release_copy(row["checkpoint"], baseline(model)))
+    return written

@@ -1,0 +1,86 @@
+"""Train the course recipes from scratch and record time, images/s, VOC mAP@0.5 and COCO AP.
+
+    python benchmarks/course_training.py                 # both course models, writes RESULTS.md
+    python benchmarks/course_training.py --models plain  # one model
+
+The section between the course-training markers of benchmarks/RESULTS.md is rewritten.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+
+from ssdlab.engine.train import train
+from ssdlab.course import COURSE_MODELS, PROFILES, course_config
+from ssdlab.data.shapes import generate_shapes
+
+HERE = Path(__file__).resolve().parent
+START, END = "<!-- course-training:start -->", "<!-- course-training:end -->"
+
+
+def machine() -> str:
+    """CPU model, cores, torch version and threads."""
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
+    return (f"{cpu}, {len(__import__('os').sched_getaffinity(0))} cores, torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
+
+
+def run(model: str, out_root: Path) -> dict:
+    """Train one course model from scratch; its numbers."""
+    out = out_root / model
+    shutil.rmtree(out, ignore_errors=True)
+    cfg = course_config(model, "full", ["OUTPUT_DIR", str(out)])
+    result = train(cfg, resume=False)
+    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    rates = [r["images_per_s"] for r in log if "images_per_s" in r]
+    return {"model": model, "iterations": result.iteration, "train_seconds": result.train_seconds,
+            "images_per_s": sum(rates) / len(rates), "voc_map": result.metrics["voc_map"],
+            "coco_ap": result.metrics["coco_ap"], "coco_ap50": result.metrics["coco"]["AP50"]}
+
+
+def table(rows: list[dict], command: str) -> str:
+    """The RESULTS.md section."""
+    lines = [START, "## Course recipes: training from scratch on the shapes dataset", "",
+             f"Command: `{command}`  ", f"Machine: {machine()}", "",
+             "| model | iterations | training time | images/s | VOC mAP@0.5 (area) | COCO AP | COCO AP50 |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['iterations']} | {r['train_seconds'] / 60:.1f} min | "
+                     f"{r['images_per_s']:.0f} | {r['voc_map']:.4f} | {r['coco_ap']:.4f} | {r['coco_ap50']:.4f} |")
+    lines += ["", "Training time excludes evaluation; the val split is 500 generated images.", END]
+    return "\n".join(lines)
+
+
+def write_section(section: str, path: Path) -> None:
+    """Replace (or append) the course-training section of RESULTS.md."""
+    text = path.read_text() if path.exists() else "# ssdlab benchmark results\n"
+    if START in text:
+        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    """Parse arguments, run, write RESULTS.md."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(COURSE_MODELS), choices=COURSE_MODELS)
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--runs", type=Path, default=HERE / "runs")
+    args = parser.parse_args()
+    settings = PROFILES["full"]
+    generate_shapes(Path(settings["data"]), n_train=settings["train"], n_val=settings["val"])
+    rows = [run(model, args.runs) for model in args.models]
+    write_section(table(rows, "python " + " ".join(sys.argv)), args.out)
+    print(table(rows, "python " + " ".join(sys.argv)))
+
+
+if __name__ == "__main__":
+    main()
