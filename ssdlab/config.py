@@ -99,7 +99,8 @@ def _defaults() -> dict:
             "IMAGE_SIZE": 300,
             "PIXEL_MEAN": [123, 117, 104],  # RGB, subtracted; no division by std
             "CHANNELS": 3,
-            "EXPAND_MAX_RATIO": 4.0,  # zoom-out augmentation: canvas up to this many times the image
+            "EXPAND_MAX_RATIO": 4.0,  # zoom-out augmentation: canvas up to this many times the image (<= 1: off)
+            "CROP": True,  # IoU-constrained random crop augmentation
         },
         "DATASETS": {
             "TRAIN": [],  # names (voc_2007_trainval, coco_2014_train, ...) or paths (.data file, shapes folder)

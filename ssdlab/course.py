@@ -29,7 +29,7 @@ PROFILES = {
                             "SOLVER.LR_STEPS", "[8]", "SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.EVAL_PERIOD", "0",
                             "DATA_LOADER.NUM_WORKERS", "0"]},
     "pretrained": {"root": "runs/pretrained", "data": "datasets/shapes", "train": 4000, "val": 500,
-                   "overrides": ["SOLVER.MAX_ITER", "4500", "SOLVER.CHECKPOINT_PERIOD", "500"]},
+                   "overrides": ["SOLVER.MAX_ITER", "7500"]},
 }
 
 

@@ -18,7 +18,7 @@ BACKBONES = CONFIGS / "backbones"
 RECIPES = sorted(CONFIGS.glob("*.yaml")) + sorted((CONFIGS / "course").glob("*.yaml"))
 
 VGG300 = (300, [38, 19, 10, 5, 3, 1], [512, 1024, 512, 256, 256, 256])
-PLAIN = (128, [16, 8, 4, 2, 1], [96, 192, 192, 128, 128])
+PLAIN = (128, [32, 16, 8, 4, 2, 1], [64, 96, 192, 192, 128, 128])
 # cfg file -> (input size, feature-map sizes, head channels), from REFERENCE §1-2 and the course design
 EXPECTED = {
     "vgg_bn_ssd300.cfg": VGG300,
@@ -30,7 +30,7 @@ EXPECTED = {
     "mini_ssd_fpga.cfg": (416, [52], [128]),
     "course_plain.cfg": PLAIN,
     "course_plain_quan.cfg": PLAIN,
-    "course_residual.cfg": (128, [16, 8, 4, 2, 1], [48, 96, 128, 128, 128]),
+    "course_residual.cfg": (128, [32, 16, 8, 4, 2, 1], [32, 48, 96, 128, 128, 128]),
 }
 MINI_304 = (304, [38], [128])
 
@@ -63,8 +63,8 @@ def test_every_shipped_cfg_has_an_expectation():
     assert sorted(p.name for p in BACKBONES.glob("*.cfg")) == sorted(EXPECTED)
 
 
-@pytest.mark.parametrize("name,size,sizes", [("course_plain.cfg", 128, [16, 8, 4, 2, 1]),
-                                             ("course_residual.cfg", 128, [16, 8, 4, 2, 1]),
+@pytest.mark.parametrize("name,size,sizes", [("course_plain.cfg", 128, [32, 16, 8, 4, 2, 1]),
+                                             ("course_residual.cfg", 128, [32, 16, 8, 4, 2, 1]),
                                              ("mini_ssd_fpga.cfg", 304, [38])])
 def test_small_backbones_run_for_real(name, size, sizes):
     torch.manual_seed(0)

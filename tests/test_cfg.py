@@ -249,7 +249,7 @@ def test_course_models_are_hardware_friendly():
         assert all(c["size"] == 3 and c["dilation"] == 1 and c["batch_normalize"] for c in convs)
         assert not any(layer["type"] == "depthwise" or layer.get("feature") == "l2_norm" for layer in layers)
         assert not any(layer.get("quantization") for layer in layers)
-        assert len(feature_layers(layers)) == 5
+        assert len(feature_layers(layers)) == 6
     assert not any(layer["type"] == "shortcut" for layer in plain)
     shortcuts = [i for i, layer in enumerate(residual) if layer["type"] == "shortcut"]
     assert len(shortcuts) == 6

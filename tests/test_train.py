@@ -177,3 +177,18 @@ def test_missing_dataset_path(tiny_cfg, tmp_path):
     from ssdlab.errors import DataError
     with pytest.raises(DataError, match="nowhere"):
         train(tiny_cfg("DATASETS.TRAIN", f"['{tmp_path}/nowhere.data']"), progress=False)
+
+
+def test_release_copy_drops_resume_state_and_still_loads(tiny_cfg, tmp_path):
+    result = train(tiny_cfg("SOLVER.MAX_ITER", "1", "DATASETS.TEST", "[]"), progress=False)
+    small = ckpt.release_copy(result.checkpoint, tmp_path / "release.pt")
+    state = ckpt.read_checkpoint(small)
+    assert "optimizer" not in state and "rng" not in state
+    assert small.stat().st_size < result.checkpoint.stat().st_size
+    assert same_weights(state["model"], ckpt.read_checkpoint(result.checkpoint)["model"])
+    ssdlab.load(small)
+
+
+def test_zero_iterations_is_a_config_error(tiny_cfg):
+    with pytest.raises(ConfigError, match="SOLVER.MAX_ITER"):
+        train(tiny_cfg("SOLVER.MAX_ITER", "0", "SOLVER.SCHEDULER", "cosine"), progress=False)

@@ -204,3 +204,16 @@ def test_target_transform_shapes_and_exact_prior_match():
     assert torch.allclose(encoded[k], torch.zeros(4), atol=1e-5)
     encoded, labels = target(np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
     assert encoded.shape == (256, 4) and torch.all(labels == 0) and torch.isfinite(encoded).all()
+
+
+def test_course_switches_leave_out_zoom_out_and_crop():
+    from ssdlab.config import load_config
+    from ssdlab.data.transforms import Expand, RandomSampleCrop, build_transforms
+
+    full = build_transforms(load_config(None), is_train=True)
+    light = build_transforms(load_config(None, ["INPUT.EXPAND_MAX_RATIO", "1.0", "INPUT.CROP", "False"]), True)
+    none = build_transforms(load_config(None, ["SOLVER.AUGMENT", "False"]), True)
+    kinds = lambda pipeline: {type(t) for t in pipeline.transforms}
+    assert {Expand, RandomSampleCrop} <= kinds(full)
+    assert not {Expand, RandomSampleCrop} & kinds(light) and len(kinds(light)) == len(kinds(full)) - 2
+    assert len(kinds(none)) == len(kinds(light)) - 2

@@ -311,11 +311,14 @@ class ToTensor:
 
 
 def build_transforms(cfg, is_train: bool) -> Compose:
-    """The training pipeline (augmentation unless SOLVER.AUGMENT is False) or the test pipeline."""
+    """The training pipeline (augmentation unless SOLVER.AUGMENT is False; INPUT.EXPAND_MAX_RATIO <= 1 or
+    INPUT.CROP False leave out zoom-out or the IoU crop) or the test pipeline."""
     size, mean = cfg.INPUT.IMAGE_SIZE, cfg.INPUT.PIXEL_MEAN
     if not is_train:
         return Compose([Resize(size), SubtractMeans(mean), ToTensor()])
-    augment = [PhotometricDistort(), Expand(mean, cfg.INPUT.EXPAND_MAX_RATIO), RandomSampleCrop(),
+    augment = [PhotometricDistort(),
+               *([Expand(mean, cfg.INPUT.EXPAND_MAX_RATIO)] if cfg.INPUT.EXPAND_MAX_RATIO > 1 else []),
+               *([RandomSampleCrop()] if cfg.INPUT.CROP else []),
                RandomMirror()] if cfg.SOLVER.AUGMENT else []
     return Compose([ConvertFromInts(), *augment, ToPercentCoords(), Resize(size), SubtractMeans(mean), ToTensor()])
 

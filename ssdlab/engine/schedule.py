@@ -17,6 +17,8 @@ class WarmupSchedule:
                  warmup_factor: float, warmup_iters: int):
         if kind not in ("multistep", "cosine"):
             raise ConfigError(f"SOLVER.SCHEDULER = {kind!r}; use 'multistep' or 'cosine'")
+        if max_iter < 1:
+            raise ConfigError(f"SOLVER.MAX_ITER = {max_iter}; train for at least 1 iteration")
         if list(steps) != sorted(steps):
             raise ConfigError(f"SOLVER.LR_STEPS = {steps} must be increasing")
         self.kind, self.max_iter, self.steps, self.gamma = kind, max_iter, list(steps), gamma
