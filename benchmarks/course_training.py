@@ -3,7 +3,8 @@
     python benchmarks/course_training.py                 # both course models, writes RESULTS.md
     python benchmarks/course_training.py --models plain  # one model
 
-The section between the course-training markers of benchmarks/RESULTS.md is rewritten.
+Each model's row is kept in benchmarks/course_training.json, so re-running one model keeps the
+other's; the section between the course-training markers of benchmarks/RESULTS.md is rewritten.
 """
 from __future__ import annotations
 
@@ -45,15 +46,16 @@ def run(model: str, out_root: Path) -> dict:
             "coco_ap": result.metrics["coco_ap"], "coco_ap50": result.metrics["coco"]["AP50"]}
 
 
-def table(rows: list[dict], command: str) -> str:
+def table(rows: list[dict]) -> str:
     """The RESULTS.md section."""
     lines = [START, "## Course recipes: training from scratch on the shapes dataset", "",
-             f"Command: `{command}`  ", f"Machine: {machine()}", "",
-             "| model | iterations | training time | images/s | VOC mAP@0.5 (area) | COCO AP | COCO AP50 |",
-             "|---|---|---|---|---|---|---|"]
+             f"Machine: {machine()}", "",
+             "| model | iterations | training time | images/s | VOC mAP@0.5 (area) | COCO AP | COCO AP50 | command |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['iterations']} | {r['train_seconds'] / 60:.1f} min | "
-                     f"{r['images_per_s']:.0f} | {r['voc_map']:.4f} | {r['coco_ap']:.4f} | {r['coco_ap50']:.4f} |")
+                     f"{r['images_per_s']:.0f} | {r['voc_map']:.4f} | {r['coco_ap']:.4f} | {r['coco_ap50']:.4f} | "
+                     f"`{r['command']}` |")
     lines += ["", "Training time excludes evaluation; the val split is 500 generated images.", END]
     return "\n".join(lines)
 
@@ -77,9 +79,14 @@ def main() -> None:
     args = parser.parse_args()
     settings = PROFILES["full"]
     generate_shapes(Path(settings["data"]), n_train=settings["train"], n_val=settings["val"])
-    rows = [run(model, args.runs) for model in args.models]
-    write_section(table(rows, "python " + " ".join(sys.argv)), args.out)
-    print(table(rows, "python " + " ".join(sys.argv)))
+    store = HERE / "course_training.json"
+    rows = json.loads(store.read_text()) if store.exists() else {}
+    for model in args.models:
+        rows[model] = {**run(model, args.runs), "command": "python " + " ".join(sys.argv)}
+    store.write_text(json.dumps(rows, indent=1) + "\n")
+    section = table([rows[m] for m in COURSE_MODELS if m in rows])
+    write_section(section, args.out)
+    print(section)
 
 
 if __name__ == "__main__":
