@@ -53,9 +53,9 @@ def score(dataset, predictions: dict[int, dict], cfg: CfgNode, coco_json: str | 
 
 def evaluate_model(model: nn.Module, dataset, cfg: CfgNode, device: torch.device | str = "cpu",
                    coco_json: str | Path | None = None) -> dict:
-    """Predict on dataset and score the detections (every rank gets the same numbers)."""
+    """Predict on dataset and score the detections once, on rank 0; every rank gets the numbers."""
     predictions = predict(model, dataset, cfg, device)
-    result = score(dataset, predictions, cfg, coco_json if dist.is_main() else None)
+    result = dist.broadcast_object(score(dataset, predictions, cfg, coco_json) if dist.is_main() else None)
     log.info("%s = %.4f, %s = %.4f", result["voc"]["metric"], result["voc_map"],
              result["coco"]["metric"], result["coco_ap"])
     return result
