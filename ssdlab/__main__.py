@@ -1,4 +1,4 @@
-"""`python -m ssdlab COMMAND`: data, train, eval, demo, info, tour (flags as in the seed)."""
+"""`python -m ssdlab COMMAND`: data, train, eval, demo, info, prune, tour (flags as in the seed)."""
 from __future__ import annotations
 
 import argparse
@@ -46,6 +46,21 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="layer table, params, MACs, size and priors of a model")
     info.add_argument("--ckpt", help="describe this checkpoint instead of a fresh model")
     _config_args(info, required=False)
+
+    prune = sub.add_parser("prune", help="prune a sparse-trained checkpoint: compact .pt, .cfg and a .txt report")
+    prune.add_argument("--ckpt", required=True, help="the (sparse-trained) checkpoint to prune")
+    prune.add_argument("--percent", type=float, required=True, help="fraction of the prunable channels to remove")
+    prune.add_argument("--regular", type=int, choices=[0, 1], default=0,
+                       help="1: round kept channels up to a multiple of PRUNE.ROUND_TO (default 8)")
+    prune.add_argument("--max", type=int, choices=[0, 1], default=0,
+                       help="1: drop the head levels after the first layer left without channels")
+    prune.add_argument("--quick", type=int, choices=[0, 1], default=0,
+                       help="1: evaluate only the original and the compact model")
+    prune.add_argument("--mode", choices=["normal", "shortcut", "coupled"],
+                       help="prunable groups (default: PRUNE.TYPE of the recipe or checkpoint; normal when 'no')")
+    prune.add_argument("--out", type=Path, help="output folder (default: the checkpoint's folder)")
+    prune.add_argument("--tag", help="output file stem (default: <ckpt>_<mode>_p<percent>[_regular][_max])")
+    _config_args(prune, required=False)
 
     sub.add_parser("tour", help="the whole course headless on built-in data (SSDLAB_PROFILE=smoke: ~1 min)")
     return parser

@@ -120,6 +120,30 @@ def cmd_info(args: argparse.Namespace) -> None:
                       "priors": totals["priors"]}))
 
 
+def prune_mode(args: argparse.Namespace, stored: CfgNode) -> str:
+    """--mode, else PRUNE.TYPE of the recipe, else of the checkpoint; 'normal' when none is set."""
+    if args.mode:
+        return args.mode
+    if args.config_file:
+        recipe = load_config(args.config_file, _opts(args))
+        if recipe.PRUNE.TYPE != "no":
+            return recipe.PRUNE.TYPE
+    return stored.PRUNE.TYPE if stored.PRUNE.TYPE != "no" else "normal"
+
+
+def cmd_prune(args: argparse.Namespace) -> None:
+    """Prune a checkpoint: write the compact model, its cfg and the report; print the report."""
+    from ssdlab.engine.train import datasets
+    from ssdlab.prune.report import prune_checkpoint
+
+    path, state, cfg = checkpoint_and_config(args)
+    report = prune_checkpoint(path, cfg, args.percent, prune_mode(args, cfg), bool(args.regular), bool(args.max),
+                              bool(args.quick), args.out, args.tag, dataset=datasets(cfg, is_train=False))
+    print(report.text, end="")
+    for kind, file in report.files.items():
+        print(f"{kind}: {file}")
+
+
 def cmd_tour(args: argparse.Namespace) -> None:
     """The course headless: data, training, evaluation, demo, summary."""
     from ssdlab.course import run_tour

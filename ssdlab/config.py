@@ -93,6 +93,7 @@ def _defaults() -> dict:
             "BOX_HEAD": {
                 "NAME": "SSDBoxHead",
                 "PREDICTOR": "SSDBoxPredictor",  # or SSDLiteBoxPredictor
+                "LITE_SEPARABLE": -1,  # SSDLite: levels with separable predictors (-1: all but the last)
             },
         },
         "INPUT": {
@@ -143,12 +144,18 @@ def _defaults() -> dict:
             "USE_07_METRIC": False,  # VOC AP: False = area under the envelope, True = 11-point
         },
         "PRUNE": {
-            "TYPE": "no",  # no | normal | shortcut
+            "TYPE": "no",  # no | normal | shortcut | coupled (sparse training and the prune mode)
             "SR": 0.001,
             "SR_SCHEDULE": "constant",  # constant | step
             "SR_STEP_AT": 0.5,  # step: fraction of MAX_ITER after which SR is scaled
             "SR_STEP_FACTOR": 0.1,
             "ROUND_TO": 8,
+        },
+        "DISTILL": {  # fine-tuning a pruned model from its unpruned teacher (ssdlab.prune.distill)
+            "TEACHER": "",  # teacher checkpoint; empty = no distillation
+            "TEMPERATURE": 2.0,
+            "CLS_WEIGHT": 1.0,
+            "BOX_WEIGHT": 1.0,
         },
         "QUANTIZATION": {
             "TYPE": "no",  # no | dorefa | IAO | BWN

@@ -15,6 +15,7 @@ labels are int64 in 1..C-1 (0 is the background, ``class_names[0] == "__backgrou
 from __future__ import annotations
 
 import bisect
+import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,12 @@ class DetectionDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def first(self, count: int) -> "DetectionDataset":
+        """The same dataset limited to its first `count` images (a quick evaluation)."""
+        part = copy.copy(self)
+        part.records, part.ids = self.records[:count], self.ids[:count]
+        return part
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r}, {len(self)} images, {len(self.class_names) - 1} classes)"

@@ -2,7 +2,7 @@
 
 Two hooks let later lessons change training without touching this loop:
 - `after_backward(model, iteration)`: called after loss.backward() and before optimizer.step()
-  (sparse training adds the L1 subgradient on BN γ here);
+  (sparse training adds the L1 subgradient on BN γ here; PRUNE.TYPE switches it on);
 - `model_transform(model, cfg) -> model`: applied to the freshly built model before the
   optimizer is made and before a checkpoint is resumed (quantization swaps layers here).
 """
@@ -34,6 +34,8 @@ from ssdlab.engine.inference import evaluate_model
 from ssdlab.engine.schedule import build_optimizer, build_scheduler
 from ssdlab.errors import ConfigError
 from ssdlab.model.ssd import SSD, build_model
+from ssdlab.prune.distill import teacher_from_config
+from ssdlab.prune.sparsity import gamma_record, sparsity_enabled, sparsity_hooks
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +184,8 @@ class Trainer:
         self.model = model.to(self.device)
         if self.cfg.SOLVER.CHANNELS_LAST:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.after_backward += sparsity_hooks(self.cfg, self.model)
+        self.teacher = teacher_from_config(self.cfg, self.device)
         self.optimizer = build_optimizer(self.cfg, self.model)
         self.scheduler = build_scheduler(self.cfg, self.optimizer)
         start = self._resume() if self.resume else 0
@@ -251,6 +255,8 @@ class Trainer:
                    "voc_metric": result["voc"]["metric"], "coco": {k: result["coco"][k]
                                                                    for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}}
         self.log_metrics({"iter": iteration, "eval": metrics})
+        if sparsity_enabled(self.cfg):
+            self.log_metrics({"iter": iteration, "gamma": gamma_record(self.model, self.cfg.PRUNE.TYPE)})
         return metrics
 
     def step(self, images: torch.Tensor, targets: dict, iteration: int) -> dict:
@@ -259,6 +265,8 @@ class Trainer:
         if self.cfg.SOLVER.CHANNELS_LAST:
             images = images.to(memory_format=torch.channels_last)
         targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
+        if self.teacher is not None:
+            targets.update(self.teacher(images))
         losses = self.wrapped(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):

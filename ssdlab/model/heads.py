@@ -77,13 +77,18 @@ def lite_predictor(in_channels: int, out_channels: int, last: bool) -> nn.Module
 
 
 class SSDLiteHead(BoxHead):
-    """The SSDLite head: separable 3x3 predictors, a plain 1x1 conv on the last level."""
+    """The SSDLite head: separable 3x3 predictors, plain 1x1 convs from level `separable` on.
 
-    def __init__(self, in_channels: list[int], boxes_per_location: list[int], num_classes: int):
+    `separable` = -1 (the seed's layout) makes only the last level plain; a pruned model whose
+    last levels were dropped keeps its remaining separable predictors by passing the count.
+    """
+
+    def __init__(self, in_channels: list[int], boxes_per_location: list[int], num_classes: int,
+                 separable: int = -1):
         super().__init__(num_classes)
-        last = len(in_channels) - 1
-        self.cls_headers = nn.ModuleList(lite_predictor(c, b * num_classes, k == last)
+        separable = len(in_channels) - 1 if separable < 0 else separable
+        self.cls_headers = nn.ModuleList(lite_predictor(c, b * num_classes, k >= separable)
                                          for k, (c, b) in enumerate(zip(in_channels, boxes_per_location)))
-        self.reg_headers = nn.ModuleList(lite_predictor(c, b * 4, k == last)
+        self.reg_headers = nn.ModuleList(lite_predictor(c, b * 4, k >= separable)
                                          for k, (c, b) in enumerate(zip(in_channels, boxes_per_location)))
         init_head(self)

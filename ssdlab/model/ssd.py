@@ -43,7 +43,10 @@ def make_head(cfg: CfgNode, in_channels: list[int]) -> nn.Module:
     name = cfg.MODEL.BOX_HEAD.PREDICTOR
     if name not in HEADS:
         raise ConfigError(f"MODEL.BOX_HEAD.PREDICTOR = {name!r} is unknown; use one of {', '.join(HEADS)}")
-    return HEADS[name](in_channels, cfg.MODEL.PRIORS.BOXES_PER_LOCATION, cfg.MODEL.NUM_CLASSES)
+    args = (in_channels, cfg.MODEL.PRIORS.BOXES_PER_LOCATION, cfg.MODEL.NUM_CLASSES)
+    if name == "SSDLiteBoxPredictor":
+        return SSDLiteHead(*args, separable=cfg.MODEL.BOX_HEAD.LITE_SEPARABLE)
+    return HEADS[name](*args)
 
 
 def check_levels(backbone: CfgBackbone, cfg: CfgNode, source: str) -> None:
@@ -93,7 +96,13 @@ class SSD(nn.Module):
             if targets is None:
                 raise ValueError("SSD in training mode needs targets {'labels', 'boxes'}; "
                                  "call model.eval() to get detections")
-            return self.criterion(cls_logits, bbox_pred, targets["labels"], targets["boxes"])
+            losses = self.criterion(cls_logits, bbox_pred, targets["labels"], targets["boxes"])
+            if "teacher_logits" in targets:  # fine-tuning with distillation (ssdlab.prune.distill)
+                from ssdlab.prune.distill import distillation_losses
+
+                losses.update(distillation_losses(cls_logits, bbox_pred, targets["labels"],
+                                                  targets["teacher_logits"], targets["teacher_boxes"], self.cfg))
+            return losses
         return postprocess(cls_logits, bbox_pred, self.priors, self.cfg.INPUT.IMAGE_SIZE,
                            self.cfg.MODEL.CENTER_VARIANCE, self.cfg.MODEL.SIZE_VARIANCE,
                            score_threshold=self.cfg.TEST.CONFIDENCE_THRESHOLD,

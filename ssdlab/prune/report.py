@@ -1,0 +1,162 @@
+"""Prune a checkpoint end to end: plan, mask, compensate, compact, measure, and write the results.
+
+    report = prune_checkpoint("runs/plain_sparse/model_final.pt", cfg, percent=0.5)
+    print(report.text)          # the table also written to <tag>.txt
+
+Writes `<tag>.pt` (the compact model, self-describing), `<tag>.cfg` and `<tag>.txt` into the
+output folder, all or nothing: nothing is written when any step fails.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ssdlab.config import CfgNode
+from ssdlab.engine import checkpoint as ckpt
+from ssdlab.engine.inference import evaluate_model
+from ssdlab.engine.profile import count_macs, count_params, measure_latency, size_mib
+from ssdlab.errors import PruneError
+from ssdlab.model.ssd import SSD
+from ssdlab.prune.plan import PrunePlan
+from ssdlab.prune.surgery import compact_model, make_plan, masked_model
+
+log = logging.getLogger(__name__)
+
+NOT_SPARSE = ("{path} was not sparse-trained (its PRUNE.TYPE is 'no'), so its BN γ are not pushed towards zero: "
+              "pruning will remove channels that still carry signal and the accuracy will collapse. Sparse-train "
+              "it first (PRUNE.TYPE normal and PRUNE.SR 0.001 with MODEL.FINE_TUNE True MODEL.WEIGHTS {path}), "
+              "or fine-tune the pruned model afterwards")
+
+
+@dataclass
+class PruneReport:
+    """What `prune_checkpoint` measured and wrote."""
+
+    plan: PrunePlan
+    rows: list[dict]
+    text: str
+    files: dict[str, Path] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    model: SSD | None = None
+
+
+def measure(name: str, model: SSD, dataset, cfg: CfgNode, params: int | None = None,
+            latency: bool = True) -> dict:
+    """One report row: params, size, MACs, CPU latency (batch 1) and the VOC/COCO metrics."""
+    size = cfg.INPUT.IMAGE_SIZE
+    row = {"model": name, "params": params if params is not None else count_params(model),
+           "size_mib": size_mib(model), "macs": count_macs(model, size),
+           "latency_ms": measure_latency(model, size, runs=10)["median_ms"] if latency else None,
+           "voc_map": None, "coco_ap": None}
+    if dataset is not None:
+        result = evaluate_model(model, dataset, cfg)
+        row.update(voc_map=result["voc_map"], coco_ap=result["coco_ap"])
+    return row
+
+
+def _cell(value, fmt: str) -> str:
+    """A table cell; '-' for values not measured."""
+    width = int(fmt.split(".")[0])
+    return f"{'-':>{width}}" if value is None else format(value, fmt)
+
+
+def format_table(rows: list[dict]) -> str:
+    """The report table: one line per model variant."""
+    lines = [f"{'model':<22} {'params':>11} {'MiB':>7} {'MACs(M)':>9} {'ms':>7} {'VOC mAP@0.5':>12} {'COCO AP':>8}"]
+    for r in rows:
+        lines.append(f"{r['model']:<22} {r['params']:>11,} {r['size_mib']:>7.2f} {r['macs'] / 1e6:>9.1f} "
+                     f"{_cell(r['latency_ms'], '7.1f')} {_cell(r['voc_map'], '12.4f')} {_cell(r['coco_ap'], '8.4f')}")
+    return "\n".join(lines)
+
+
+def summary_lines(result: PrunePlan, rows: list[dict]) -> list[str]:
+    """Threshold, channels and compression below the table."""
+    original, compact = rows[0], rows[-1]
+    lines = [f"mode {result.mode}, percent {result.percent:g}, threshold |γ| >= {result.threshold:.6g}, "
+             f"highest safe percent {result.highest_safe:.4f}",
+             f"channels kept {result.channels_after} of {result.channels_before} in the pruned layers; "
+             f"head levels kept {result.levels}",
+             f"compression (params) {1 - compact['params'] / original['params']:.1%}, "
+             f"MACs {1 - compact['macs'] / original['macs']:.1%} fewer"]
+    if original["latency_ms"] and compact["latency_ms"]:
+        lines.append(f"CPU latency {original['latency_ms']:.1f} ms -> {compact['latency_ms']:.1f} ms "
+                     f"({original['latency_ms'] / compact['latency_ms']:.2f}x, batch 1, "
+                     f"{torch.get_num_threads()} threads)")
+    if original["voc_map"] is not None and compact["voc_map"] is not None:
+        lines.append(f"VOC mAP@0.5 change {compact['voc_map'] - original['voc_map']:+.4f}")
+    return lines
+
+
+def check_request(result: PrunePlan, drop_levels: bool) -> None:
+    """Refuse a percent that empties a layer unless --max 1 asked for that."""
+    if not drop_levels and not result.safe:
+        raise PruneError(f"--percent {result.percent:g} is above the highest safe ratio {result.highest_safe:.4f}: "
+                         f"layer {result.emptied[0]} would keep no channel above the threshold. Lower --percent to "
+                         f"at most {result.highest_safe:.4f}, or pass --max 1 to drop the head levels after it")
+
+
+def default_tag(path: Path, result: PrunePlan, regular: bool, drop_levels: bool) -> str:
+    """<checkpoint stem>_<mode>_p<percent>[_regular][_max]."""
+    return (f"{path.stem}_{result.mode}_p{result.percent:g}" + ("_regular" if regular else "")
+            + ("_max" if drop_levels else ""))
+
+
+def prune_checkpoint(path: str | Path, cfg: CfgNode, percent: float, mode: str = "normal", regular: bool = False,
+                     drop_levels: bool = False, quick: bool = False, out_dir: str | Path | None = None,
+                     tag: str | None = None, dataset=None) -> PruneReport:
+    """Prune one checkpoint and write <tag>.pt, <tag>.cfg and <tag>.txt (see the module doc)."""
+    path = Path(path)
+    state = ckpt.read_checkpoint(path)
+    model = ckpt.model_from_checkpoint(state, str(path)).eval()
+    warnings = [NOT_SPARSE.format(path=path)] if state["config"]["PRUNE"]["TYPE"] == "no" else []
+    for warning in warnings:
+        log.warning(warning)
+    result = make_plan(model, percent, mode, regular, drop_levels, cfg.PRUNE.ROUND_TO)
+    check_request(result, drop_levels)
+    note = f"{mode}{' regular' if regular else ''}{' max' if drop_levels else ''} from {path.name}"
+    compensated = masked_model(model, result, "compensated")
+    compact = compact_model(compensated, result, note)
+    rows = [measure("original", model, dataset, cfg)]
+    variants = (("masked preview (γ=0)", "preview"), ("zeroed, no compensation", "zeroed"))
+    for name, how in variants:
+        rows.append(measure(name, masked_model(model, result, how), None if quick else dataset, cfg,
+                            params=result.params_after, latency=False))
+    rows.append(measure("compensated (masked)", compensated, None if quick else dataset, cfg,
+                        params=result.params_after, latency=False))
+    rows.append(measure("compact", compact, dataset, cfg))
+    text = "\n".join([f"ssdlab prune: {path}", format_table(rows), *summary_lines(result, rows),
+                      *(f"warning: {w}" for w in warnings)]) + "\n"
+    out_dir = Path(out_dir) if out_dir else path.parent
+    tag = tag or default_tag(path, result, regular, drop_levels)
+    metrics = {k: rows[-1][k] for k in ("voc_map", "coco_ap") if rows[-1][k] is not None}
+    record = {"source": str(path), "mode": mode, "percent": float(percent), "regular": bool(regular),
+              "max": bool(drop_levels), "threshold": result.threshold, "highest_safe": result.highest_safe,
+              "params_before": rows[0]["params"], "params_after": rows[-1]["params"]}
+    checkpoint = ckpt.make_checkpoint(compact, metrics=metrics, prune=record)
+    files = write_outputs(out_dir, tag, checkpoint, compact.cfg_text, text)
+    return PruneReport(result, rows, text, files, warnings, compact)
+
+
+def write_outputs(out_dir: Path, tag: str, checkpoint: dict, cfg_text: str, report: str) -> dict[str, Path]:
+    """Write the three files through temporary names, then rename them all (nothing half-written)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    targets = {"checkpoint": out_dir / f"{tag}.pt", "cfg": out_dir / f"{tag}.cfg", "report": out_dir / f"{tag}.txt"}
+    temps: dict[str, str] = {}
+    try:
+        for key, target in targets.items():
+            handle, temps[key] = tempfile.mkstemp(dir=out_dir, prefix=f".{target.name}.", suffix=".tmp")
+            os.close(handle)
+        torch.save(checkpoint, temps["checkpoint"])
+        Path(temps["cfg"]).write_text(cfg_text, encoding="utf-8")
+        Path(temps["report"]).write_text(report, encoding="utf-8")
+        for key, target in targets.items():
+            os.replace(temps[key], target)
+    finally:
+        for temp in temps.values():
+            Path(temp).unlink(missing_ok=True)
+    return targets

@@ -1,0 +1,73 @@
+"""Sparse training (network slimming): an L1 penalty on the BN γ of the prunable layers.
+
+After `loss.backward()` and before `optimizer.step()` the trainer calls the hook, which adds
+the L1 subgradient `SR · sign(γ)` to the gradient of every prunable γ (PRUNE.TYPE picks the
+layers: normal | shortcut | coupled; see ssdlab.prune.plan). With PRUNE.SR_SCHEDULE `step`,
+SR is multiplied by PRUNE.SR_STEP_FACTOR once PRUNE.SR_STEP_AT of SOLVER.MAX_ITER is done,
+so the network can recover accuracy at the end while the small γ stay small.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssdlab.config import CfgNode
+from ssdlab.errors import ConfigError
+from ssdlab.prune.plan import MODES, prunable_layers
+
+SCHEDULES = ("constant", "step")
+
+
+def sparsity_enabled(cfg: CfgNode) -> bool:
+    """True when PRUNE.TYPE names a prune mode (anything but 'no')."""
+    kind = cfg.PRUNE.TYPE
+    if kind != "no" and kind not in MODES:
+        raise ConfigError(f"PRUNE.TYPE = {kind!r} is unknown; use no, {', '.join(MODES)}")
+    return kind != "no"
+
+
+def sr_at(cfg: CfgNode, iteration: int) -> float:
+    """The sparsity rate at an iteration under PRUNE.SR_SCHEDULE."""
+    prune = cfg.PRUNE
+    if prune.SR_SCHEDULE not in SCHEDULES:
+        raise ConfigError(f"PRUNE.SR_SCHEDULE = {prune.SR_SCHEDULE!r} is unknown; use one of {', '.join(SCHEDULES)}")
+    if prune.SR_SCHEDULE == "step" and iteration >= prune.SR_STEP_AT * cfg.SOLVER.MAX_ITER:
+        return prune.SR * prune.SR_STEP_FACTOR
+    return prune.SR
+
+
+def prunable_bns(model: nn.Module, mode: str) -> dict[int, nn.BatchNorm2d]:
+    """The BatchNorm of every prunable layer of an SSD, by cfg layer index."""
+    model = getattr(model, "module", model)
+    return {i: model.backbone.module_list[i].bn
+            for i in prunable_layers(model.backbone.defs, mode, model.cfg.INPUT.CHANNELS)}
+
+
+class SparsityHook:
+    """The after-backward hook that adds SR · sign(γ) to the prunable γ gradients."""
+
+    def __init__(self, cfg: CfgNode, model: nn.Module):
+        sparsity_enabled(cfg)
+        sr_at(cfg, 0)  # validates the schedule now rather than mid-run
+        self.cfg = cfg
+        self.bns = prunable_bns(model, cfg.PRUNE.TYPE)
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module, iteration: int) -> None:
+        """γ.grad += SR · sign(γ) for every prunable BN."""
+        rate = sr_at(self.cfg, iteration)
+        for bn in self.bns.values():
+            if bn.weight.grad is not None:
+                bn.weight.grad.add_(torch.sign(bn.weight), alpha=rate)
+
+
+def sparsity_hooks(cfg: CfgNode, model: nn.Module) -> list[SparsityHook]:
+    """[SparsityHook] when PRUNE.TYPE asks for sparse training, else []."""
+    return [SparsityHook(cfg, model)] if sparsity_enabled(cfg) else []
+
+
+def gamma_record(model: nn.Module, mode: str, decimals: int = 5) -> dict[str, list[float]]:
+    """|γ| of every prunable layer (layer index as a string -> values), for the metrics log."""
+    return {str(i): np.round(bn.weight.detach().abs().cpu().numpy(), decimals).tolist()
+            for i, bn in prunable_bns(model, mode).items()}

@@ -1,0 +1,158 @@
+"""Pruning as a user runs it: the prune command, fine-tuning (with distillation), the sensitivity scan."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from ssdlab.engine import checkpoint as ckpt
+from ssdlab.engine.profile import count_params
+from ssdlab.engine.train import datasets, train
+from ssdlab.model.ssd import SSD
+from ssdlab.prune.distill import distillation_losses
+from ssdlab.prune.report import prune_checkpoint
+from ssdlab.prune.sensitivity import sensitivity_scan
+
+
+def ssdlab_cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "ssdlab", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def sparse_run(shapes_dir, tmp_path_factory):
+    """A tiny model sparse-trained for a few iterations (its checkpoint and config)."""
+    from ssdlab.config import load_config
+    from tests.conftest import TESTS
+
+    out = tmp_path_factory.mktemp("sparse")
+    cfg = load_config(TESTS / "data" / "tiny.yaml",
+                      ["DATASETS.TRAIN", f"['{shapes_dir}:train']", "DATASETS.TEST", f"['{shapes_dir}:val']",
+                       "OUTPUT_DIR", str(out), "SOLVER.MAX_ITER", "12", "PRUNE.TYPE", "normal", "PRUNE.SR", "0.05"])
+    return train(cfg, progress=False).checkpoint, cfg
+
+
+def test_prune_cli_writes_compact_model_cfg_and_report(sparse_run, tmp_path):
+    path, cfg = sparse_run
+    done = ssdlab_cli("prune", "--ckpt", str(path), "--percent", "0.5", "--regular", "1", "--out", str(tmp_path),
+                      "--tag", "half", "--quick", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    files = sorted(p.name for p in tmp_path.iterdir())
+    assert files == ["half.cfg", "half.pt", "half.txt"]
+    report = (tmp_path / "half.txt").read_text()
+    for row in ("original", "masked preview", "zeroed, no compensation", "compensated (masked)", "compact"):
+        assert row in report and row in done.stdout
+    compact = ckpt.load(tmp_path / "half.pt")
+    original = ckpt.load(path)
+    params = int(report.split("compact", 1)[1].split()[0].replace(",", ""))
+    assert params == count_params(compact) < count_params(original)
+    widths = [layer["filters"] for layer in compact.backbone.defs]
+    assert all(w % 8 == 0 or w == full for w, full in zip(widths, [16, 32, 32, 48]))
+    assert (tmp_path / "half.cfg").read_text() == compact.cfg_text
+    stored = torch.load(tmp_path / "half.pt", weights_only=True)
+    assert stored["prune"]["percent"] == 0.5 and stored["prune"]["regular"] is True
+    assert "compression (params)" in report and "highest safe percent" in report
+
+
+def test_pruned_model_fine_tunes_with_distillation(sparse_run, tmp_path):
+    path, cfg = sparse_run
+    report = prune_checkpoint(path, cfg, 0.4, out_dir=tmp_path, tag="p40", dataset=datasets(cfg, False))
+    assert report.rows[-1]["voc_map"] == pytest.approx(report.rows[3]["voc_map"], abs=1e-6)  # compact = compensated
+    tune = cfg.clone()
+    tune.MODEL.FINE_TUNE, tune.MODEL.WEIGHTS = True, str(tmp_path / "p40.pt")
+    tune.DISTILL.TEACHER, tune.OUTPUT_DIR = str(path), str(tmp_path / "tune")
+    tune.SOLVER.MAX_ITER, tune.PRUNE.TYPE = 4, "no"
+    result = train(tune.freeze(), progress=False)
+    tuned = ckpt.load(result.checkpoint)
+    assert [layer["filters"] for layer in tuned.backbone.defs] == [len(report.plan.kept_out(i)) for i in range(4)]
+    logged = [json.loads(line) for line in (tmp_path / "tune" / "metrics.jsonl").read_text().splitlines()]
+    assert any("distill_cls" in r and "distill_box" in r for r in logged)
+
+
+def test_distillation_losses_by_hand(tiny_cfg):
+    cfg = tiny_cfg("DISTILL.TEMPERATURE", "2.0", "DISTILL.CLS_WEIGHT", "1.0", "DISTILL.BOX_WEIGHT", "0.5")
+    logits = torch.tensor([[[0.0, 0.0], [1.0, 0.0]]])
+    teacher = torch.tensor([[[0.0, 0.0], [1.0, 0.0], [5.0, 5.0]]])  # one extra prior: a dropped level
+    boxes, teacher_boxes = torch.zeros(1, 2, 4), torch.tensor([[[1.0, 0, 0, 0], [0, 2.0, 0, 0], [9.0, 9, 9, 9]]])
+    labels = torch.tensor([[0, 1]])
+    same = distillation_losses(logits, boxes, labels, teacher, teacher_boxes, cfg)
+    assert same["distill_cls"].item() == pytest.approx(0.0, abs=1e-7)
+    assert same["distill_box"].item() == pytest.approx(0.5 * 4.0)  # only the positive prior: (0-2)^2, weight 0.5
+    shifted = torch.tensor([[[2.0, 0.0], [1.0, 0.0], [0.0, 0.0]]])
+    out = distillation_losses(logits, boxes, labels, shifted, teacher_boxes, cfg)
+    p = torch.softmax(torch.tensor([1.0, 0.0]), 0)  # teacher at T=2 on prior 0; student uniform
+    kl = (p * (p / 0.5).log()).sum().item()
+    assert out["distill_cls"].item() == pytest.approx(kl / 2 * 4, rel=1e-5)  # mean over 2 priors, times T^2
+
+
+def test_sensitivity_scan_rows(sparse_run):
+    path, cfg = sparse_run
+    model = ckpt.load(path)
+    dataset = datasets(cfg, False)
+    rows = sensitivity_scan(model, dataset, cfg, ratios=(0.0, 0.75), progress=False)
+    assert [(r["layer"], r["ratio"]) for r in rows] == [(i, r) for i in range(4) for r in (0.0, 0.75)]
+    for r in rows:
+        assert r["kept"] == max(1, round(r["width"] * (1 - r["ratio"])))
+        if r["ratio"] == 0.0:
+            assert r["drop"] == pytest.approx(0.0, abs=1e-9)  # nothing pruned: the original model
+
+
+NO_BN = """
+[convolutional]
+filters=16
+size=3
+stride=2
+pad=1
+activation=relu
+[convolutional]
+filters=32
+size=3
+stride=2
+pad=1
+activation=relu
+[convolutional]
+filters=32
+size=3
+stride=2
+pad=1
+activation=relu
+feature=linear
+feature_idx=0
+[convolutional]
+filters=48
+size=3
+stride=2
+pad=1
+activation=relu
+feature=linear
+feature_idx=1
+"""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--percent", "1.0"], "outside [0, 1)"),
+    (["--percent", "-0.1"], "outside [0, 1)"),
+    (["--percent", "0.999"], "highest safe ratio"),
+])
+def test_bad_prune_requests_write_nothing(sparse_run, tmp_path, args, message):
+    path, _ = sparse_run
+    out = tmp_path / "out"
+    done = ssdlab_cli("prune", "--ckpt", str(path), "--out", str(out), "--quick", "1", *args, cwd=tmp_path)
+    assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_no_prunable_layers_and_not_sparse_are_explained(tiny_cfg, tmp_path):
+    cfg = tiny_cfg()
+    no_bn = tmp_path / "no_bn.pt"
+    ckpt.save_checkpoint(ckpt.make_checkpoint(SSD(cfg, cfg_text=NO_BN)), no_bn)
+    done = ssdlab_cli("prune", "--ckpt", str(no_bn), "--percent", "0.3", "--out", str(tmp_path / "o"), cwd=tmp_path)
+    assert done.returncode == 2 and "no channels prunable" in done.stderr
+    assert not (tmp_path / "o").exists()
+    dense = tmp_path / "dense.pt"
+    ckpt.save_checkpoint(ckpt.make_checkpoint(SSD(cfg)), dense)
+    done = ssdlab_cli("prune", "--ckpt", str(dense), "--percent", "0.3", "--quick", "1", "--out",
+                      str(tmp_path / "d"), cwd=tmp_path)  # the stored config names the test data
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "was not sparse-trained" in done.stdout and "accuracy will collapse" in done.stdout
