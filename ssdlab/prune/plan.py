@@ -272,10 +272,10 @@ def _group_mask(group: Group, gammas: dict[int, np.ndarray], threshold: float, c
 
 
 def _round_up(group: Group, gammas: dict[int, np.ndarray], keep: np.ndarray, round_to: int, cut: int) -> np.ndarray:
-    """Keep the top-|γ| channels, their count rounded up to a multiple of round_to (at most the width)."""
+    """Keep the kept channels plus the next-largest |γ|, the count rounded up to a multiple of round_to (≤ width)."""
     count = min(group.width, math.ceil(int(keep.sum()) / round_to) * round_to)
     score = np.max([np.abs(gammas[i]) for i in group.producers if i <= cut], axis=0)
-    order = np.lexsort((np.arange(group.width), -score))  # largest |γ| first, ties by index
+    order = np.lexsort((np.arange(group.width), -score, ~keep))  # kept first, then largest |γ|, then index
     rounded = np.zeros(group.width, dtype=bool)
     rounded[order[:count]] = True
     return rounded

@@ -38,7 +38,7 @@ def bn_gammas(model: SSD) -> dict[int, np.ndarray]:
 def make_plan(model: SSD, percent: float, mode: str = "normal", regular: bool = False,
               drop_levels: bool = False, round_to: int | None = None) -> PrunePlan:
     """The plan for a model's own γ (PRUNE.ROUND_TO unless round_to is given)."""
-    round_to = round_to or model.cfg.PRUNE.ROUND_TO
+    round_to = model.cfg.PRUNE.ROUND_TO if round_to is None else round_to
     return plan(ModelSpec.from_model(model), bn_gammas(model), percent, mode, regular, drop_levels, round_to)
 
 
