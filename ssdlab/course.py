@@ -17,10 +17,13 @@ from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.demo import run_demo
 from ssdlab.engine.checkpoint import release_copy
 from ssdlab.engine.profile import count_macs, count_params, measure_latency, size_mib
-from ssdlab.engine.train import train
+from ssdlab.engine.train import datasets, train
 from ssdlab.errors import ConfigError
+from ssdlab.prune.report import prune_checkpoint
+from ssdlab.prune.surgery import make_plan
 
 COURSE_MODELS = ("plain", "residual")
+COURSE_PRUNE_PERCENT = 0.5  # the tour's prune ratio (lowered to the highest safe ratio when needed)
 BASELINES = Path(__file__).resolve().parent / "checkpoints"
 PROFILES = {
     "full": {"root": "runs", "data": "datasets/shapes", "train": 4000, "val": 500, "overrides": []},
@@ -41,13 +44,14 @@ def current_profile() -> str:
     return name
 
 
-def course_config(model: str, profile: str | None = None, extra: list[str] | None = None):
-    """The course recipe of a model ('plain' or 'residual') under a profile, with its data and output."""
+def course_config(model: str, profile: str | None = None, extra: list[str] | None = None, step: str = "shapes"):
+    """A course recipe (`<model>_<step>.yaml`: step 'shapes' or 'sparse') under a profile, with its data and output."""
     settings = PROFILES[profile or current_profile()]
     data = settings["data"]
+    out = model if step == "shapes" else f"{model}_{step}"
     overrides = ["DATASETS.TRAIN", f"['{data}:train']", "DATASETS.TEST", f"['{data}:val']",
-                 "OUTPUT_DIR", f"{settings['root']}/{model}", *settings["overrides"], *(extra or [])]
-    return load_config(PACKAGE_CONFIGS / "course" / f"{model}_shapes.yaml", overrides)
+                 "OUTPUT_DIR", f"{settings['root']}/{out}", *settings["overrides"], *(extra or [])]
+    return load_config(PACKAGE_CONFIGS / "course" / f"{model}_{step}.yaml", overrides)
 
 
 def train_course_model(model: str, profile: str | None = None) -> dict:
@@ -72,12 +76,26 @@ def train_course_model(model: str, profile: str | None = None) -> dict:
             "seconds": time.perf_counter() - start, "checkpoint": str(result.checkpoint)}
 
 
+def sparse_and_prune(model: str, dense: str | Path, profile: str | None = None) -> list[dict]:
+    """Sparse-train a trained course model, prune it (no fine-tune), and measure both."""
+    start = time.perf_counter()
+    cfg = course_config(model, profile, ["MODEL.WEIGHTS", str(dense)], step="sparse")
+    sparse = train(cfg).checkpoint
+    seconds = time.perf_counter() - start
+    percent = min(COURSE_PRUNE_PERCENT, make_plan(ckpt.load(sparse), 0.0, cfg.PRUNE.TYPE).highest_safe)
+    report = prune_checkpoint(sparse, cfg, percent, cfg.PRUNE.TYPE, quick=True, dataset=datasets(cfg, False))
+    original, compact = report.rows[0], report.rows[-1]
+    return [{**original, "model": f"{model}-sparse", "seconds": seconds, "checkpoint": str(sparse)},
+            {**compact, "model": f"{model}-pruned", "seconds": time.perf_counter() - start - seconds,
+             "checkpoint": str(report.files["checkpoint"])}]
+
+
 def format_summary(rows: list[dict]) -> str:
     """The tour's summary table."""
-    lines = [f"{'model':<10} {'params':>9} {'MACs(M)':>8} {'MiB':>6} {'ms':>6} {'VOC mAP@0.5':>12} "
+    lines = [f"{'model':<16} {'params':>9} {'MACs(M)':>8} {'MiB':>6} {'ms':>6} {'VOC mAP@0.5':>12} "
              f"{'COCO AP':>8} {'time(s)':>8}  checkpoint"]
     for r in rows:
-        lines.append(f"{r['model']:<10} {r['params']:>9,} {r['macs'] / 1e6:>8.1f} {r['size_mib']:>6.2f} "
+        lines.append(f"{r['model']:<16} {r['params']:>9,} {r['macs'] / 1e6:>8.1f} {r['size_mib']:>6.2f} "
                      f"{r['latency_ms']:>6.1f} {r['voc_map']:>12.4f} {r['coco_ap']:>8.4f} {r['seconds']:>8.0f}  "
                      f"{r['checkpoint']}")
     return "\n".join(lines)
@@ -86,7 +104,10 @@ def format_summary(rows: list[dict]) -> str:
 def run_tour(profile: str | None = None) -> str:
     """Run every step of the course and return the summary table."""
     profile = profile or current_profile()
-    rows = [train_course_model(model, profile) for model in COURSE_MODELS]
+    rows = []
+    for model in COURSE_MODELS:
+        rows.append(train_course_model(model, profile))
+        rows += sparse_and_prune(model, rows[-1]["checkpoint"], profile)
     return f"ssdlab tour ({profile} profile; VOC mAP = area AP at IoU 0.5)\n" + format_summary(rows)
 
 

@@ -11,9 +11,12 @@ def test_smoke_tour_runs_every_step(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     summary = run_tour("smoke")
     rows = {line.split()[0]: line for line in summary.splitlines()[2:]}
-    assert set(rows) == {"plain", "residual"}
-    for name in rows:
+    assert set(rows) == {f"{m}{step}" for m in ("plain", "residual") for step in ("", "-sparse", "-pruned")}
+    for name in ("plain", "residual"):
         assert (tmp_path / "runs" / "smoke" / name / "model_final.pt").is_file()
+        assert (tmp_path / "runs" / "smoke" / f"{name}_sparse" / "model_final.pt").is_file()
         assert len(list((tmp_path / "runs" / "smoke" / name / "demo").glob("*.png"))) == 4
-        voc = float(re.split(r"\s+", rows[name])[5])
-        assert 0.0 <= voc <= 1.0
+        params = {step: int(re.split(r"\s+", rows[f"{name}{step}"])[1].replace(",", "")) for step in ("", "-pruned")}
+        assert params["-pruned"] < params[""]
+    for line in rows.values():
+        assert 0.0 <= float(re.split(r"\s+", line)[5]) <= 1.0
