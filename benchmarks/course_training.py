@@ -10,27 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import shutil
 import sys
 from pathlib import Path
-
-import torch
 
 from ssdlab.engine.train import train
 from ssdlab.course import COURSE_MODELS, PROFILES, course_config
 from ssdlab.data.shapes import generate_shapes
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_md import machine, write_section  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- course-training:start -->", "<!-- course-training:end -->"
-
-
-def machine() -> str:
-    """CPU model, cores, torch version and threads."""
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else ""
-    return (f"{cpu}, {len(__import__('os').sched_getaffinity(0))} cores, torch {torch.__version__}, "
-            f"Python {platform.python_version()}")
 
 
 def run(model: str, out_root: Path) -> dict:
@@ -60,16 +52,6 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_section(section: str, path: Path) -> None:
-    """Replace (or append) the course-training section of RESULTS.md."""
-    text = path.read_text() if path.exists() else "# ssdlab benchmark results\n"
-    if START in text:
-        text = text[:text.index(START)] + section + text[text.index(END) + len(END):]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     """Parse arguments, run, write RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -85,7 +67,7 @@ def main() -> None:
         rows[model] = {**run(model, args.runs), "command": "python " + " ".join(sys.argv)}
     store.write_text(json.dumps(rows, indent=1) + "\n")
     section = table([rows[m] for m in COURSE_MODELS if m in rows])
-    write_section(section, args.out)
+    write_section(section, args.out, START, END)
     print(section)
 
 

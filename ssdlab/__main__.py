@@ -1,4 +1,4 @@
-"""`python -m ssdlab COMMAND`: data, train, eval, demo, info, prune, tour (flags as in the seed)."""
+"""`python -m ssdlab COMMAND`: data, train, eval, demo, info, prune, quantize, tour (flags as in the seed)."""
 from __future__ import annotations
 
 import argparse
@@ -61,6 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--out", type=Path, help="output folder (default: the checkpoint's folder)")
     prune.add_argument("--tag", help="output file stem (default: <ckpt>_<mode>_p<percent>[_regular][_max])")
     _config_args(prune, required=False)
+
+    quantize = sub.add_parser("quantize", help="quantization-aware training from a float (or pruned) checkpoint")
+    quantize.add_argument("--ckpt", required=True, help="the checkpoint to start from")
+    quantize.add_argument("--fresh", action="store_true", help="ignore OUTPUT_DIR/last_checkpoint")
+    _config_args(quantize)
 
     sub.add_parser("tour", help="the whole course headless on built-in data (SSDLAB_PROFILE=smoke: ~1 min)")
     return parser

@@ -144,6 +144,23 @@ def cmd_prune(args: argparse.Namespace) -> None:
         print(f"{kind}: {file}")
 
 
+def cmd_quantize(args: argparse.Namespace) -> None:
+    """QAT: `train` starting from --ckpt with the recipe's QUANTIZATION.* (and the overrides)."""
+    from ssdlab.engine.train import train
+    from ssdlab.quant.apply import quant_spec
+
+    cfg = load_config(args.config_file, [*_opts(args), "MODEL.FINE_TUNE", "True", "MODEL.WEIGHTS", args.ckpt])
+    if quant_spec(cfg) is None:
+        raise ConfigError(f"{args.config_file} sets QUANTIZATION.TYPE no; add QUANTIZATION.TYPE IAO|dorefa|BWN "
+                          "(and WBITS/ABITS) to the recipe or the command line")
+    result = train(cfg, resume=not args.fresh)
+    if dist.is_main():
+        state = "finished" if result.finished else "stopped (run the same command to resume)"
+        print(f"quantization-aware training {state} at iteration {result.iteration}: {result.checkpoint}")
+        _print_metrics(result.metrics)
+    dist.cleanup()
+
+
 def cmd_tour(args: argparse.Namespace) -> None:
     """The course headless: data, training, evaluation, demo, summary."""
     from ssdlab.course import run_tour

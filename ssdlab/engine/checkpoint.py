@@ -75,8 +75,14 @@ def checkpoint_config(checkpoint: dict, where: str = "checkpoint") -> CfgNode:
         raise CheckpointError(f"{where}: its stored config does not fit this ssdlab: {err}") from None
 
 
+QUANTIZER_STATE = "act_quant."  # activation-range buffers: absent from float checkpoints, learned in QAT
+
+
 def load_state_checked(model: nn.Module, state: dict, where: str = "checkpoint") -> None:
-    """load_state_dict that names the first missing, unexpected or mis-shaped tensor."""
+    """load_state_dict that names the first missing, unexpected or mis-shaped tensor.
+
+    A quantization-aware model may load a float checkpoint: its activation ranges start unset.
+    """
     own = model.state_dict()
     for key, tensor in state.items():
         if key not in own:
@@ -86,11 +92,11 @@ def load_state_checked(model: nn.Module, state: dict, where: str = "checkpoint")
             raise CheckpointError(f"{where}: tensor {key!r} has shape {tuple(tensor.shape)} in the "
                                   f"checkpoint but {tuple(own[key].shape)} in the model; "
                                   "the checkpoint does not match this cfg")
-    missing = [key for key in own if key not in state]
+    missing = [key for key in own if key not in state and QUANTIZER_STATE not in key]
     if missing:
         raise CheckpointError(f"{where}: the checkpoint lacks tensor {missing[0]!r} "
                               f"{tuple(own[missing[0]].shape)} (and {len(missing) - 1} more)")
-    model.load_state_dict(state)
+    model.load_state_dict(state, strict=False)
 
 
 def model_from_checkpoint(checkpoint: dict, where: str = "checkpoint") -> nn.Module:

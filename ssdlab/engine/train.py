@@ -33,8 +33,10 @@ from ssdlab.engine import distributed as dist
 from ssdlab.engine.inference import evaluate_model
 from ssdlab.engine.schedule import build_optimizer, build_scheduler
 from ssdlab.errors import ConfigError
-from ssdlab.model.ssd import SSD, build_model
+from ssdlab.model.cfg import parse_cfg, write_cfg
+from ssdlab.model.ssd import SSD, build_model, read_backbone_text
 from ssdlab.prune.distill import teacher_from_config
+from ssdlab.quant.apply import quant_hooks
 from ssdlab.prune.sparsity import gamma_record, sparsity_enabled, sparsity_hooks
 
 log = logging.getLogger(__name__)
@@ -92,10 +94,31 @@ def initial_model(cfg: CfgNode, class_names: Iterable[str]) -> tuple[nn.Module, 
         section, key = dotted.split(".")
         cfg[section][key] = stored[section][key]
     cfg.freeze()
-    model = SSD(cfg, cfg_text=source["cfg_text"], class_names=tuple(class_names))
+    model = SSD(cfg, cfg_text=quantization_flags(source["cfg_text"], cfg), class_names=tuple(class_names))
     ckpt.load_state_checked(model, source["model"], where=cfg.MODEL.WEIGHTS)
     log.info("fine-tuning from %s", cfg.MODEL.WEIGHTS)
     return model, cfg
+
+
+def quantization_flags(cfg_text: str, cfg: CfgNode) -> str:
+    """For QAT from a checkpoint: its cfg with the recipe cfg's quantization=1 marks, layer by layer.
+
+    The checkpoint's layers (pruned ones too: same layer types, possibly a prefix) keep their widths;
+    only the marks come from MODEL.BACKBONE.CFG. Without quantization the text is returned as is.
+    """
+    if cfg.QUANTIZATION.TYPE == "no":
+        return cfg_text
+    own, marks = parse_cfg(cfg_text), parse_cfg(read_backbone_text(cfg)[0])
+    if len(own) > len(marks) or any(a["type"] != b["type"] for a, b in zip(own, marks)):
+        raise ConfigError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} has a backbone of {len(own)} layers that does not "
+                          f"follow MODEL.BACKBONE.CFG {cfg.MODEL.BACKBONE.CFG} layer by layer, so its quantization=1 "
+                          "marks cannot be applied; pick the recipe whose cfg the checkpoint was trained from")
+    if all(a.get("quantization", 0) == b.get("quantization", 0) for a, b in zip(own, marks)):
+        return cfg_text
+    for layer, marked in zip(own, marks):
+        if "quantization" in marked:
+            layer["quantization"] = marked["quantization"]
+    return write_cfg(own)
 
 
 def rng_state() -> dict:
@@ -184,7 +207,7 @@ class Trainer:
         self.model = model.to(self.device)
         if self.cfg.SOLVER.CHANNELS_LAST:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.after_backward += sparsity_hooks(self.cfg, self.model)
+        self.after_backward += sparsity_hooks(self.cfg, self.model) + quant_hooks(self.cfg)
         self.teacher = teacher_from_config(self.cfg, self.device)
         self.optimizer = build_optimizer(self.cfg, self.model)
         self.scheduler = build_scheduler(self.cfg, self.optimizer)

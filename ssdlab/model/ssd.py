@@ -78,6 +78,11 @@ class SSD(nn.Module):
         self.box_head = make_head(cfg, self.backbone.out_channels)
         self.register_buffer("priors", priors, persistent=False)
         self.criterion = MultiBoxLoss(cfg.MODEL.NEG_POS_RATIO)
+        self.quant_spec = None
+        if cfg.QUANTIZATION.TYPE != "no":  # quantization-aware layers (ssdlab.quant.apply)
+            from ssdlab.quant.apply import quantize_model
+
+            quantize_model(self, cfg)
 
     def forward_raw(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(cls_logits [B, N, C], bbox_pred [B, N, 4]) in prior order."""

@@ -1,0 +1,167 @@
+"""Quantized layers: a conv with fake-quantized input and weights, and IAO's conv with BN folded in.
+
+Both keep the float module names (`conv`, `bn`, `act`) so checkpoints, pruning and export find
+the same tensors as in a float model; the input quantizer is `act_quant` (its range buffers are
+the only new state). `weight_bits` on a conv tells `ssdlab.engine.profile.size_mib` how many bits
+one stored weight takes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssdlab.quant import quantizers as q
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    """One quantization setting (QUANTIZATION.* of a config)."""
+
+    kind: str  # dorefa | IAO | BWN
+    wbits: int
+    abits: int
+    act_scale: float = 0.1  # DoReFa's s
+    mode: str = "symmetric"  # IAO: symmetric | asymmetric
+
+    @property
+    def weight_bits(self) -> int:
+        """Storage bits per weight: BWN binary 1, ternary 2; k otherwise; 32 when not quantized."""
+        if self.kind == "BWN":
+            return {2: 1, 3: 2}.get(self.wbits, 32)
+        return self.wbits if self.wbits < 32 else 32
+
+    def weight(self, w: Tensor) -> Tensor:
+        """The fake-quantized weight."""
+        if self.wbits >= 32:
+            return w
+        if self.kind == "dorefa":
+            return q.dorefa_weight(w, self.wbits)
+        if self.kind == "IAO":
+            return q.iao_weight(w, self.wbits)
+        return q.binary_weight(w) if self.wbits == 2 else q.ternary_weight(w)
+
+
+class ActQuant(nn.Module):
+    """Fake-quantizes a layer's input; IAO tracks the range with an EMA (momentum 0.1).
+
+    The range is updated only in training mode and until `frozen` is set
+    (QUANTIZATION.FREEZE_OBSERVER_ITER); the first training batch sets it directly.
+    """
+
+    def __init__(self, spec: QuantSpec, momentum: float = 0.1):
+        super().__init__()
+        self.spec, self.momentum, self.frozen = spec, momentum, False
+        self.register_buffer("low", torch.zeros(()))
+        self.register_buffer("high", torch.zeros(()))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def observe(self, x: Tensor) -> None:
+        """EMA update of the range from one batch."""
+        low, high = x.min(), x.max()
+        if not bool(self.initialized):
+            self.low.copy_(low)
+            self.high.copy_(high)
+            self.initialized.fill_(True)
+        else:
+            self.low.lerp_(low, self.momentum)
+            self.high.lerp_(high, self.momentum)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The quantized activation (x itself at 32 bits)."""
+        spec = self.spec
+        if spec.abits >= 32:
+            return x
+        if spec.kind == "dorefa":
+            return q.dorefa_activation(x, spec.abits, spec.act_scale)
+        if spec.kind == "BWN":
+            return q.binary_activation(x)
+        if self.training and not self.frozen:
+            self.observe(x)
+        if spec.mode == "asymmetric":
+            scale, zero = q.asymmetric_params(self.low, self.high, spec.abits)
+            return q.fake_asymmetric(x, scale, zero, spec.abits)
+        return q.fake_symmetric(x, q.symmetric_scale(torch.maximum(self.low.abs(), self.high.abs()), spec.abits),
+                                spec.abits)
+
+
+class QuantConv2d(nn.Conv2d):
+    """A Conv2d whose input (act_quant) and weights are fake-quantized in the forward pass."""
+
+    def __init__(self, conv: nn.Conv2d, spec: QuantSpec):
+        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                         conv.dilation, conv.groups, conv.bias is not None)
+        self.load_state_dict(conv.state_dict())
+        self.spec = spec
+        self.weight_bits = spec.weight_bits
+        self.act_quant = ActQuant(spec)
+
+    def quantized_weight(self) -> Tensor:
+        """The weight the forward pass uses."""
+        return self.spec.weight(self.weight)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """conv(quantized input, quantized weight) + bias."""
+        return self._conv_forward(self.act_quant(x), self.quantized_weight(), self.bias)
+
+
+class IAOConvBN(nn.Module):
+    """Conv + BN (+ activation) with BN folded into the quantized weights (Jacob et al. 2018).
+
+    Training: W_fold = W·γ/√(σ²_run+ε) is quantized, the conv output is rescaled per channel by
+    √(σ²_run+ε)/√(σ²_B+ε) and shifted by β − μ_B·γ/√(σ²_B+ε), with batch statistics μ_B, σ²_B
+    (which also update the running ones, BN momentum 0.01). Eval, or once `bn_frozen`
+    (QUANTIZATION.FREEZE_BN_ITER): running statistics only, i.e. conv(x, q(W_fold)) + b_fold.
+    """
+
+    def __init__(self, block: nn.Sequential, spec: QuantSpec):
+        super().__init__()
+        self.conv, self.bn = block.conv, block.bn
+        if hasattr(block, "act"):
+            self.act = block.act
+        self.bn.momentum = 0.01
+        self.conv.weight_bits = spec.weight_bits
+        self.spec, self.bn_frozen = spec, False
+        self.act_quant = ActQuant(spec)
+
+    def _conv(self, x: Tensor, weight: Tensor) -> Tensor:
+        """The conv's geometry with another weight and no bias."""
+        c = self.conv
+        return F.conv2d(x, weight, None, c.stride, c.padding, c.dilation, c.groups)
+
+    def folded(self) -> tuple[Tensor, Tensor]:
+        """(quantized W_fold, b_fold) from the running statistics: what eval and export use."""
+        bn, c = self.bn, self.conv
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        shift = bn.running_mean - (c.bias if c.bias is not None else 0.0)
+        return self.spec.weight(c.weight * scale.view(-1, 1, 1, 1)), bn.bias - shift * scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Folded conv + BN on the quantized input, then the activation."""
+        x = self.act_quant(x)
+        if self.training and not self.bn_frozen:
+            y = self._batch_folded(x)
+        else:
+            weight, bias = self.folded()
+            y = self._conv(x, weight) + bias.view(1, -1, 1, 1)
+        return self.act(y) if hasattr(self, "act") else y
+
+    def _batch_folded(self, x: Tensor) -> Tensor:
+        """The training forward with batch-statistics correction; updates the running statistics."""
+        bn, c = self.bn, self.conv
+        with torch.no_grad():
+            raw = self._conv(x, c.weight)
+            mean, var = raw.mean(dim=(0, 2, 3)), raw.var(dim=(0, 2, 3), unbiased=False)
+            count = raw.numel() / raw.shape[1]
+            offset = c.bias if c.bias is not None else 0.0
+            bn.running_mean.lerp_(mean + offset, bn.momentum)
+            bn.running_var.lerp_(var * count / max(count - 1, 1), bn.momentum)
+            bn.num_batches_tracked += 1
+        running_std = torch.sqrt(bn.running_var + bn.eps)
+        batch_std = torch.sqrt(var + bn.eps)
+        weight = self.spec.weight(c.weight * (bn.weight / running_std).view(-1, 1, 1, 1))
+        y = self._conv(x, weight) * (running_std / batch_std).view(1, -1, 1, 1)
+        return y + (bn.bias - mean * bn.weight / batch_std).view(1, -1, 1, 1)

@@ -1,0 +1,159 @@
+"""Quantization-aware training: quantizers by hand, straight-through gradients, IAO folding, QAT runs."""
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import ssdlab
+from ssdlab.engine.profile import MIB, size_mib
+from ssdlab.engine.train import train
+from ssdlab.errors import QuantError
+from ssdlab.model.ssd import build_model
+from ssdlab.quant import quantizers as q
+from ssdlab.quant.layers import ActQuant, IAOConvBN, QuantConv2d, QuantSpec
+from tests.conftest import TESTS
+
+QUAN = ["MODEL.BACKBONE.CFG", str(TESTS / "data" / "tiny_quan.cfg")]
+
+
+def test_dorefa_weights_have_2_to_the_k_levels_in_minus_one_one():
+    w = torch.atanh(torch.linspace(-0.99, 0.99, 20001))  # tanh(w) uniform: every level is hit
+    for bits in (2, 3, 8):
+        out = q.dorefa_weight(w, bits)
+        assert len(out.unique()) == 2 ** bits
+        assert out.min().item() == pytest.approx(-1.0) and out.max().item() == pytest.approx(1.0)
+    assert sorted(q.dorefa_weight(w, 2).unique().tolist()) == pytest.approx([-1, -1 / 3, 1 / 3, 1])
+
+
+def test_dorefa_activation_by_hand_and_its_gradient():
+    x = torch.tensor([-1.0, 0.01, 0.5, 5.0, 20.0], requires_grad=True)
+    out = q.dorefa_activation(x, 2, scale=0.1)  # clamp(0.1x) = 0, .001, .05, .5, 1 -> x3, round -> 0, 0, 0, 2, 3
+    assert out.tolist() == pytest.approx([0, 0, 0, 2 / 3, 1])
+    out.sum().backward()
+    assert x.grad.tolist() == pytest.approx([0, 0.1, 0.1, 0.1, 0])  # cut outside 0 < 0.1x < 1
+
+
+def test_iao_symmetric_per_channel_weights():
+    w = torch.tensor([[0.5, -1.0], [4.0, 1.0]]).view(2, 2, 1, 1)
+    out = q.iao_weight(w, 8)
+    scales = torch.tensor([1.0, 4.0]) / 127
+    expected = torch.round(w / scales.view(2, 1, 1, 1)) * scales.view(2, 1, 1, 1)
+    assert torch.allclose(out, expected)
+    assert out[0].abs().max().item() == pytest.approx(1.0) and out[1].abs().max().item() == pytest.approx(4.0)
+    assert len(q.iao_weight(torch.randn(1, 1000), 4).unique()) <= 16
+
+
+def test_iao_asymmetric_zero_point_and_clamping():
+    scale, zero = q.asymmetric_params(torch.tensor(-1.0), torch.tensor(3.0), 8)
+    assert scale.item() == pytest.approx(4 / 255) and zero.item() == 64  # round(1 / (4/255)) = round(63.75)
+    x = torch.tensor([0.0, -2.0, 1.0, 10.0])
+    out = q.fake_asymmetric(x, scale, zero, 8)
+    assert out[0].item() == 0.0  # zero is exact
+    assert out[1].item() == pytest.approx(-64 * 4 / 255)  # clamped at code 0
+    assert out[3].item() == pytest.approx((255 - 64) * 4 / 255)  # clamped at code 255
+    scale, zero = q.asymmetric_params(torch.tensor(0.5), torch.tensor(2.0), 8)  # range stretched to include 0
+    assert zero.item() == 0 and scale.item() == pytest.approx(2 / 255)
+
+
+def test_bwn_binary_and_ternary_by_hand():
+    w = torch.tensor([[1.0, -3.0, 0.1, 0.2], [0.5, 0.5, -0.5, 0.5]]).view(2, 4, 1, 1)
+    binary = q.binary_weight(w).view(2, 4)
+    assert binary[0].tolist() == pytest.approx([1.075, -1.075, 1.075, 1.075])  # alpha = mean|w|
+    assert binary[1].tolist() == pytest.approx([0.5, 0.5, -0.5, 0.5])
+    ternary = q.ternary_weight(w).view(2, 4)  # delta = 0.7 * 1.075: keeps 1 and -3, alpha = 2
+    assert ternary[0].tolist() == pytest.approx([2.0, -2.0, 0.0, 0.0])
+    assert ternary[1].tolist() == pytest.approx([0.5, 0.5, -0.5, 0.5])
+
+
+def test_straight_through_gradients():
+    x = torch.tensor([-2.0, -0.5, 0.3, 1.5], requires_grad=True)
+    q.binary_activation(x).sum().backward()
+    assert x.grad.tolist() == [0.0, 1.0, 1.0, 0.0]  # passed only where |x| < 1
+    w = torch.randn(3, 4, 1, 1, requires_grad=True)
+    q.binary_weight(w).sum().backward()
+    assert torch.equal(w.grad, torch.ones_like(w))
+    y = torch.tensor([-300.0, 0.3, 1.5], requires_grad=True)
+    q.fake_symmetric(y, torch.tensor(0.01), 8).sum().backward()
+    assert y.grad.tolist() == [0.0, 1.0, 0.0]  # cut where the code is clamped to [-128, 127]
+
+
+def test_observers_move_only_in_training():
+    observer = ActQuant(QuantSpec("IAO", 8, 8))
+    observer.train()
+    observer(torch.tensor([-1.0, 2.0]))
+    assert (observer.low.item(), observer.high.item()) == (-1.0, 2.0)  # first batch sets the range
+    observer(torch.tensor([-3.0, 4.0]))
+    assert observer.low.item() == pytest.approx(-1.2) and observer.high.item() == pytest.approx(2.2)
+    observer.eval()
+    observer(torch.tensor([-50.0, 50.0]))
+    assert observer.high.item() == pytest.approx(2.2)
+    observer.train()
+    observer.frozen = True
+    observer(torch.tensor([-50.0, 50.0]))
+    assert observer.high.item() == pytest.approx(2.2)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_iao_folded_conv_bn_equals_conv_then_bn_without_quantization(training):
+    torch.manual_seed(0)
+    block = nn.Sequential()
+    block.conv, block.bn, block.act = nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU()
+    with torch.no_grad():
+        block.bn.weight.uniform_(0.5, 2)
+        block.bn.bias.uniform_(-1, 1)
+        block.bn.running_mean.uniform_(-0.5, 0.5)
+        block.bn.running_var.uniform_(0.5, 2)
+    reference = copy.deepcopy(block)
+    folded = IAOConvBN(copy.deepcopy(block), QuantSpec("IAO", 32, 32))
+    x = torch.randn(4, 3, 10, 10)
+    reference.train(training)
+    folded.train(training)
+    assert torch.allclose(folded(x), reference(x), atol=1e-5)
+
+
+def test_bad_quantization_settings_name_the_key(tiny_cfg):
+    for overrides, key in [(["QUANTIZATION.TYPE", "int8"], "QUANTIZATION.TYPE"),
+                           (["QUANTIZATION.TYPE", "dorefa", "QUANTIZATION.WBITS", "1"], "QUANTIZATION.WBITS"),
+                           (["QUANTIZATION.TYPE", "BWN", "QUANTIZATION.WBITS", "4"], "QUANTIZATION.WBITS"),
+                           (["QUANTIZATION.TYPE", "BWN", "QUANTIZATION.WBITS", "2", "QUANTIZATION.ABITS", "8"],
+                            "QUANTIZATION.ABITS"),
+                           (["QUANTIZATION.TYPE", "IAO", "QUANTIZATION.IAO_MODE", "affine"], "QUANTIZATION.IAO_MODE")]:
+        with pytest.raises(QuantError, match=key):
+            build_model(tiny_cfg(*QUAN, *overrides))
+    with pytest.raises(QuantError, match="quantization=1"):
+        build_model(tiny_cfg("QUANTIZATION.TYPE", "IAO"))  # tiny.cfg marks no layer
+
+
+def test_size_counts_quantized_weights_at_their_bits(tiny_cfg):
+    model = build_model(tiny_cfg(*QUAN, "QUANTIZATION.TYPE", "BWN", "QUANTIZATION.WBITS", "3",
+                                 "QUANTIZATION.ABITS", "32"))
+    bits = 0
+    for i, block in enumerate(model.backbone.module_list):
+        bits += block.conv.weight.numel() * (2 if i > 0 else 32)  # ternary = 2 bits, layer 0 stays float
+        bits += (block.conv.bias.numel() + sum(p.numel() for p in block.bn.parameters())) * 32
+    bits += sum(p.numel() for p in model.box_head.parameters()) * 32
+    assert size_mib(model) == pytest.approx(bits / 8 / MIB)
+    assert isinstance(model.backbone.module_list[1].conv, QuantConv2d)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind, wbits, abits", [("dorefa", 8, 8), ("IAO", 8, 8), ("BWN", 2, 2), ("BWN", 3, 32)])
+def test_qat_runs_and_the_checkpoint_rebuilds_the_quantized_model(tiny_cfg, kind, wbits, abits):
+    float_run = train(tiny_cfg("SOLVER.MAX_ITER", "4", out="float"), progress=False)
+    cfg = tiny_cfg(*QUAN, "QUANTIZATION.TYPE", kind, "QUANTIZATION.WBITS", str(wbits), "QUANTIZATION.ABITS",
+                   str(abits), "QUANTIZATION.FINAL", "True", "MODEL.FINE_TUNE", "True",
+                   "MODEL.WEIGHTS", str(float_run.checkpoint), "SOLVER.MAX_ITER", "4", out="qat")
+    result = train(cfg, progress=False)
+    assert result.finished and 0.0 <= result.metrics["voc_map"] <= 1.0
+    model = ssdlab.load(result.checkpoint)
+    layer = model.backbone.module_list[1]
+    assert isinstance(layer, IAOConvBN) if kind == "IAO" else isinstance(layer.conv, QuantConv2d)
+    assert isinstance(model.box_head.cls_headers[0], QuantConv2d)
+    assert not isinstance(model.backbone.module_list[0].conv, QuantConv2d)
+    x = torch.randn(2, 3, 64, 64)
+    again = ssdlab.load(result.checkpoint)
+    with torch.no_grad():
+        assert torch.equal(model.forward_raw(x)[0], again.forward_raw(x)[0])
+    if kind == "IAO":
+        assert bool(layer.act_quant.initialized) and layer.act_quant.high > layer.act_quant.low
