@@ -157,3 +157,72 @@ def test_qat_runs_and_the_checkpoint_rebuilds_the_quantized_model(tiny_cfg, kind
         assert torch.equal(model.forward_raw(x)[0], again.forward_raw(x)[0])
     if kind == "IAO":
         assert bool(layer.act_quant.initialized) and layer.act_quant.high > layer.act_quant.low
+
+
+def _randomized(model):
+    """Spread γ (some tiny), β and the BN statistics so that pruning has something to do."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand_like(m.weight) * torch.where(torch.rand_like(m.weight) < 0.5, 0.01, 1.0))
+                m.bias.uniform_(-0.5, 0.5)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2)
+    return model
+
+
+@pytest.mark.parametrize("kind, bits, mode", [("IAO", 8, "symmetric"), ("IAO", 4, "asymmetric"), ("dorefa", 8, "symmetric"),
+                                              ("dorefa", 4, "symmetric")])
+@pytest.mark.parametrize("prune_mode", ["normal", "shortcut"])
+def test_quantize_then_prune_compact_equals_masked(tiny_cfg, kind, bits, mode, prune_mode):
+    from ssdlab.prune.surgery import compact_model, make_plan, masked_model
+
+    cfg = tiny_cfg(*QUAN, "QUANTIZATION.TYPE", kind, "QUANTIZATION.WBITS", str(bits), "QUANTIZATION.ABITS", str(bits),
+                   "QUANTIZATION.IAO_MODE", mode, "QUANTIZATION.FINAL", "True")
+    model = _randomized(build_model(cfg)).train()
+    with torch.no_grad():
+        model.forward_raw(torch.randn(4, 3, 64, 64))  # sets the activation ranges
+    model.eval()
+    result = make_plan(model, 0.5, prune_mode)
+    masked = masked_model(model, result, "compensated")
+    compact = compact_model(masked, result)
+    assert isinstance(compact.backbone.module_list[1], IAOConvBN if kind == "IAO" else nn.Sequential)
+    assert compact.backbone.module_list[1].conv.weight.shape[0] < 32
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        for a, b in zip(masked.forward_raw(x), compact.forward_raw(x)):
+            close = (a - b).abs() <= 1e-4
+            # summing in another order can flip a value sitting on a rounding boundary by one step
+            assert close.float().mean() >= 0.999, (a - b).abs().max()
+
+
+def test_bwn_quantize_then_prune_is_refused_with_the_reason(tiny_cfg):
+    from ssdlab.errors import PruneError
+    from ssdlab.prune.surgery import make_plan, masked_model
+
+    model = build_model(tiny_cfg(*QUAN, "QUANTIZATION.TYPE", "BWN", "QUANTIZATION.WBITS", "2",
+                                 "QUANTIZATION.ABITS", "2")).eval()
+    with pytest.raises(PruneError, match="prune-then-quantize"):
+        masked_model(model, make_plan(model, 0.3), "compensated")
+
+
+@pytest.mark.slow
+def test_prune_then_quantize_through_the_cli(tiny_cfg, tmp_path):
+    import subprocess
+    import sys
+
+    from ssdlab.prune.report import prune_checkpoint
+
+    sparse = train(tiny_cfg("SOLVER.MAX_ITER", "4", "PRUNE.TYPE", "normal", out="sparse"), progress=False).checkpoint
+    pruned = prune_checkpoint(sparse, tiny_cfg(), 0.4, quick=True, out_dir=tmp_path, tag="p40").files["checkpoint"]
+    cfg = tiny_cfg(out="qat")
+    done = subprocess.run([sys.executable, "-m", "ssdlab", "quantize", "--config-file", str(TESTS / "data" / "tiny.yaml"),
+                           "--ckpt", str(pruned), *QUAN, "QUANTIZATION.TYPE", "IAO", "SOLVER.MAX_ITER", "3",
+                           "DATASETS.TRAIN", str(list(cfg.DATASETS.TRAIN)), "DATASETS.TEST", str(list(cfg.DATASETS.TEST)),
+                           "OUTPUT_DIR", cfg.OUTPUT_DIR], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    model = ssdlab.load(f"{cfg.OUTPUT_DIR}/model_final.pt")
+    widths = [layer["filters"] for layer in model.backbone.defs]
+    assert widths == [layer["filters"] for layer in ssdlab.load(pruned).backbone.defs] and sum(widths) < 128
+    assert isinstance(model.backbone.module_list[1], IAOConvBN) and model.quant_spec.kind == "IAO"

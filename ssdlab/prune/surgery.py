@@ -19,11 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ssdlab.engine.checkpoint import QUANTIZER_STATE
 from ssdlab.errors import PruneError
 from ssdlab.model.backbone import Shortcut
 from ssdlab.model.cfg import feature_layers, write_cfg
 from ssdlab.model.ssd import SSD
 from ssdlab.prune.plan import Group, ModelSpec, PrunePlan, plan, prunable_groups
+from ssdlab.quant.layers import IAOConvBN, QuantConv2d
 
 MASKINGS = ("preview", "zeroed", "compensated")
 _PRIOR_LISTS = ("FEATURE_MAPS", "STRIDES", "MIN_SIZES", "MAX_SIZES", "ASPECT_RATIOS", "BOXES_PER_LOCATION")
@@ -73,6 +75,8 @@ def masked_model(model: SSD, result: PrunePlan, how: str = "compensated") -> SSD
     """
     if how not in MASKINGS:
         raise PruneError(f"masking {how!r} is unknown; use one of {', '.join(MASKINGS)}")
+    if how == "compensated":
+        check_quantized(model)
     masked = copy.deepcopy(model).cpu().eval()
     for group, pruned in pruned_groups(masked, result):
         index = torch.as_tensor(pruned)
@@ -80,6 +84,8 @@ def masked_model(model: SSD, result: PrunePlan, how: str = "compensated") -> SSD
             masked.backbone.module_list[i].bn.weight[index] = 0.0
         if how == "compensated":
             _compensate(masked, group, index, result)
+            for i in _bn_layers(group, result.cut):  # pruned filters: zero, as the compact model drops them
+                masked.backbone.module_list[i].conv.weight[index] = 0.0
         if how != "preview":
             for i in _bn_layers(group, result.cut):
                 masked.backbone.module_list[i].bn.bias[index] = 0.0
@@ -121,30 +127,60 @@ def _offset(weight: Tensor, index: Tensor, value: Tensor) -> Tensor:
     return weight[:, index].sum(dim=(2, 3)) @ value
 
 
-def _absorb_conv(module: nn.Sequential, index: Tensor, value: Tensor, layer: int) -> None:
-    """A backbone consumer absorbs the constant in its BN running mean or its bias."""
-    offset = _offset(module.conv.weight, index, value)
-    if hasattr(module, "bn"):
-        module.bn.running_mean -= offset
-    elif module.conv.bias is not None:
-        module.conv.bias += offset
+def _seen(conv: nn.Module, value: Tensor) -> tuple[Tensor, Tensor]:
+    """(weight, input constant) as a conv computes them: quantized for a QuantConv2d, as is otherwise."""
+    if isinstance(conv, QuantConv2d):
+        return conv.quantized_weight(), conv.act_quant(value)
+    return conv.weight, value
+
+
+def _absorb_conv(module: nn.Module, index: Tensor, value: Tensor, layer: int) -> None:
+    """A backbone consumer absorbs the constant in its BN running mean or its bias (quantized domain if QAT)."""
+    if isinstance(module, IAOConvBN):  # y = conv(q(x), q(W_fold)) + β − (μ − c)·γ/σ: shift μ
+        offset = _offset(module.folded()[0], index, module.act_quant(value))
+        bn = module.bn
+        ratio = torch.sqrt(bn.running_var + bn.eps) / bn.weight
+        bn.running_mean -= torch.where(bn.weight != 0, offset * ratio, torch.zeros_like(offset))
     else:
-        raise PruneError(f"layer {layer} reads pruned channels but has neither BatchNorm nor a bias to absorb "
-                         "their constant; set bias=1 in its cfg section and retrain")
+        weight, seen = _seen(module.conv, value)
+        offset = _offset(weight, index, seen)
+        if hasattr(module, "bn"):
+            module.bn.running_mean -= offset
+        elif module.conv.bias is not None:
+            module.conv.bias += offset
+        else:
+            raise PruneError(f"layer {layer} reads pruned channels but has neither BatchNorm nor a bias to absorb "
+                             "their constant; set bias=1 in its cfg section and retrain")
+    module.conv.weight[:, index] = 0.0  # no longer read; keeps quantizer ranges equal to the compact model's
 
 
 def _absorb_head(head: nn.Module, index: Tensor, value: Tensor) -> None:
     """A prediction head absorbs the constant (SSD conv bias; SSDLite through depthwise + BN)."""
     if isinstance(head, nn.Conv2d):
-        head.bias += _offset(head.weight, index, value)
+        weight, seen = _seen(head, value)
+        head.bias += _offset(weight, index, seen)
+        head.weight[:, index] = 0.0
         return
     bn = head.bn
-    depthwise = value * head.conv.weight[index].sum(dim=(1, 2, 3))
+    weight, seen = _seen(head.conv, value)
+    depthwise = seen * weight[index].sum(dim=(1, 2, 3))
     normed = (depthwise - bn.running_mean[index]) / torch.sqrt(bn.running_var[index] + bn.eps)
-    constant = head.act(normed * bn.weight[index] + bn.bias[index])
-    head.pointwise.bias += _offset(head.pointwise.weight, index, constant)
+    weight, seen = _seen(head.pointwise, head.act(normed * bn.weight[index] + bn.bias[index]))
+    head.pointwise.bias += _offset(weight, index, seen)
     bn.weight[index] = 0.0
     bn.bias[index] = 0.0
+    head.conv.weight[index] = 0.0
+    head.pointwise.weight[:, index] = 0.0
+
+
+def check_quantized(model: SSD) -> None:
+    """Refuse pruning a BWN-quantized model (its α and Δ are means over every input weight of a filter)."""
+    spec = getattr(model, "quant_spec", None)
+    if spec is not None and spec.kind == "BWN" and spec.wbits < 32:
+        raise PruneError("quantize-then-prune is not supported for BWN: binary/ternary weights are scaled by the "
+                         "mean |W| over all input channels of a filter, so removing channels changes every kept "
+                         "weight and nothing can compensate it; prune the float model, then train BWN "
+                         "(prune-then-quantize)")
 
 
 # --- the compact model ---------------------------------------------------------------------------
@@ -194,7 +230,16 @@ def compact_model(masked: SSD, result: PrunePlan, note: str = "") -> SSD:
         kept = _t(result.kept_out(layer))
         for name in ("cls_headers", "reg_headers"):
             _copy_head(getattr(masked.box_head, name)[level], getattr(small.box_head, name)[level], kept)
+    _copy_quantizer_state(masked, small)
     return small.eval()
+
+
+def _copy_quantizer_state(src: SSD, dst: SSD) -> None:
+    """Copy the activation-range buffers (per tensor, so unaffected by pruning) of every kept layer."""
+    own = dict(dst.named_buffers())
+    for name, buffer in src.named_buffers():
+        if QUANTIZER_STATE in name and name in own:
+            own[name].copy_(buffer)
 
 
 def _t(index: np.ndarray) -> Tensor:
