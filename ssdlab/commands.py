@@ -26,13 +26,17 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     """Train a recipe; under torchrun every process runs this."""
+    _run_training(load_config(args.config_file, _opts(args)), args.fresh, "training")
+
+
+def _run_training(cfg: CfgNode, fresh: bool, label: str) -> None:
+    """Train (resuming unless fresh), print where it stopped and the metrics (rank 0)."""
     from ssdlab.engine.train import train
 
-    cfg = load_config(args.config_file, _opts(args))
-    result = train(cfg, resume=not args.fresh)
+    result = train(cfg, resume=not fresh)
     if dist.is_main():
         state = "finished" if result.finished else "stopped (run the same command to resume)"
-        print(f"training {state} at iteration {result.iteration}: {result.checkpoint}")
+        print(f"{label} {state} at iteration {result.iteration}: {result.checkpoint}")
         _print_metrics(result.metrics)
     dist.cleanup()
 
@@ -146,19 +150,13 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 def cmd_quantize(args: argparse.Namespace) -> None:
     """QAT: `train` starting from --ckpt with the recipe's QUANTIZATION.* (and the overrides)."""
-    from ssdlab.engine.train import train
     from ssdlab.quant.apply import quant_spec
 
     cfg = load_config(args.config_file, [*_opts(args), "MODEL.FINE_TUNE", "True", "MODEL.WEIGHTS", args.ckpt])
     if quant_spec(cfg) is None:
         raise ConfigError(f"{args.config_file} sets QUANTIZATION.TYPE no; add QUANTIZATION.TYPE IAO|dorefa|BWN "
                           "(and WBITS/ABITS) to the recipe or the command line")
-    result = train(cfg, resume=not args.fresh)
-    if dist.is_main():
-        state = "finished" if result.finished else "stopped (run the same command to resume)"
-        print(f"quantization-aware training {state} at iteration {result.iteration}: {result.checkpoint}")
-        _print_metrics(result.metrics)
-    dist.cleanup()
+    _run_training(cfg, args.fresh, "quantization-aware training")
 
 
 def cmd_tour(args: argparse.Namespace) -> None:
