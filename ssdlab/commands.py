@@ -69,6 +69,15 @@ def checkpoint_and_config(args: argparse.Namespace) -> tuple[Path, dict, CfgNode
     return path, state, cfg.freeze()
 
 
+def maybe_fused(model, cfg: CfgNode):
+    """The model with every conv+BN fused when TEST.BN_FUSE is true (ssdlab.export.fuse)."""
+    if not cfg.TEST.BN_FUSE:
+        return model
+    from ssdlab.export.fuse import fuse_model
+
+    return fuse_model(model)
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     """Evaluate a checkpoint on DATASETS.TEST (VOC and COCO metrics)."""
     from ssdlab.engine.evaluate import format_ap_table
@@ -78,7 +87,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     path, state, cfg = checkpoint_and_config(args)
     device = dist.local_device(cfg.MODEL.DEVICE)
     dist.init_distributed(device)
-    model = ckpt.model_from_checkpoint(state, str(path)).to(device)
+    model = maybe_fused(ckpt.model_from_checkpoint(state, str(path)), cfg).to(device)
     result = evaluate_model(model, datasets(cfg, is_train=False), cfg, device,
                             coco_json=path.with_suffix(".coco_results.json"))
     if dist.is_main():
@@ -94,7 +103,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from ssdlab.engine.demo import run_demo
 
     path, state, cfg = checkpoint_and_config(args)
-    model = ckpt.model_from_checkpoint(state, str(path))
+    model = maybe_fused(ckpt.model_from_checkpoint(state, str(path)), cfg)
     for row in run_demo(model, cfg, args.images, args.out, args.score_threshold):
         print(f"{row['image']}: {row['objects']} objects, {row['ms']:.1f} ms ({row['fps']:.1f} FPS) "
               f"-> {row['out']}")
