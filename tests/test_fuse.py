@@ -92,6 +92,6 @@ def test_eval_with_bn_fuse_scores_the_same(tiny_cfg, capsys):
     scores = []
     for fuse in ("False", "True"):
         assert main(["eval", "--ckpt", str(path), "TEST.BN_FUSE", fuse]) == 0
-        line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("VOC mAP@0.5"))
-        scores.append(float(line.split()[-1]))
+        line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("VOC mAP@0.5") and ": " in x)
+        scores.append(float(line.rsplit(":", 1)[1]))
     assert scores[0] == pytest.approx(scores[1], abs=1e-6)
