@@ -40,11 +40,19 @@ def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:
     os.close(handle)
     try:
         torch.save(checkpoint, tmp)
+        ordinary_permissions(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def ordinary_permissions(path: str | Path) -> None:
+    """Give a mkstemp file (0600) the permissions of a file made with open() (0666 minus the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def read_checkpoint(path: str | Path) -> dict:

@@ -155,6 +155,7 @@ def write_outputs(out_dir: Path, tag: str, checkpoint: dict, cfg_text: str, repo
         Path(temps["cfg"]).write_text(cfg_text, encoding="utf-8")
         Path(temps["report"]).write_text(report, encoding="utf-8")
         for key, target in targets.items():
+            ckpt.ordinary_permissions(temps[key])
             os.replace(temps[key], target)
     finally:
         for temp in temps.values():
