@@ -226,3 +226,18 @@ def test_prune_then_quantize_through_the_cli(tiny_cfg, tmp_path):
     widths = [layer["filters"] for layer in model.backbone.defs]
     assert widths == [layer["filters"] for layer in ssdlab.load(pruned).backbone.defs] and sum(widths) < 128
     assert isinstance(model.backbone.module_list[1], IAOConvBN) and model.quant_spec.kind == "IAO"
+
+
+@pytest.mark.slow
+def test_sparse_qat_then_prune_gives_a_quantized_compact_checkpoint(tiny_cfg, tmp_path):
+    from ssdlab.prune.report import prune_checkpoint
+
+    cfg = tiny_cfg(*QUAN, "QUANTIZATION.TYPE", "IAO", "PRUNE.TYPE", "normal", "PRUNE.SR", "0.05",
+                   "SOLVER.MAX_ITER", "4", out="sparse_qat")
+    sparse = train(cfg, progress=False).checkpoint
+    report = prune_checkpoint(sparse, cfg, 0.3, quick=True, out_dir=tmp_path, tag="q")
+    compact = ssdlab.load(report.files["checkpoint"])
+    assert isinstance(compact.backbone.module_list[1], IAOConvBN)
+    assert sum(layer["filters"] for layer in compact.backbone.defs) < 128
+    original, small = report.rows[0], report.rows[-1]
+    assert small["size_mib"] < original["size_mib"] and small["params"] == report.plan.params_after
