@@ -1,0 +1,133 @@
+"""The threshold explorer: widgets over the pure pruning plan (notebook 03).
+
+A prune-percent slider and toggles (mode, regular, max) re-run `ssdlab.prune.plan.plan` on
+every change and redraw: the global |γ| histogram with the threshold line, kept vs pruned
+channels per layer, params and MACs before/after, and a warning past the highest safe ratio.
+The "evaluate" button measures the masked (compensated) model's mAP at the chosen setting —
+on request only, since an evaluation takes seconds.
+
+    explorer = ThresholdExplorer(model, evaluate=lambda m: evaluate_model(m, val, cfg)["voc_map"])
+    explorer.widget()          # in a notebook cell
+    explorer.percent.value = 0.6; explorer.figure_data()["kept"]   # what tests drive
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import numpy as np
+from IPython import get_ipython
+from IPython.display import display
+
+from ssdlab.errors import PruneError
+from ssdlab.prune.plan import MODES, ModelSpec, PrunePlan, plan, prunable_groups
+from ssdlab.prune.surgery import bn_gammas, masked_model
+
+
+class ThresholdExplorer:
+    """Sliders and toggles that plan a pruning live; a button that evaluates the plan."""
+
+    def __init__(self, model, evaluate: Callable | None = None, percent: float = 0.5, mode: str = "normal"):
+        self.model, self.evaluate_fn = model, evaluate
+        self.spec = ModelSpec.from_model(model)
+        self.gammas = bn_gammas(model)
+        self.percent = widgets.FloatSlider(value=percent, min=0.0, max=0.99, step=0.01, description="prune %",
+                                           continuous_update=True, readout_format=".2f")
+        self.mode = widgets.ToggleButtons(options=list(MODES), value=mode, description="mode")
+        self.regular = widgets.Checkbox(value=False, description="regular (multiples of 8)")
+        self.drop_levels = widgets.Checkbox(value=False, description="max (drop head levels)")
+        self.summary, self.warning, self.result = widgets.HTML(), widgets.HTML(), widgets.HTML()
+        self.button = widgets.Button(description="evaluate mAP", button_style="primary")
+        self.output = widgets.Output()
+        self.plan: PrunePlan | None = None
+        self.figure = None
+        for control in (self.percent, self.mode, self.regular, self.drop_levels):
+            control.observe(lambda _change: self.update(), names="value")
+        self.button.on_click(lambda _button: self.evaluate())
+        self.update()
+
+    def update(self) -> None:
+        """Re-plan for the current controls and refresh the text and the figure."""
+        self.result.value = ""
+        try:
+            self.plan = plan(self.spec, self.gammas, self.percent.value, self.mode.value, self.regular.value,
+                             self.drop_levels.value, self.model.cfg.PRUNE.ROUND_TO)
+        except PruneError as err:
+            self.plan = None
+            self.warning.value = f"<b style='color:#b00'>{err}</b>"
+            self.summary.value = ""
+            return
+        self.summary.value = summary_text(self.plan)
+        self.warning.value = warning_text(self.plan)
+        self.redraw()
+
+    def figure_data(self) -> dict:
+        """What the figure shows: pooled |γ|, threshold, and per-layer width and kept count."""
+        groups = prunable_groups(self.spec.layers, self.mode.value, self.spec.in_channels)
+        layers = sorted(i for g in groups for i in g.producers)
+        kept = {i: len(self.plan.kept_out(i)) if i <= self.plan.cut else 0 for i in layers} if self.plan else {}
+        return {"gammas": np.concatenate([self.gammas[i] for i in layers]), "layers": layers,
+                "threshold": self.plan.threshold if self.plan else None,
+                "widths": {i: self.plan.widths_before[i] for i in layers} if self.plan else {}, "kept": kept}
+
+    def redraw(self) -> None:
+        """Draw the histogram and the bar chart into the output area."""
+        self.figure = draw_plan(self.figure_data())
+        if get_ipython() is not None:  # in a notebook; tests read figure_data() instead
+            self.output.clear_output(wait=True)
+            with self.output:
+                display(self.figure)
+
+    def evaluate(self) -> float | None:
+        """mAP of the compensated masked model at the current setting (needs `evaluate`)."""
+        if self.evaluate_fn is None or self.plan is None:
+            self.result.value = "no evaluation function given" if self.evaluate_fn is None else ""
+            return None
+        self.result.value = "evaluating..."
+        score = float(self.evaluate_fn(masked_model(self.model, self.plan, "compensated")))
+        self.result.value = f"masked + compensated model: <b>VOC mAP@0.5 {score:.4f}</b>"
+        return score
+
+    def widget(self) -> widgets.Widget:
+        """The whole explorer as one widget."""
+        controls = widgets.HBox([self.mode, widgets.VBox([self.regular, self.drop_levels])])
+        return widgets.VBox([self.percent, controls, self.summary, self.warning, self.output,
+                             widgets.HBox([self.button, self.result])])
+
+
+def summary_text(result: PrunePlan) -> str:
+    """Params, MACs and channels before -> after as one HTML line."""
+    return (f"threshold |γ| ≥ {result.threshold:.4g} · channels {result.channels_before:,} → "
+            f"{result.channels_after:,} · params {result.params_before:,} → {result.params_after:,} "
+            f"(<b>−{result.compression():.1%}</b>) · MACs {result.macs_before / 1e6:.1f} M → "
+            f"{result.macs_after / 1e6:.1f} M · head levels {result.levels}")
+
+
+def warning_text(result: PrunePlan) -> str:
+    """A warning when the percent empties a layer (past the highest safe ratio)."""
+    if result.safe:
+        return f"highest safe percent: {result.highest_safe:.3f}"
+    return (f"<b style='color:#b00'>past the highest safe percent {result.highest_safe:.3f}: layer "
+            f"{result.emptied[0]} has no channel above the threshold</b> (it keeps its largest; "
+            "`max` drops the head levels after it)")
+
+
+def draw_plan(data: dict):
+    """A figure: |γ| histogram with the threshold, and kept/pruned channels per layer."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 3.2))
+    left.hist(data["gammas"], bins=60, color="#4c72b0")
+    if data["threshold"] is not None:
+        left.axvline(data["threshold"], color="#c44e52", linestyle="--", label="threshold")
+        left.legend()
+    left.set(xlabel="|γ|", ylabel="channels", title="BN |γ| of the prunable layers")
+    names = [str(i) for i in data["layers"]]
+    kept = [data["kept"].get(i, 0) for i in data["layers"]]
+    pruned = [data["widths"].get(i, 0) - k for i, k in zip(data["layers"], kept)]
+    right.bar(names, kept, color="#55a868", label="kept")
+    right.bar(names, pruned, bottom=kept, color="#c7c7c7", label="pruned")
+    right.set(xlabel="cfg layer", ylabel="channels", title="kept vs pruned")
+    right.legend()
+    fig.tight_layout()
+    plt.close(fig)
+    return fig
