@@ -1,4 +1,4 @@
-"""`python -m ssdlab COMMAND`: data, train, eval, demo, info, prune, quantize, tour (flags as in the seed)."""
+"""`python -m ssdlab COMMAND`: data, train, eval, demo, info, prune, quantize, export, tour (flags as in the seed)."""
 from __future__ import annotations
 
 import argparse
@@ -66,6 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     quantize.add_argument("--ckpt", required=True, help="the checkpoint to start from")
     quantize.add_argument("--fresh", action="store_true", help="ignore OUTPUT_DIR/last_checkpoint")
     _config_args(quantize)
+
+    export = sub.add_parser("export", help="BN-fused weights for hardware (.bin + manifest, txt, npz) or ONNX")
+    export.add_argument("--ckpt", required=True)
+    export.add_argument("--format", default="bin", choices=["bin", "txt", "npz", "onnx"])
+    export.add_argument("--out", required=True, type=Path, help="folder to create (refused if it exists)")
+    export.add_argument("--name", default="model", help="file name stem inside the folder")
+    export.add_argument("--int8", action="store_true", help="require integer weight codes (IAO models)")
+    export.add_argument("--force", action="store_true", help="replace an existing --out folder")
 
     sub.add_parser("tour", help="the whole course headless on built-in data (SSDLAB_PROFILE=smoke: ~1 min)")
     return parser

@@ -168,6 +168,15 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     _run_training(cfg, args.fresh, "quantization-aware training")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """Export a checkpoint's fused weights (or ONNX) into a new folder."""
+    from ssdlab.export.weights import export_weights
+
+    out = export_weights(ckpt.load(args.ckpt), args.out, args.format, args.name, args.force, args.int8)
+    for path in sorted(out.iterdir()):
+        print(f"{path}  ({path.stat().st_size:,} bytes)")
+
+
 def cmd_tour(args: argparse.Namespace) -> None:
     """The course headless: data, training, evaluation, demo, summary."""
     from ssdlab.course import run_tour

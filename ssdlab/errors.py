@@ -27,3 +27,7 @@ class PruneError(SSDLabError):
 
 class QuantError(SSDLabError):
     """A quantization setting is unknown or out of range."""
+
+
+class ExportError(SSDLabError):
+    """An export request cannot be carried out (format, folder, quantization)."""

@@ -87,7 +87,7 @@ class SSD(nn.Module):
     def forward_raw(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(cls_logits [B, N, C], bbox_pred [B, N, 4]) in prior order."""
         cls_logits, bbox_pred = self.box_head(self.backbone(images))
-        if cls_logits.shape[1] != len(self.priors):
+        if not torch.jit.is_tracing() and cls_logits.shape[1] != len(self.priors):
             raise ConfigError(
                 f"the heads predict {cls_logits.shape[1]} boxes for images of size {tuple(images.shape[-2:])} "
                 f"but MODEL.PRIORS gives {len(self.priors)} priors; feed images of INPUT.IMAGE_SIZE = "

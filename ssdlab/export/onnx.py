@@ -1,0 +1,77 @@
+"""ONNX export of the BN-fused detector, checked in onnxruntime (the `[deploy]` extra).
+
+The graph takes `images` float32 [B, 3, S, S] (RGB, mean subtracted, as in the manifest) and
+returns `scores` [B, N, C] (softmax over the classes, column 0 = background) and `boxes`
+[B, N, 4] (x1, y1, x2, y2 relative to the image, decoded against the priors). Post-processing
+left to the caller: per class, drop scores below TEST.CONFIDENCE_THRESHOLD, keep the
+TEST.PRE_NMS_TOP_K best, NMS at TEST.NMS_THRESHOLD, keep TEST.MAX_PER_IMAGE per image, and
+multiply the boxes by the image width and height — what `ssdlab.model.postprocess` does.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssdlab.errors import ExportError
+from ssdlab.export.fuse import fuse_model
+from ssdlab.model.box_coder import decode
+
+
+class ScoresAndBoxes(nn.Module):
+    """A detector's network part with softmax scores and decoded boxes as outputs."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.center_variance = model.cfg.MODEL.CENTER_VARIANCE
+        self.size_variance = model.cfg.MODEL.SIZE_VARIANCE
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """(scores [B, N, C], boxes [B, N, 4] relative xyxy)."""
+        cls_logits, bbox_pred = self.model.forward_raw(images)
+        boxes = decode(bbox_pred, self.model.priors, self.center_variance, self.size_variance)
+        return F.softmax(cls_logits, dim=2), boxes
+
+
+def write_onnx(model: nn.Module, out: Path, name: str, opset: int = 17) -> Path:
+    """Export the fused float model to out/<name>.onnx and check it in onnxruntime against PyTorch."""
+    if getattr(model, "quant_spec", None) is not None:
+        raise ExportError("ONNX export of a fake-quantized model is not supported yet; export the float model "
+                          "(QUANTIZATION.TYPE no) or use --format bin, whose manifest carries the int8 codes")
+    wrapper = ScoresAndBoxes(fuse_model(model).cpu()).eval()
+    size = model.cfg.INPUT.IMAGE_SIZE
+    example = torch.randn(1, 3, size, size)
+    path = out / f"{name}.onnx"
+    torch.onnx.export(wrapper, (example,), str(path), input_names=["images"], output_names=["scores", "boxes"],
+                      dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}, "boxes": {0: "batch"}},
+                      opset_version=opset, dynamo=False)
+    check_onnx(wrapper, path, example)
+    return path
+
+
+def run_onnx(path: Path, images: np.ndarray, threads: int = 0) -> list[np.ndarray]:
+    """Outputs of an ONNX model in onnxruntime on the CPU."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError("onnxruntime is not installed; pip install 'ssdlab[deploy]'") from None
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session.run(None, {"images": images})
+
+
+def check_onnx(wrapper: nn.Module, path: Path, example: Tensor, tolerance: float = 1e-4) -> float:
+    """Largest difference between onnxruntime and PyTorch; ExportError above the tolerance."""
+    with torch.no_grad():
+        expected = [t.numpy() for t in wrapper(example)]
+    got = run_onnx(path, example.numpy())
+    error = max(float(np.abs(a - b).max()) for a, b in zip(expected, got))
+    if error > tolerance:
+        raise ExportError(f"{path}: onnxruntime differs from PyTorch by {error:.2e} (> {tolerance}); "
+                          "please report this model")
+    return error

@@ -1,0 +1,236 @@
+"""Export a model's weights for hardware: the seed's .bin layout plus a JSON manifest.
+
+The exported network is the BN-fused model (ssdlab.export.fuse): every conv has a weight and
+a bias. Tensors are written in state-dict order — backbone convs in cfg order, then every
+class head, then every box head — as little-endian float32 without headers:
+
+    <name>_weights.bin   all weights, one after another (the seed's file)
+    <name>_bias.bin      all biases
+    <name>_priors.bin    the prior boxes (cx, cy, w, h in [0, 1]), float32 [N, 4]
+    <name>_codes.bin     IAO models: the integer weight codes (int8 up to 8 bits, else int16)
+    <name>_bias_int32.bin IAO models: biases in int32 at scale s_input · s_weight[o]
+    manifest.json        every tensor: name, cfg layer, shape, dtype, file, byte offset and length;
+                         for quantized layers the codes, per-channel scales and zero points,
+                         the input scale and zero point; the input preprocessing and the priors
+
+`txt` writes the same tensors as readable text, `npz` as one NumPy archive. `load_weights`
+reads edited .bin files back into the fused model (the seed's FPGA round trip).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssdlab.errors import ExportError
+from ssdlab.export.fuse import fuse_model
+from ssdlab.quant.layers import QuantConv2d
+from ssdlab.quant.quantizers import asymmetric_params, per_channel_absmax, symmetric_scale
+
+FORMATS = ("bin", "txt", "npz")
+
+
+def layer_of(name: str) -> int | str:
+    """The cfg layer index of a backbone tensor, or 'head' / 'l2norm'."""
+    parts = name.split(".")
+    if parts[:2] == ["backbone", "module_list"]:
+        return int(parts[2])
+    return "l2norm" if parts[1] == "l2norms" else "head"
+
+
+def _float_tensors(fused: nn.Module) -> list[tuple[str, np.ndarray]]:
+    """(name, float32 array) of every parameter of the fused model, in state-dict order."""
+    return [(name, value.detach().cpu().numpy().astype("<f4")) for name, value in fused.named_parameters()]
+
+
+def _input_quant(conv: QuantConv2d) -> tuple[float, int]:
+    """(scale, zero point) of an IAO layer's input quantizer."""
+    aq, bits = conv.act_quant, conv.spec.abits
+    if conv.spec.mode == "asymmetric":
+        scale, zero = asymmetric_params(aq.low, aq.high, bits)
+        return float(scale), int(zero)
+    return float(symmetric_scale(torch.maximum(aq.low.abs(), aq.high.abs()), bits)), 0
+
+
+def integer_layer(conv: QuantConv2d) -> dict:
+    """Integer codes, per-channel scales and the int32 bias of an IAO conv (after fusion)."""
+    bits = conv.spec.wbits
+    w_scale = symmetric_scale(per_channel_absmax(conv.weight.detach()), bits)
+    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    codes = torch.clamp(torch.round(conv.weight.detach() / w_scale), low, high)
+    s_in, z_in = _input_quant(conv)
+    scales = w_scale.flatten()
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(scales)
+    return {"codes": codes.numpy().astype(np.int8 if bits <= 8 else np.int16), "weight_scales": scales.numpy(),
+            "input_scale": s_in, "input_zero_point": z_in,
+            "bias_int32": torch.round(bias / (s_in * scales)).numpy().astype("<i4")}
+
+
+def quantized_convs(fused: nn.Module) -> dict[str, QuantConv2d]:
+    """Parameter-name prefix -> QuantConv2d for the quantized convs of a fused model."""
+    return {name: m for name, m in fused.named_modules() if isinstance(m, QuantConv2d) and m.spec.wbits < 32}
+
+
+def check_codes(model: nn.Module, int_codes: bool) -> bool:
+    """Whether integer codes are exported: IAO models always; others refuse when asked."""
+    spec = getattr(model, "quant_spec", None)
+    if spec is not None and spec.kind == "IAO":
+        return True
+    if int_codes:
+        kind = spec.kind if spec else "float"
+        raise ExportError(f"--int8 asks for integer weight codes, but this is a {kind} model: "
+                          + ("DoReFa/BWN weights are not integers times a per-channel scale, so " if spec else "")
+                          + "only IAO-quantized models have int8 codes; export without --int8 or train with "
+                            "QUANTIZATION.TYPE IAO")
+    return False
+
+
+def manifest_header(model: nn.Module, name: str) -> dict:
+    """Model-level facts: input preprocessing, priors, classes, quantization."""
+    cfg = model.cfg
+    spec = getattr(model, "quant_spec", None)
+    return {"format": "ssdlab-weights", "version": 1, "name": name, "bn_fused": True, "byte_order": "little",
+            "input": {"size": cfg.INPUT.IMAGE_SIZE, "channel_order": "RGB", "layout": "NCHW",
+                      "mean": list(cfg.INPUT.PIXEL_MEAN), "std": None,
+                      "note": "x = image (0..255, RGB) resized to size x size, minus mean; no division"},
+            "priors": {"file": f"{name}_priors.bin", "count": int(len(model.priors)), "dtype": "float32",
+                       "layout": "cx, cy, w, h (relative to the image)",
+                       "center_variance": cfg.MODEL.CENTER_VARIANCE, "size_variance": cfg.MODEL.SIZE_VARIANCE},
+            "classes": list(model.class_names),
+            "quantization": None if spec is None else {"type": spec.kind, "wbits": spec.wbits, "abits": spec.abits,
+                                                       "mode": spec.mode}}
+
+
+class _Appender:
+    """Append arrays to one binary file, remembering offsets."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset = path, 0
+        self.handle = path.open("wb")
+
+    def add(self, array: np.ndarray) -> dict:
+        """Write an array; its file, offset, length and dtype."""
+        data = np.ascontiguousarray(array).tobytes()
+        self.handle.write(data)
+        entry = {"file": self.path.name, "offset": self.offset, "length": len(data), "dtype": str(array.dtype)}
+        self.offset += len(data)
+        return entry
+
+    def close(self) -> None:
+        """Close the file."""
+        self.handle.close()
+
+
+def write_bin(model: nn.Module, out: Path, name: str, int_codes: bool = False) -> dict:
+    """Write the .bin files and manifest.json into out; returns the manifest."""
+    codes = check_codes(model, int_codes)
+    fused = fuse_model(model).cpu()
+    files = {kind: _Appender(out / f"{name}_{kind}.bin") for kind in ("weights", "bias")}
+    if codes:
+        files.update(codes=_Appender(out / f"{name}_codes.bin"), bias_int32=_Appender(out / f"{name}_bias_int32.bin"))
+    quantized = quantized_convs(fused) if codes else {}
+    tensors = []
+    try:
+        for tensor_name, array in _float_tensors(fused):
+            kind = "bias" if tensor_name.endswith(".bias") else "weights"
+            entry = {"name": tensor_name, "layer": layer_of(tensor_name), "shape": list(array.shape),
+                     **files[kind].add(array)}
+            prefix = tensor_name.rsplit(".", 1)[0]
+            if prefix in quantized:
+                entry.update(_integer_entry(quantized[prefix], kind, files))
+            tensors.append(entry)
+        np.asarray(model.priors.cpu(), dtype="<f4").tofile(out / f"{name}_priors.bin")
+    finally:
+        for appender in files.values():
+            appender.close()
+    manifest = {**manifest_header(model, name), "tensors": tensors}
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def _integer_entry(conv: QuantConv2d, kind: str, files: dict) -> dict:
+    """The manifest additions of a quantized conv's weight or bias."""
+    layer = integer_layer(conv)
+    if kind == "bias":
+        return {"int32": files["bias_int32"].add(layer["bias_int32"])}
+    return {"codes": files["codes"].add(layer["codes"]), "bits": conv.spec.wbits,
+            "weight_scales": layer["weight_scales"].tolist(), "weight_zero_points": 0,
+            "input_scale": layer["input_scale"], "input_zero_point": layer["input_zero_point"]}
+
+
+def write_txt(model: nn.Module, out: Path, name: str) -> None:
+    """A readable dump: one block per tensor (name, shape, then 8 values a line)."""
+    fused = fuse_model(model).cpu()
+    for kind in ("weights", "bias"):
+        with (out / f"{name}_{kind}.txt").open("w") as handle:
+            for tensor_name, array in _float_tensors(fused):
+                if tensor_name.endswith(".bias") != (kind == "bias"):
+                    continue
+                handle.write(f"# {tensor_name} shape={list(array.shape)} layer={layer_of(tensor_name)}\n")
+                flat = array.reshape(-1)
+                for start in range(0, len(flat), 8):
+                    handle.write(" ".join(f"{v:.8g}" for v in flat[start:start + 8]) + "\n")
+
+
+def write_npz(model: nn.Module, out: Path, name: str) -> None:
+    """Every fused tensor (and the priors) in one NumPy archive."""
+    fused = fuse_model(model).cpu()
+    np.savez(out / f"{name}.npz", priors=model.priors.cpu().numpy(), **dict(_float_tensors(fused)))
+
+
+def export_weights(model: nn.Module, out: str | Path, fmt: str = "bin", name: str = "model",
+                   force: bool = False, int_codes: bool = False) -> Path:
+    """Export into the folder `out` (all or nothing; an existing folder needs force)."""
+    if fmt not in FORMATS + ("onnx",):
+        raise ExportError(f"--format {fmt!r} is unknown; use one of {', '.join(FORMATS + ('onnx',))}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        if fmt == "bin":
+            write_bin(model, work, name, int_codes)
+        elif fmt == "txt":
+            check_codes(model, int_codes)
+            write_txt(model, work, name)
+        elif fmt == "npz":
+            check_codes(model, int_codes)
+            write_npz(model, work, name)
+        else:
+            from ssdlab.export.onnx import write_onnx
+
+            write_onnx(model, work, name)
+        os.chmod(work, 0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return out
+
+
+def load_weights(model: nn.Module, folder: str | Path) -> nn.Module:
+    """The fused model with every tensor read from the folder's .bin files (edited ones included)."""
+    folder = Path(folder)
+    path = folder / "manifest.json"
+    if not path.is_file():
+        raise ExportError(f"{folder} has no manifest.json; give a folder written by `ssdlab export --format bin`")
+    manifest = json.loads(path.read_text())
+    fused = fuse_model(model).cpu()
+    params = dict(fused.named_parameters())
+    with torch.no_grad():
+        for entry in manifest["tensors"]:
+            if entry["name"] not in params or list(params[entry["name"]].shape) != entry["shape"]:
+                raise ExportError(f"{path}: tensor {entry['name']} {entry['shape']} does not fit this model; "
+                                  "load the weights into the model they were exported from")
+            data = np.fromfile(folder / entry["file"], dtype="<f4", count=entry["length"] // 4,
+                               offset=entry["offset"])
+            params[entry["name"]].copy_(torch.from_numpy(data.reshape(entry["shape"])))
+    return fused
