@@ -4,8 +4,8 @@
     python benchmarks/pruning.py --models plain --percents 0.5 0.7
 
 For each model: evaluate the committed baseline, sparse-train it (course/<model>_sparse.yaml,
-resumed when benchmarks/runs/<model>_sparse exists), prune at each percent (no fine-tune),
-once with --regular 1, and fine-tune the pruned model at --tune-percent with and without
+resumed when benchmarks/runs/<model>_sparse exists), prune at each percent (no fine-tune;
+with --max 1 past the highest safe percent), once with --regular 1, and fine-tune the pruned model at --tune-percent with and without
 distillation from the sparse model. Also counts MobileNetV2-SSDLite's prunable layers and
 channels per mode. Rows are kept in benchmarks/pruning.json; the section between the pruning
 markers of benchmarks/RESULTS.md is rewritten.
@@ -44,12 +44,13 @@ def sparse_train(model: str, runs: Path):
     return train(cfg).checkpoint, cfg
 
 
-def prune_row(model: str, sparse: Path, cfg, percent: float, regular: bool, runs: Path) -> dict:
+def prune_row(model: str, sparse: Path, cfg, percent: float, regular: bool, runs: Path, drop_levels: bool) -> dict:
     """Prune once (no fine-tune) and keep the report's numbers."""
-    report = prune_checkpoint(sparse, cfg, percent, cfg.PRUNE.TYPE, regular=regular, quick=True,
-                              out_dir=runs / "pruned", dataset=datasets(cfg, False))
+    report = prune_checkpoint(sparse, cfg, percent, cfg.PRUNE.TYPE, regular=regular, drop_levels=drop_levels,
+                              quick=True, out_dir=runs / "pruned", dataset=datasets(cfg, False))
     original, compact = report.rows[0], report.rows[-1]
-    return {"model": model, "mode": cfg.PRUNE.TYPE, "percent": percent, "regular": regular,
+    return {"model": model, "mode": cfg.PRUNE.TYPE, "percent": percent, "regular": regular, "max": drop_levels,
+            "levels": report.plan.levels,
             "params": compact["params"], "params_before": original["params"],
             "compression": 1 - compact["params"] / original["params"], "macs": compact["macs"],
             "macs_before": original["macs"], "ms": compact["latency_ms"], "ms_before": original["latency_ms"],
@@ -91,10 +92,9 @@ def run_model(model: str, percents: list[float], tune_percent: float, tune_iters
     base = evaluate_baseline(model)
     sparse, cfg = sparse_train(model, runs)
     safe = make_plan(ckpt.load(sparse), 0.0, cfg.PRUNE.TYPE).highest_safe
-    usable = [p for p in percents if p <= safe]
-    rows = [prune_row(model, sparse, cfg, p, False, runs) for p in usable]
-    chosen = min(usable, key=lambda p: abs(p - tune_percent))
-    rows.append(prune_row(model, sparse, cfg, chosen, True, runs))
+    rows = [prune_row(model, sparse, cfg, p, False, runs, p > safe) for p in percents]  # --max 1 past the safe ratio
+    chosen = min(percents, key=lambda p: abs(p - tune_percent))
+    rows.append(prune_row(model, sparse, cfg, chosen, True, runs, chosen > safe))
     pruned = Path(next(r["checkpoint"] for r in rows if r["percent"] == chosen and not r["regular"]))
     tuned = [fine_tune(model, pruned, None, runs, tune_iters), fine_tune(model, pruned, sparse, runs, tune_iters)]
     return {"baseline": base, "highest_safe": safe, "prune": rows, "tuned": tuned, "tune_percent": chosen,
@@ -113,10 +113,12 @@ def table(results: dict, counts: dict, command: str) -> str:
                   f"Committed baseline: VOC mAP@0.5 {r['baseline']['voc_map']:.4f}, COCO AP {r['baseline']['coco_ap']:.4f}. "
                   f"Sparse training: PRUNE.TYPE {sc['TYPE']}, SR {sc['SR']}, {sc['MAX_ITER']} iterations at LR {sc['LR']} "
                   f"from the baseline; highest safe percent {r['highest_safe']:.3f}.", "",
-                  "| percent | regular | params | removed | MACs (M) | CPU ms | VOC mAP@0.5 (sparse → pruned) | COCO AP |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| percent | regular | max (levels kept) | params | removed | MACs (M) | CPU ms | "
+                  "VOC mAP@0.5 (sparse → pruned) | COCO AP |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for p in r["prune"]:
-            lines.append(f"| {p['percent']:g} | {int(p['regular'])} | {p['params_before']:,} → {p['params']:,} | "
+            lines.append(f"| {p['percent']:g} | {int(p['regular'])} | {int(p['max'])} ({p['levels']}) | "
+                         f"{p['params_before']:,} → {p['params']:,} | "
                          f"{p['compression']:.1%} | {p['macs_before'] / 1e6:.1f} → {p['macs'] / 1e6:.1f} | "
                          f"{p['ms_before']:.1f} → {p['ms']:.1f} | {p['voc_before']:.4f} → {p['voc_map']:.4f} | "
                          f"{p['coco_ap']:.4f} |")

@@ -156,3 +156,22 @@ def test_no_prunable_layers_and_not_sparse_are_explained(tiny_cfg, tmp_path):
                       str(tmp_path / "d"), cwd=tmp_path)  # the stored config names the test data
     assert done.returncode == 0, done.stderr[-2000:]
     assert "was not sparse-trained" in done.stdout and "accuracy will collapse" in done.stdout
+
+
+def test_a_model_with_dropped_levels_fine_tunes(sparse_run, tmp_path):
+    path, cfg = sparse_run
+    model = ckpt.load(path)
+    with torch.no_grad():
+        model.backbone.module_list[3].bn.weight.fill_(1e-6)  # the last level's layer learned nothing
+    dead = tmp_path / "dead_level.pt"
+    state = ckpt.make_checkpoint(model)
+    state["config"]["PRUNE"]["TYPE"] = "normal"
+    ckpt.save_checkpoint(state, dead)
+    report = prune_checkpoint(dead, cfg, 0.5, drop_levels=True, quick=True, out_dir=tmp_path, tag="max",
+                              dataset=datasets(cfg, False))
+    assert report.plan.levels == 1 and len(report.model.priors) == 8 * 8 * 4
+    tune = cfg.clone()
+    tune.MODEL.FINE_TUNE, tune.MODEL.WEIGHTS = True, str(report.files["checkpoint"])
+    tune.OUTPUT_DIR, tune.SOLVER.MAX_ITER, tune.PRUNE.TYPE = str(tmp_path / "tune"), 2, "no"
+    result = train(tune.freeze(), progress=False)  # targets are built for the pruned model's priors
+    assert result.finished and len(ckpt.load(result.checkpoint).priors) == 256

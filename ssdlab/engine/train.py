@@ -83,21 +83,28 @@ def datasets(cfg: CfgNode, is_train: bool, with_transforms: bool = True):
                          cache=cfg.DATASETS.CACHE)
 
 
-def initial_model(cfg: CfgNode, class_names: Iterable[str]) -> tuple[nn.Module, CfgNode]:
-    """A new model, or the MODEL.WEIGHTS checkpoint's when MODEL.FINE_TUNE (its architecture wins)."""
+def architecture_config(cfg: CfgNode) -> CfgNode:
+    """cfg with the MODEL.WEIGHTS checkpoint's architecture keys when MODEL.FINE_TUNE (a pruned model's
+    priors and head levels, say), so data targets and the model agree; cfg itself otherwise."""
     if not cfg.MODEL.FINE_TUNE:
-        return build_model(cfg, tuple(class_names)), cfg
-    source = ckpt.read_checkpoint(cfg.MODEL.WEIGHTS)
-    stored = ckpt.checkpoint_config(source, cfg.MODEL.WEIGHTS)
+        return cfg
+    stored = ckpt.checkpoint_config(ckpt.read_checkpoint(cfg.MODEL.WEIGHTS), cfg.MODEL.WEIGHTS)
     cfg = cfg.clone()
     for dotted in ARCHITECTURE_KEYS:
         section, key = dotted.split(".")
         cfg[section][key] = stored[section][key]
-    cfg.freeze()
+    return cfg.freeze()
+
+
+def initial_model(cfg: CfgNode, class_names: Iterable[str]) -> nn.Module:
+    """A new model, or the MODEL.WEIGHTS checkpoint's when MODEL.FINE_TUNE (cfg from architecture_config)."""
+    if not cfg.MODEL.FINE_TUNE:
+        return build_model(cfg, tuple(class_names))
+    source = ckpt.read_checkpoint(cfg.MODEL.WEIGHTS)
     model = SSD(cfg, cfg_text=quantization_flags(source["cfg_text"], cfg), class_names=tuple(class_names))
     ckpt.load_state_checked(model, source["model"], where=cfg.MODEL.WEIGHTS)
     log.info("fine-tuning from %s", cfg.MODEL.WEIGHTS)
-    return model, cfg
+    return model
 
 
 def quantization_flags(cfg_text: str, cfg: CfgNode) -> str:
@@ -194,6 +201,7 @@ class Trainer:
         if self.cfg.SOLVER.NUM_THREADS or self.device.type == "cpu":
             torch.set_num_threads(self.cfg.SOLVER.NUM_THREADS or default_threads())
         seed_everything(self.cfg.SOLVER.SEED)
+        self.cfg = architecture_config(self.cfg)
         self.train_set = datasets(self.cfg, is_train=True)
         names = self.train_set.class_names
         if len(names) != self.cfg.MODEL.NUM_CLASSES:
@@ -201,7 +209,7 @@ class Trainer:
                               f"{len(names)} classes including background ({', '.join(names[1:])}); "
                               f"set MODEL.NUM_CLASSES {len(names)}")
         self.test_set = datasets(self.cfg, is_train=False) if self.cfg.DATASETS.TEST else None
-        model, self.cfg = initial_model(self.cfg, names)
+        model = initial_model(self.cfg, names)
         if self.model_transform:
             model = self.model_transform(model, self.cfg)
         self.model = model.to(self.device)
