@@ -24,6 +24,7 @@ from ssdlab.course import COURSE_MODELS, PROFILES, baseline, course_config
 from ssdlab.data.shapes import generate_shapes
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import evaluate_model
+from ssdlab.engine.profile import measure_latency
 from ssdlab.engine.train import datasets, train
 from ssdlab.model.cfg import infer_channels, read_cfg
 from ssdlab.prune.plan import MODES, prunable_layers
@@ -37,17 +38,19 @@ HERE = Path(__file__).resolve().parent
 START, END = "<!-- pruning:start -->", "<!-- pruning:end -->"
 
 
-def sparse_train(model: str, runs: Path):
-    """Sparse-train the committed baseline (resumes a stopped run); the checkpoint and its config."""
-    cfg = course_config(model, "full", ["MODEL.WEIGHTS", str(baseline(model)),
-                                        "OUTPUT_DIR", str(runs / f"{model}_sparse")], step="sparse")
+def sparse_train(model: str, runs: Path, start: Path, sr: float | None):
+    """Sparse-train from `start` (resumes a stopped run); the checkpoint and its config."""
+    extra = ["PRUNE.SR", str(sr)] if sr else []
+    name = f"{model}_sparse" + (f"_sr{sr:g}" if sr else "")
+    cfg = course_config(model, "full", ["MODEL.WEIGHTS", str(start), "OUTPUT_DIR", str(runs / name), *extra],
+                        step="sparse")
     return train(cfg).checkpoint, cfg
 
 
 def prune_row(model: str, sparse: Path, cfg, percent: float, regular: bool, runs: Path, drop_levels: bool) -> dict:
     """Prune once (no fine-tune) and keep the report's numbers."""
     report = prune_checkpoint(sparse, cfg, percent, cfg.PRUNE.TYPE, regular=regular, drop_levels=drop_levels,
-                              quick=True, out_dir=runs / "pruned", dataset=datasets(cfg, False))
+                              quick=True, out_dir=runs / "pruned" / sparse.parent.name, dataset=datasets(cfg, False))
     original, compact = report.rows[0], report.rows[-1]
     return {"model": model, "mode": cfg.PRUNE.TYPE, "percent": percent, "regular": regular, "max": drop_levels,
             "levels": report.plan.levels,
@@ -71,6 +74,17 @@ def fine_tune(model: str, pruned: Path, teacher: Path | None, runs: Path, iterat
             "minutes": result.train_seconds / 60}
 
 
+def remeasure_latency(results: dict, runs: int = 30) -> None:
+    """Measure every row's latency again, one model at a time (for a machine that was busy during the runs)."""
+    for r in results.values():
+        sparse = ckpt.load(r["sparse_checkpoint"])
+        size = sparse.cfg.INPUT.IMAGE_SIZE
+        before = measure_latency(sparse, size, runs=runs)["median_ms"]
+        for p in r["prune"]:
+            p["ms"] = measure_latency(ckpt.load(p["checkpoint"]), size, runs=runs)["median_ms"]
+            p["ms_before"] = before
+
+
 def mobilenet_counts() -> dict:
     """Prunable layers and channels of MobileNetV2-SSDLite in each mode."""
     layers = read_cfg(PACKAGE_CONFIGS / "backbones" / "mobilenet_v2_ssd.cfg")
@@ -79,25 +93,26 @@ def mobilenet_counts() -> dict:
                    "channels": sum(widths[i] for i in prunable_layers(layers, mode))} for mode in MODES}
 
 
-def evaluate_baseline(model: str) -> dict:
-    """VOC and COCO metrics of the committed baseline on the val split."""
-    net = ckpt.load(baseline(model))
+def evaluate_baseline(model: str, start: Path) -> dict:
+    """VOC and COCO metrics of the dense starting model on the val split."""
+    net = ckpt.load(start)
     cfg = course_config(model, "full")
     result = evaluate_model(net, datasets(cfg, False), cfg)
     return {"voc_map": result["voc_map"], "coco_ap": result["coco_ap"]}
 
 
-def run_model(model: str, percents: list[float], tune_percent: float, tune_iters: int, runs: Path) -> dict:
+def run_model(model: str, percents: list[float], tune_percent: float, tune_iters: int, runs: Path,
+              start: Path, sr: float | None) -> dict:
     """Every step for one course model."""
-    base = evaluate_baseline(model)
-    sparse, cfg = sparse_train(model, runs)
+    base = evaluate_baseline(model, start)
+    sparse, cfg = sparse_train(model, runs, start, sr)
     safe = make_plan(ckpt.load(sparse), 0.0, cfg.PRUNE.TYPE).highest_safe
     rows = [prune_row(model, sparse, cfg, p, False, runs, p > safe) for p in percents]  # --max 1 past the safe ratio
     chosen = min(percents, key=lambda p: abs(p - tune_percent))
     rows.append(prune_row(model, sparse, cfg, chosen, True, runs, chosen > safe))
     pruned = Path(next(r["checkpoint"] for r in rows if r["percent"] == chosen and not r["regular"]))
     tuned = [fine_tune(model, pruned, None, runs, tune_iters), fine_tune(model, pruned, sparse, runs, tune_iters)]
-    return {"baseline": base, "highest_safe": safe, "prune": rows, "tuned": tuned, "tune_percent": chosen,
+    return {"start": str(start), "sparse_checkpoint": str(sparse), "baseline": base, "highest_safe": safe, "prune": rows, "tuned": tuned, "tune_percent": chosen,
             "sparse_config": {"SR": cfg.PRUNE.SR, "TYPE": cfg.PRUNE.TYPE, "MAX_ITER": cfg.SOLVER.MAX_ITER,
                               "LR": cfg.SOLVER.LR}}
 
@@ -110,7 +125,8 @@ def table(results: dict, counts: dict, command: str) -> str:
     for model, r in results.items():
         sc = r["sparse_config"]
         lines += [f"### {model}", "",
-                  f"Committed baseline: VOC mAP@0.5 {r['baseline']['voc_map']:.4f}, COCO AP {r['baseline']['coco_ap']:.4f}. "
+                  f"Dense start `{r.get('start', 'ssdlab/checkpoints')}`: VOC mAP@0.5 {r['baseline']['voc_map']:.4f}, "
+                  f"COCO AP {r['baseline']['coco_ap']:.4f}. "
                   f"Sparse training: PRUNE.TYPE {sc['TYPE']}, SR {sc['SR']}, {sc['MAX_ITER']} iterations at LR {sc['LR']} "
                   f"from the baseline; highest safe percent {r['highest_safe']:.3f}.", "",
                   "| percent | regular | max (levels kept) | params | removed | MACs (M) | CPU ms | "
@@ -145,6 +161,10 @@ def main() -> None:
     parser.add_argument("--percents", nargs="+", type=float, default=[0.3, 0.5, 0.6, 0.7, 0.8])
     parser.add_argument("--tune-percent", type=float, default=0.6)
     parser.add_argument("--tune-iters", type=int, default=500)
+    parser.add_argument("--start", type=Path, help="dense checkpoint to sparse-train (default: the committed baseline)")
+    parser.add_argument("--sr", type=float, help="PRUNE.SR instead of the recipe's (the run is kept apart)")
+    parser.add_argument("--latency", action="store_true",
+                        help="only re-measure the stored rows' CPU latency (run on an otherwise idle machine)")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--runs", type=Path, default=HERE / "runs")
     args = parser.parse_args()
@@ -152,10 +172,15 @@ def main() -> None:
     generate_shapes(Path(settings["data"]), n_train=settings["train"], n_val=settings["val"])
     store = HERE / "pruning.json"
     results = json.loads(store.read_text()) if store.exists() else {}
+    if args.latency:
+        remeasure_latency(results)
+        args.models = []
     for model in args.models:
-        results[model] = run_model(model, args.percents, args.tune_percent, args.tune_iters, args.runs)
+        key = model + (f" (SR {args.sr:g})" if args.sr else "")
+        results[key] = run_model(model, args.percents, args.tune_percent, args.tune_iters, args.runs,
+                                 args.start or baseline(model), args.sr)
         store.write_text(json.dumps(results, indent=1) + "\n")
-    section = table({m: results[m] for m in COURSE_MODELS if m in results}, mobilenet_counts(),
+    section = table(dict(sorted(results.items())), mobilenet_counts(),
                     "python " + " ".join(sys.argv))
     write_section(section, args.out, START, END)
     print(section)
