@@ -120,12 +120,12 @@ def run_model(model: str, percents: list[float], tune_percent: float, tune_iters
 def table(results: dict, counts: dict, command: str) -> str:
     """The RESULTS.md section."""
     lines = [START, "## Pruning the course models (network slimming, no fine-tune unless stated)", "",
-             f"Machine: {machine()}; latency is batch 1 on {torch.get_num_threads()} threads (median of 10).",
-             f"Command: `{command}`", ""]
+             f"Machine: {machine()}; CPU latency is batch 1 on {torch.get_num_threads()} threads, re-measured "
+             f"on an idle machine with `{command}` (median of 30).", ""]
     for model, r in results.items():
         sc = r["sparse_config"]
-        lines += [f"### {model}", "",
-                  f"Dense start `{r.get('start', 'ssdlab/checkpoints')}`: VOC mAP@0.5 {r['baseline']['voc_map']:.4f}, "
+        lines += [f"### {model}", "", f"Command: `{r.get('command', '')}`", "",
+                  f"Dense start `{r['start']}`: VOC mAP@0.5 {r['baseline']['voc_map']:.4f}, "
                   f"COCO AP {r['baseline']['coco_ap']:.4f}. "
                   f"Sparse training: PRUNE.TYPE {sc['TYPE']}, SR {sc['SR']}, {sc['MAX_ITER']} iterations at LR {sc['LR']} "
                   f"from the baseline; highest safe percent {r['highest_safe']:.3f}.", "",
@@ -158,7 +158,7 @@ def main() -> None:
     """Parse arguments, run, write RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(COURSE_MODELS), choices=COURSE_MODELS)
-    parser.add_argument("--percents", nargs="+", type=float, default=[0.3, 0.5, 0.6, 0.7, 0.8])
+    parser.add_argument("--percents", nargs="+", type=float, default=[0.3, 0.4, 0.5, 0.55, 0.6, 0.7, 0.8])
     parser.add_argument("--tune-percent", type=float, default=0.6)
     parser.add_argument("--tune-iters", type=int, default=500)
     parser.add_argument("--start", type=Path, help="dense checkpoint to sparse-train (default: the committed baseline)")
@@ -174,14 +174,15 @@ def main() -> None:
     results = json.loads(store.read_text()) if store.exists() else {}
     if args.latency:
         remeasure_latency(results)
+        store.write_text(json.dumps(results, indent=1) + "\n")
         args.models = []
     for model in args.models:
         key = model + (f" (SR {args.sr:g})" if args.sr else "")
         results[key] = run_model(model, args.percents, args.tune_percent, args.tune_iters, args.runs,
                                  args.start or baseline(model), args.sr)
+        results[key]["command"] = "python " + " ".join(sys.argv)
         store.write_text(json.dumps(results, indent=1) + "\n")
-    section = table(dict(sorted(results.items())), mobilenet_counts(),
-                    "python " + " ".join(sys.argv))
+    section = table(dict(sorted(results.items())), mobilenet_counts(), "python benchmarks/pruning.py --latency")
     write_section(section, args.out, START, END)
     print(section)
 
