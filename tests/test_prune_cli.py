@@ -13,6 +13,7 @@ from ssdlab.model.ssd import SSD
 from ssdlab.prune.distill import distillation_losses
 from ssdlab.prune.report import prune_checkpoint
 from ssdlab.prune.sensitivity import sensitivity_scan
+from tests.conftest import TESTS
 
 
 def ssdlab_cli(*args, cwd):
@@ -24,7 +25,6 @@ def ssdlab_cli(*args, cwd):
 def sparse_run(shapes_dir, tmp_path_factory):
     """A tiny model sparse-trained for a few iterations (its checkpoint and config)."""
     from ssdlab.config import load_config
-    from tests.conftest import TESTS
 
     out = tmp_path_factory.mktemp("sparse")
     cfg = load_config(TESTS / "data" / "tiny.yaml",
@@ -98,36 +98,7 @@ def test_sensitivity_scan_rows(sparse_run):
             assert r["drop"] == pytest.approx(0.0, abs=1e-9)  # nothing pruned: the original model
 
 
-NO_BN = """
-[convolutional]
-filters=16
-size=3
-stride=2
-pad=1
-activation=relu
-[convolutional]
-filters=32
-size=3
-stride=2
-pad=1
-activation=relu
-[convolutional]
-filters=32
-size=3
-stride=2
-pad=1
-activation=relu
-feature=linear
-feature_idx=0
-[convolutional]
-filters=48
-size=3
-stride=2
-pad=1
-activation=relu
-feature=linear
-feature_idx=1
-"""
+NO_BN = (TESTS / "data" / "tiny.cfg").read_text().replace("batch_normalize=1", "batch_normalize=0")
 
 
 @pytest.mark.parametrize("args, message", [

@@ -134,7 +134,7 @@ def write_bin(model: nn.Module, out: Path, name: str, int_codes: bool = False) -
     files = {kind: _Appender(out / f"{name}_{kind}.bin") for kind in ("weights", "bias")}
     if codes:
         files.update(codes=_Appender(out / f"{name}_codes.bin"), bias_int32=_Appender(out / f"{name}_bias_int32.bin"))
-    quantized = quantized_convs(fused) if codes else {}
+    quantized = {prefix: (conv, integer_layer(conv)) for prefix, conv in quantized_convs(fused).items()} if codes else {}
     tensors = []
     try:
         for tensor_name, array in _float_tensors(fused):
@@ -143,7 +143,7 @@ def write_bin(model: nn.Module, out: Path, name: str, int_codes: bool = False) -
                      **files[kind].add(array)}
             prefix = tensor_name.rsplit(".", 1)[0]
             if prefix in quantized:
-                entry.update(_integer_entry(quantized[prefix], kind, files))
+                entry.update(_integer_entry(*quantized[prefix], kind, files))
             tensors.append(entry)
         np.asarray(model.priors.cpu(), dtype="<f4").tofile(out / f"{name}_priors.bin")
     finally:
@@ -154,9 +154,8 @@ def write_bin(model: nn.Module, out: Path, name: str, int_codes: bool = False) -
     return manifest
 
 
-def _integer_entry(conv: QuantConv2d, kind: str, files: dict) -> dict:
-    """The manifest additions of a quantized conv's weight or bias."""
-    layer = integer_layer(conv)
+def _integer_entry(conv: QuantConv2d, layer: dict, kind: str, files: dict) -> dict:
+    """The manifest additions of a quantized conv's weight or bias (layer = its integer_layer)."""
     if kind == "bias":
         return {"int32": files["bias_int32"].add(layer["bias_int32"])}
     return {"codes": files["codes"].add(layer["codes"]), "bits": conv.spec.wbits,

@@ -231,9 +231,14 @@ def plan(spec: ModelSpec, gammas: dict[int, np.ndarray], percent: float, mode: s
                 kept[i] = np.flatnonzero(keep)
     result = PrunePlan(mode, float(percent), threshold, highest_safe, kept, widths, [], levels, cut, emptied,
                        producers={i for g in groups for i in g.producers})
-    result.widths_after = [len(result.kept_out(i)) for i in range(cut + 1)]
-    result.params_before, result.macs_before = model_cost(spec, widths, len(feature_layers(layers)))
-    result.params_after, result.macs_after = model_cost(spec, result.widths_after, levels)
+    return _with_costs(result, spec)
+
+
+def _with_costs(result: PrunePlan, spec: ModelSpec) -> PrunePlan:
+    """Fill the kept widths of the (cut) cfg and the params/MACs before and after."""
+    result.widths_after = [len(result.kept_out(i)) for i in range(result.cut + 1)]
+    result.params_before, result.macs_before = model_cost(spec, result.widths_before, len(feature_layers(spec.layers)))
+    result.params_after, result.macs_after = model_cost(spec, result.widths_after, result.levels)
     return result
 
 
@@ -251,10 +256,7 @@ def plan_for_kept(spec: ModelSpec, mode: str, kept: dict[int, np.ndarray], perce
             chosen.update({i: indices for i in g.members})
     result = PrunePlan(mode, percent, float("nan"), float("nan"), chosen, widths, [], len(feature_layers(spec.layers)),
                        len(spec.layers) - 1, producers={i for g in groups for i in g.producers})
-    result.widths_after = [len(result.kept_out(i)) for i in range(len(spec.layers))]
-    result.params_before, result.macs_before = model_cost(spec, widths, result.levels)
-    result.params_after, result.macs_after = model_cost(spec, result.widths_after, result.levels)
-    return result
+    return _with_costs(result, spec)
 
 
 def _group_mask(group: Group, gammas: dict[int, np.ndarray], threshold: float, cut: int) -> np.ndarray | None:
