@@ -2,7 +2,7 @@
 PYTHON ?= python
 PROFILE ?= $(or $(SSDLAB_PROFILE),full)
 
-.PHONY: install tour test lab pretrained
+.PHONY: install tour test test-browser lab pretrained
 
 install:
 	@$(PYTHON) -c "import importlib.metadata as m; m.version('ssdlab')" 2>/dev/null || \
@@ -13,6 +13,9 @@ tour: install  ## run the whole course headless on built-in data (SSDLAB_PROFILE
 
 test: install  ## every test: unit tests, then the notebooks through nbval (smoke profile)
 	SSDLAB_PROFILE=smoke $(PYTHON) -m pytest -q
+
+test-browser: install  ## notebook 03's explorer in JupyterLab + headless Chromium (apt: chromium chromium-driver); screenshots in build/browser/
+	$(PYTHON) scripts/browser_test.py
 
 lab: install  ## open the course notebooks in JupyterLab
 	$(PYTHON) -m jupyter lab notebooks/

@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = sub.add_parser("eval", help="VOC mAP and COCO AP of a checkpoint on DATASETS.TEST")
     evaluate.add_argument("--ckpt", help="checkpoint (default: OUTPUT_DIR/last_checkpoint)")
+    evaluate.add_argument("--integer", action="store_true",
+                          help="IAO models: also run the integer-only reference and report its agreement")
     _config_args(evaluate, required=False)
 
     demo = sub.add_parser("demo", help="draw detections on images and time them")

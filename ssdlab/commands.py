@@ -88,14 +88,32 @@ def cmd_eval(args: argparse.Namespace) -> None:
     device = dist.local_device(cfg.MODEL.DEVICE)
     dist.init_distributed(device)
     model = maybe_fused(ckpt.model_from_checkpoint(state, str(path)), cfg).to(device)
-    result = evaluate_model(model, datasets(cfg, is_train=False), cfg, device,
-                            coco_json=path.with_suffix(".coco_results.json"))
-    if dist.is_main():
-        print(format_ap_table(result["voc"]))
-        print(result["coco"]["summary"])
-        _print_metrics({"voc_map": result["voc_map"], "voc_metric": result["voc"]["metric"],
-                        "coco": {k: result["coco"][k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}})
+    if args.integer:
+        _eval_integer(model, cfg)
+    else:
+        result = evaluate_model(model, datasets(cfg, is_train=False), cfg, device,
+                                coco_json=path.with_suffix(".coco_results.json"))
+        if dist.is_main():
+            print(format_ap_table(result["voc"]))
+            print(result["coco"]["summary"])
+            _print_metrics({"voc_map": result["voc_map"], "voc_metric": result["voc"]["metric"],
+                            "coco": {k: result["coco"][k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}})
     dist.cleanup()
+
+
+def _eval_integer(model, cfg: CfgNode) -> None:
+    """The integer-only reference next to the fake-quantized model: mAP and detection agreement."""
+    from ssdlab.engine.train import datasets
+    from ssdlab.export.intref import compare_integer
+
+    result = compare_integer(model.cpu(), datasets(cfg, is_train=False), cfg)
+    agree = result["agreement"]
+    print(f"fake-quantized model:    VOC mAP@0.5 {result['fake_quant']['voc_map']:.4f}  "
+          f"COCO AP {result['fake_quant']['coco_ap']:.4f}")
+    print(f"integer-only reference:  VOC mAP@0.5 {result['integer']['voc_map']:.4f}  "
+          f"COCO AP {result['integer']['coco_ap']:.4f}  ({100 * result['integer_share']:.1f}% of MACs in integer)")
+    print(f"agreement: {agree['agreed']} of {agree['total']} detections ({100 * agree['fraction']:.2f}%) "
+          "with the same label and box IoU >= 0.99")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:

@@ -76,3 +76,12 @@ def test_button_evaluates_the_masked_model_once(plain):
     assert "VOC mAP@0.5" in explorer.result.value
     explorer.percent.value = 0.6
     assert explorer.result.value == ""  # a stale score is cleared
+
+
+def test_widgets_carry_dom_classes_for_the_browser_test(plain):
+    explorer = ThresholdExplorer(plain)
+    widget = explorer.widget()
+    assert "ssdlab-explorer" in widget._dom_classes
+    for name, part in (("percent", explorer.percent), ("mode", explorer.mode), ("regular", explorer.regular),
+                       ("summary", explorer.summary), ("kept", explorer.output)):
+        assert f"ssdlab-{name}" in part._dom_classes

@@ -31,7 +31,7 @@ from torch import nn
 from ssdlab.errors import ExportError
 from ssdlab.export.fuse import fuse_model
 from ssdlab.quant.layers import QuantConv2d
-from ssdlab.quant.quantizers import asymmetric_params, per_channel_absmax, symmetric_scale
+from ssdlab.quant.quantizers import per_channel_absmax, symmetric_scale
 
 FORMATS = ("bin", "txt", "npz")
 
@@ -49,26 +49,17 @@ def _float_tensors(fused: nn.Module) -> list[tuple[str, np.ndarray]]:
     return [(name, value.detach().cpu().numpy().astype("<f4")) for name, value in fused.named_parameters()]
 
 
-def _input_quant(conv: QuantConv2d) -> tuple[float, int]:
-    """(scale, zero point) of an IAO layer's input quantizer."""
-    aq, bits = conv.act_quant, conv.spec.abits
-    if conv.spec.mode == "asymmetric":
-        scale, zero = asymmetric_params(aq.low, aq.high, bits)
-        return float(scale), int(zero)
-    return float(symmetric_scale(torch.maximum(aq.low.abs(), aq.high.abs()), bits)), 0
-
-
 def integer_layer(conv: QuantConv2d) -> dict:
     """Integer codes, per-channel scales and the int32 bias of an IAO conv (after fusion)."""
     bits = conv.spec.wbits
     w_scale = symmetric_scale(per_channel_absmax(conv.weight.detach()), bits)
     low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     codes = torch.clamp(torch.round(conv.weight.detach() / w_scale), low, high)
-    s_in, z_in = _input_quant(conv)
+    s_in, z_in = (float(v) for v in conv.act_quant.params())
     scales = w_scale.flatten()
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(scales)
     return {"codes": codes.numpy().astype(np.int8 if bits <= 8 else np.int16), "weight_scales": scales.numpy(),
-            "input_scale": s_in, "input_zero_point": z_in,
+            "input_scale": s_in, "input_zero_point": int(z_in),
             "bias_int32": torch.round(bias / (s_in * scales)).numpy().astype("<i4")}
 
 

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ssdlab.quant import quantizers as q
+from ssdlab.quant.quantizers import per_channel_absmax
 
 
 @dataclass(frozen=True)
@@ -81,15 +82,27 @@ class ActQuant(nn.Module):
             return q.binary_activation(x)
         if self.training and not self.frozen:
             self.observe(x)
+        scale, zero = self.params()
         if spec.mode == "asymmetric":
-            scale, zero = q.asymmetric_params(self.low, self.high, spec.abits)
             return q.fake_asymmetric(x, scale, zero, spec.abits)
-        return q.fake_symmetric(x, q.symmetric_scale(torch.maximum(self.low.abs(), self.high.abs()), spec.abits),
-                                spec.abits)
+        return q.fake_symmetric(x, scale, spec.abits)
+
+    def params(self) -> tuple[Tensor, Tensor]:
+        """IAO (scale, zero point) of the observed range (zero point 0 when symmetric)."""
+        if self.spec.mode == "asymmetric":
+            return q.asymmetric_params(self.low, self.high, self.spec.abits)
+        return q.symmetric_scale(torch.maximum(self.low.abs(), self.high.abs()), self.spec.abits), self.low.new_zeros(())
+
+    def bias(self, bias: Tensor, weight: Tensor) -> Tensor:
+        """An IAO layer's bias on the int32 grid of s_input·s_weight[o] (what integer hardware adds)."""
+        if self.spec.kind != "IAO" or self.spec.abits >= 32 or self.spec.wbits >= 32:
+            return bias
+        step = self.params()[0] * q.symmetric_scale(per_channel_absmax(weight), self.spec.wbits).flatten()
+        return q.round_ste(bias / step) * step
 
 
 class QuantConv2d(nn.Conv2d):
-    """A Conv2d whose input (act_quant) and weights are fake-quantized in the forward pass."""
+    """A Conv2d whose input (act_quant) and weights are fake-quantized in the forward pass (IAO: the bias too)."""
 
     def __init__(self, conv: nn.Conv2d, spec: QuantSpec):
         super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
@@ -105,7 +118,8 @@ class QuantConv2d(nn.Conv2d):
 
     def forward(self, x: Tensor) -> Tensor:
         """conv(quantized input, quantized weight) + bias."""
-        return self._conv_forward(self.act_quant(x), self.quantized_weight(), self.bias)
+        bias = self.bias if self.bias is None else self.act_quant.bias(self.bias, self.weight)
+        return self._conv_forward(self.act_quant(x), self.quantized_weight(), bias)
 
 
 class IAOConvBN(nn.Module):
@@ -114,7 +128,8 @@ class IAOConvBN(nn.Module):
     Training: W_fold = W·γ/√(σ²_run+ε) is quantized, the conv output is rescaled per channel by
     √(σ²_run+ε)/√(σ²_B+ε) and shifted by β − μ_B·γ/√(σ²_B+ε), with batch statistics μ_B, σ²_B
     (which also update the running ones, BN momentum 0.01). Eval, or once `bn_frozen`
-    (QUANTIZATION.FREEZE_BN_ITER): running statistics only, i.e. conv(x, q(W_fold)) + b_fold.
+    (QUANTIZATION.FREEZE_BN_ITER): running statistics only, i.e. conv(x, q(W_fold)) + b_fold, with b_fold on the int32 grid
+    s_input·s_weight[o] as integer hardware adds it.
     """
 
     def __init__(self, block: nn.Sequential, spec: QuantSpec):
@@ -137,7 +152,8 @@ class IAOConvBN(nn.Module):
         bn, c = self.bn, self.conv
         scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         shift = bn.running_mean - (c.bias if c.bias is not None else 0.0)
-        return self.spec.weight(c.weight * scale.view(-1, 1, 1, 1)), bn.bias - shift * scale
+        weight = c.weight * scale.view(-1, 1, 1, 1)
+        return self.spec.weight(weight), self.act_quant.bias(bn.bias - shift * scale, weight)
 
     def forward(self, x: Tensor) -> Tensor:
         """Folded conv + BN on the quantized input, then the activation."""

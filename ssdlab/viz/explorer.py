@@ -42,6 +42,10 @@ class ThresholdExplorer:
         self.output = widgets.Output()
         self.plan: PrunePlan | None = None
         self.figure = None
+        for name, part in (("percent", self.percent), ("mode", self.mode), ("regular", self.regular),
+                           ("max", self.drop_levels), ("summary", self.summary), ("warning", self.warning),
+                           ("result", self.result), ("evaluate", self.button), ("kept", self.output)):
+            part.add_class(f"ssdlab-{name}")  # stable hooks for the browser test (scripts/browser_test.py)
         for control in (self.percent, self.mode, self.regular, self.drop_levels):
             control.observe(lambda _change: self.update(), names="value")
         self.button.on_click(lambda _button: self.evaluate())
@@ -93,7 +97,7 @@ class ThresholdExplorer:
         """The whole explorer as one widget."""
         controls = widgets.HBox([self.mode, widgets.VBox([self.regular, self.drop_levels])])
         return widgets.VBox([self.percent, controls, self.summary, self.warning, self.output,
-                             widgets.HBox([self.button, self.result])])
+                             widgets.HBox([self.button, self.result])]).add_class("ssdlab-explorer")
 
 
 def summary_text(result: PrunePlan) -> str:
