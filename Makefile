@@ -1,8 +1,9 @@
 # ssdlab: the course and its checks. Every target first installs the project when it is missing.
 PYTHON ?= python
 PROFILE ?= $(or $(SSDLAB_PROFILE),full)
+ASSIGNMENTS ?= build/assignments
 
-.PHONY: install tour test test-browser lab pretrained
+.PHONY: install tour test test-browser lab pretrained assignments
 
 install:
 	@$(PYTHON) -c "import importlib.metadata as m; m.version('ssdlab')" 2>/dev/null || \
@@ -22,3 +23,15 @@ lab: install  ## open the course notebooks in JupyterLab
 
 pretrained: install  ## retrain the committed course baselines (ssdlab/checkpoints/, ~30 min each on 2 cores)
 	$(PYTHON) -c "from ssdlab.course import make_baselines; print(*make_baselines(), sep='\n')"
+
+assignments: install  ## classroom: nbgrader student versions of notebooks/assignments/ in build/assignments/release/
+	@$(PYTHON) -c "import nbgrader" 2>/dev/null || $(PYTHON) -m pip install -e ".[classroom]"
+	rm -rf $(ASSIGNMENTS)/source
+	for notebook in notebooks/assignments/a[0-9]_*.ipynb; do \
+		name=$$(basename $$notebook .ipynb); \
+		mkdir -p $(ASSIGNMENTS)/source/$$name && cp $$notebook $(ASSIGNMENTS)/source/$$name/; \
+	done
+	test -f $(ASSIGNMENTS)/nbgrader_config.py || \
+		printf 'c = get_config()  # noqa: F821\nc.CourseDirectory.course_id = "ssdlab"\n' > $(ASSIGNMENTS)/nbgrader_config.py
+	cd $(ASSIGNMENTS) && $(PYTHON) -m nbgrader generate_assignment "*" --force
+	@echo "student versions: $(ASSIGNMENTS)/release/ (instructor guide: notebooks/assignments/README.md)"

@@ -1,7 +1,9 @@
-"""Shared fixtures: a small shapes dataset generated once per test session."""
+"""Shared fixtures: a small shapes dataset generated once per test session, a calibrated IAO course model."""
 from pathlib import Path
 
 import pytest
+
+import torch
 
 from ssdlab.config import load_config
 
@@ -24,3 +26,27 @@ def tiny_cfg(shapes_dir, tmp_path):
                            ["DATASETS.TRAIN", f"['{shapes_dir}:train']", "DATASETS.TEST", f"['{shapes_dir}:val']",
                             "OUTPUT_DIR", str(tmp_path / out), *overrides])
     return make
+
+
+@pytest.fixture(scope="session")
+def calibrated_course_model(shapes_dir):
+    """The committed plain baseline as an IAO W8A8 model (heads too), ranges calibrated on training images."""
+    from ssdlab.course import baseline
+    from ssdlab.data.catalog import build_dataset
+    from ssdlab.data.transforms import build_transforms
+    from ssdlab.engine.train import architecture_config, datasets, initial_model
+    from ssdlab.quant.apply import set_frozen
+
+    cfg = load_config(TESTS.parent / "ssdlab" / "configs" / "course" / "plain_quant.yaml",
+                      ["MODEL.WEIGHTS", str(baseline("plain")), "QUANTIZATION.FINAL", "True",
+                       "DATASETS.TRAIN", f"['{shapes_dir}:train']", "DATASETS.TEST", f"['{shapes_dir}:val']"])
+    cfg = architecture_config(cfg)
+    val = datasets(cfg, is_train=False)
+    model = initial_model(cfg, val.class_names)
+    set_frozen(model, bn=True)
+    train = build_dataset(cfg.DATASETS.TRAIN, False, transform=build_transforms(cfg, False))
+    with torch.no_grad():
+        model.train()
+        for start in range(0, 48, 16):
+            model.forward_raw(torch.stack([train[i][0] for i in range(start, start + 16)]))
+    return model.eval(), cfg, val

@@ -8,16 +8,12 @@ import torch
 import torch.nn.functional as F
 
 from ssdlab.config import load_config
-from ssdlab.data.catalog import build_dataset
-from ssdlab.data.transforms import build_transforms
 from ssdlab.course import baseline
 from ssdlab.engine.inference import predict
-from ssdlab.engine.train import architecture_config, datasets, initial_model
 from ssdlab.errors import ExportError
 from ssdlab.export import intref
 from ssdlab.export.fuse import fuse_model
 from ssdlab.model.ssd import SSD, build_model
-from ssdlab.quant.apply import set_frozen
 from tests.conftest import TESTS
 
 COURSE_CONFIGS = TESTS.parent / "ssdlab" / "configs" / "course"
@@ -77,24 +73,6 @@ def test_residual_add_in_integer():
     total = intref.add(a, b)
     np.testing.assert_array_equal(total.scale, [0.25, 0.25])
     np.testing.assert_allclose(intref.real(total).ravel(), [5.75, 7.0])
-
-
-@pytest.fixture(scope="module")
-def calibrated_course_model(shapes_dir):
-    """The committed plain baseline as an IAO W8A8 model (heads too), ranges calibrated on training images."""
-    cfg = load_config(COURSE_CONFIGS / "plain_quant.yaml",
-                      ["MODEL.WEIGHTS", str(baseline("plain")), "QUANTIZATION.FINAL", "True",
-                       "DATASETS.TRAIN", f"['{shapes_dir}:train']", "DATASETS.TEST", f"['{shapes_dir}:val']"])
-    cfg = architecture_config(cfg)
-    val = datasets(cfg, is_train=False)
-    model = initial_model(cfg, val.class_names)
-    set_frozen(model, bn=True)
-    train = build_dataset(cfg.DATASETS.TRAIN, False, transform=build_transforms(cfg, False))
-    with torch.no_grad():
-        model.train()
-        for start in range(0, 48, 16):
-            model.forward_raw(torch.stack([train[i][0] for i in range(start, start + 16)]))
-    return model.eval(), cfg, val
 
 
 def test_integer_reference_agrees_with_fake_quant(calibrated_course_model):

@@ -179,8 +179,7 @@ class Conv:
 def max_pool(value: Real | Acc, pool: nn.MaxPool2d) -> Real | Acc:
     """torch's MaxPool2d (padding, ceil_mode) on float or int32 maps (int32 pools exactly)."""
     data = value.x if isinstance(value, Real) else value.acc
-    pair = lambda v: (v, v) if isinstance(v, int) else tuple(v)  # noqa: E731
-    (k, _), (s, _), (p, _) = pair(pool.kernel_size), pair(pool.stride), pair(pool.padding)
+    k, s, p = (v if isinstance(v, int) else v[0] for v in (pool.kernel_size, pool.stride, pool.padding))
     sizes = []
     for length in data.shape[2:]:
         span = length + 2 * p - k

@@ -1,4 +1,4 @@
-"""ONNX export of the BN-fused detector, checked in onnxruntime (the `[deploy]` extra).
+"""ONNX export of the BN-fused detector, checked in onnxruntime (the `[deploy]` extra); IAO models go int8 (qdq.py).
 
 The graph takes `images` float32 [B, 3, S, S] (RGB, mean subtracted, as in the manifest) and
 returns `scores` [B, N, C] (softmax over the classes, column 0 = background) and `boxes`
@@ -38,10 +38,14 @@ class ScoresAndBoxes(nn.Module):
 
 
 def write_onnx(model: nn.Module, out: Path, name: str, opset: int = 17) -> Path:
-    """Export the fused float model to out/<name>.onnx and check it in onnxruntime against PyTorch."""
+    """Export the fused float model to out/<name>.onnx and check it in onnxruntime against PyTorch.
+
+    An IAO model is exported as its int8 QDQ graph instead (ssdlab.export.qdq).
+    """
     if getattr(model, "quant_spec", None) is not None:
-        raise ExportError("ONNX export of a fake-quantized model is not supported yet; export the float model "
-                          "(QUANTIZATION.TYPE no) or use --format bin, whose manifest carries the int8 codes")
+        from ssdlab.export.qdq import write_int8_onnx
+
+        return write_int8_onnx(model, out, name, opset)
     wrapper = ScoresAndBoxes(fuse_model(model).cpu()).eval()
     size = model.cfg.INPUT.IMAGE_SIZE
     example = torch.randn(1, 3, size, size)
@@ -53,16 +57,20 @@ def write_onnx(model: nn.Module, out: Path, name: str, opset: int = 17) -> Path:
     return path
 
 
-def run_onnx(path: Path, images: np.ndarray, threads: int = 0) -> list[np.ndarray]:
-    """Outputs of an ONNX model in onnxruntime on the CPU."""
+def onnx_session(path: str | Path, threads: int = 0):
+    """An onnxruntime CPU session (threads 0: onnxruntime's default)."""
     try:
         import onnxruntime as ort
     except ImportError:
         raise ExportError("onnxruntime is not installed; pip install 'ssdlab[deploy]'") from None
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return session.run(None, {"images": images})
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def run_onnx(path: Path, images: np.ndarray, threads: int = 0) -> list[np.ndarray]:
+    """Outputs of an ONNX model in onnxruntime on the CPU."""
+    return onnx_session(path, threads).run(None, {"images": images})
 
 
 def check_onnx(wrapper: nn.Module, path: Path, example: Tensor, tolerance: float = 1e-4) -> float:

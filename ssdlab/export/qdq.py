@@ -1,0 +1,141 @@
+"""An IAO model as an int8 ONNX graph in QDQ form, which onnxruntime runs with int8 kernels.
+
+Every IAO conv of the BN-fused model becomes
+
+    QuantizeLinear → DequantizeLinear (input: the QAT scale and zero point; uint8 when the input
+    is never negative, as after a ReLU, int8 otherwise) → Conv ← DequantizeLinear ← int8 weights
+    (per output channel)
+
+and its output is quantized again at the input scale of the next quantized conv (reached through
+max-pools only), so onnxruntime fuses DQ → Conv → (ReLU) → Q into one QLinearConv and pools in
+int8. Layers the cfg leaves in float stay float. The graph computes what the fake-quantized model
+computes except where a quantized output also feeds a float head (the head then sees it at the
+next layer's scale) and that uint8 keeps post-ReLU values up to 255·s where the model clamps at
+127·s; `ssdlab.export.intref.agreement` measures the difference on a dataset.
+
+    path = write_int8_onnx(model, out, "model")            # an IAO model
+    detections = OnnxDetector(path, model)(images)         # like model.eval()(images)
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ssdlab.errors import ExportError
+from ssdlab.export.fuse import fuse_model
+from ssdlab.export.onnx import ScoresAndBoxes, onnx_session
+from ssdlab.export.weights import integer_layer
+from ssdlab.model.postprocess import detect_one
+from ssdlab.quant.layers import QuantConv2d
+
+
+def _range(unsigned: bool) -> tuple[int, int]:
+    """(qmin, qmax) of uint8 or int8."""
+    return (0, 255) if unsigned else (-128, 127)
+
+
+class QDQConv(nn.Module):
+    """An IAO conv with QuantizeLinear/DequantizeLinear on its input and int8 per-channel weights."""
+
+    def __init__(self, conv: QuantConv2d):
+        super().__init__()
+        layer = integer_layer(conv)
+        self.geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        scales = torch.from_numpy(layer["weight_scales"]).float()
+        self.register_buffer("weight", torch.from_numpy(layer["codes"]).float() * scales.view(-1, 1, 1, 1))
+        self.register_buffer("weight_scales", scales)
+        self.register_buffer("bias", conv.act_quant.bias(conv.bias, conv.weight).detach())
+        self.input_scale, self.input_zero = layer["input_scale"], layer["input_zero_point"]
+        self.unsigned = float(conv.act_quant.low) >= 0 and self.input_zero == 0
+
+    def forward(self, x: Tensor) -> Tensor:
+        """conv(Q/DQ(x), DQ(int8 W)) + bias."""
+        x = torch.fake_quantize_per_tensor_affine(x, self.input_scale, self.input_zero, *_range(self.unsigned))
+        zeros = torch.zeros(len(self.weight_scales), dtype=torch.int32)
+        weight = torch.fake_quantize_per_channel_affine(self.weight, self.weight_scales, zeros, 0, -128, 127)
+        return F.conv2d(x, weight, self.bias, *self.geometry)
+
+
+class OutputQuant(nn.Module):
+    """Q/DQ of a layer's output at its consumer's input scale (lets onnxruntime fuse the conv into QLinearConv)."""
+
+    def __init__(self, consumer: QDQConv):
+        super().__init__()
+        self.scale, self.zero, self.unsigned = consumer.input_scale, consumer.input_zero, consumer.unsigned
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Q/DQ(x)."""
+        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero, *_range(self.unsigned))
+
+
+def _swap_convs(module: nn.Module) -> None:
+    """Replace every IAO QuantConv2d below module by a QDQConv, in place."""
+    for name, child in module.named_children():
+        if isinstance(child, QuantConv2d) and child.spec.wbits < 32 and child.spec.abits < 32:
+            setattr(module, name, QDQConv(child))
+        else:
+            _swap_convs(child)
+
+
+def _consumer(layers: nn.ModuleList, index: int) -> QDQConv | None:
+    """The quantized conv that alone reads layer index's output through max-pools, if any."""
+    following = index + 1
+    while following < len(layers) and isinstance(layers[following], nn.MaxPool2d):
+        following += 1
+    if following < len(layers) and isinstance(getattr(layers[following], "conv", None), QDQConv):
+        return layers[following].conv
+    return None
+
+
+def qdq_model(model: nn.Module) -> nn.Module:
+    """The BN-fused IAO model with QDQ convs and output quantizers (a PyTorch module ready for ONNX export)."""
+    spec = getattr(model, "quant_spec", None)
+    if spec is None or spec.kind != "IAO" or spec.wbits > 8 or spec.abits > 8:
+        kind = "a float model" if spec is None else f"{spec.kind} W{spec.wbits}A{spec.abits}"
+        raise ExportError(f"an int8 ONNX model needs IAO quantization with at most 8 bits, not {kind}; "
+                          "export the float model with --format onnx, or train with QUANTIZATION.TYPE IAO")
+    fused = fuse_model(model).cpu()
+    _swap_convs(fused)
+    layers = fused.backbone.module_list
+    shortcut_sources = fused.backbone._kept
+    for index, layer in enumerate(layers):
+        consumer = _consumer(layers, index)
+        if isinstance(getattr(layer, "conv", None), QDQConv) and consumer and index not in shortcut_sources:
+            layer.add_module("output_quant", OutputQuant(consumer))
+    return fused.eval()
+
+
+def write_int8_onnx(model: nn.Module, out: Path, name: str, opset: int = 17) -> Path:
+    """Export an IAO model's int8 QDQ graph to out/<name>.onnx and check that onnxruntime runs it."""
+    wrapper = ScoresAndBoxes(qdq_model(model)).eval()
+    size = model.cfg.INPUT.IMAGE_SIZE
+    path = out / f"{name}.onnx"
+    torch.onnx.export(wrapper, (torch.zeros(1, 3, size, size),), str(path), input_names=["images"],
+                      output_names=["scores", "boxes"], opset_version=opset, dynamo=False,
+                      dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}, "boxes": {0: "batch"}})
+    scores, boxes = onnx_session(path).run(None, {"images": np.zeros((1, 3, size, size), np.float32)})
+    if scores.shape[1] != len(model.priors) or not np.isfinite(boxes).all():
+        raise ExportError(f"{path}: onnxruntime gave scores {scores.shape} for {len(model.priors)} priors; "
+                          "please report this model")
+    return path
+
+
+class OnnxDetector(nn.Module):
+    """An exported ONNX detector in onnxruntime, called like model.eval() (detections per image)."""
+
+    def __init__(self, path: str | Path, model: nn.Module, threads: int = 0):
+        super().__init__()
+        self.session = onnx_session(path, threads)
+        self.image_size, self.test = model.cfg.INPUT.IMAGE_SIZE, model.cfg.TEST
+
+    def forward(self, images: Tensor) -> list[dict[str, Tensor]]:
+        """Post-processing of the graph's scores and boxes as in SSD.forward."""
+        scores, boxes = self.session.run(None, {"images": images.detach().cpu().numpy()})
+        boxes = (torch.from_numpy(boxes) * self.image_size).clamp(0, self.image_size)
+        test = self.test
+        return [detect_one(b, s, test.CONFIDENCE_THRESHOLD, test.NMS_THRESHOLD, test.MAX_PER_IMAGE,
+                           test.PRE_NMS_TOP_K) for b, s in zip(boxes, torch.from_numpy(scores))]
