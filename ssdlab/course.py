@@ -24,6 +24,7 @@ from ssdlab.prune.surgery import make_plan
 
 COURSE_MODELS = ("plain", "residual")
 COURSE_PRUNE_PERCENT = 0.5  # the tour's prune ratio (lowered to the highest safe ratio when needed)
+QAT_FREEZE = (0.8, 0.9)  # fractions of a QAT run after which BN statistics / activation ranges stop moving
 BASELINES = Path(__file__).resolve().parent / "checkpoints"
 PROFILES = {
     "full": {"root": "runs", "data": "datasets/shapes", "train": 4000, "val": 500, "overrides": []},
@@ -45,13 +46,27 @@ def current_profile() -> str:
 
 
 def course_config(model: str, profile: str | None = None, extra: list[str] | None = None, step: str = "shapes"):
-    """A course recipe (`<model>_<step>.yaml`: step 'shapes' or 'sparse') under a profile, with its data and output."""
+    """A course recipe (`<model>_<step>.yaml`: step shapes, sparse or quant) under a profile, with data and output."""
     settings = PROFILES[profile or current_profile()]
     data = settings["data"]
     out = model if step == "shapes" else f"{model}_{step}"
     overrides = ["DATASETS.TRAIN", f"['{data}:train']", "DATASETS.TEST", f"['{data}:val']",
                  "OUTPUT_DIR", f"{settings['root']}/{out}", *settings["overrides"], *(extra or [])]
     return load_config(PACKAGE_CONFIGS / "course" / f"{model}_{step}.yaml", overrides)
+
+
+def quant_config(kind: str, wbits: int, abits: int, iterations: int, profile: str | None = None,
+                 start: str | Path | None = None, extra: list[str] | None = None):
+    """The plain model's QAT recipe (plain_quant.yaml) for one quantizer, from `start` (the float baseline)."""
+    name = f"{kind.lower()}_w{wbits}a{abits}"
+    freeze_bn, freeze_observer = (int(iterations * f) for f in QAT_FREEZE)
+    return course_config("plain", profile, [
+        "MODEL.WEIGHTS", str(start or baseline("plain")), "QUANTIZATION.TYPE", kind,
+        "QUANTIZATION.WBITS", str(wbits), "QUANTIZATION.ABITS", str(abits), "SOLVER.MAX_ITER", str(iterations),
+        "SOLVER.WARMUP_ITERS", str(min(20, iterations // 4)), "QUANTIZATION.FREEZE_BN_ITER", str(freeze_bn),
+        "QUANTIZATION.FREEZE_OBSERVER_ITER", str(freeze_observer),
+        "OUTPUT_DIR", f"{PROFILES[profile or current_profile()]['root']}/plain_quant_{name}", *(extra or [])],
+        step="quant")
 
 
 def train_course_model(model: str, profile: str | None = None) -> dict:

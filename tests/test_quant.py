@@ -1,6 +1,7 @@
 """Quantization-aware training: quantizers by hand, straight-through gradients, IAO folding, QAT runs."""
 import copy
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -77,6 +78,54 @@ def test_straight_through_gradients():
     q.fake_symmetric(y, torch.tensor(0.01), 8).sum().backward()
     assert y.grad.tolist() == [0.0, 1.0, 0.0]  # cut where the code is clamped to [-128, 127]
 
+
+
+def _curves_by_numpy(x: np.ndarray, bits: int, s: float = 0.1) -> dict:
+    """Each transfer curve computed anew from the formulas (float64 numpy)."""
+    top, half = 2 ** bits - 1, 2 ** (bits - 1)
+    t = np.tanh(x)
+    scale = np.abs(x).max() / (half - 1)
+    low, high = min(x.min(), 0.0), max(x.max(), 0.0)
+    a_scale = (high - low) / top
+    zero = np.clip(np.round(-low / a_scale), 0, top)
+    delta = 0.7 * np.abs(x).mean()
+    keep = np.abs(x) > delta
+    return {"dorefa_weight": 2 * np.round((t / (2 * np.abs(t).max()) + 0.5) * top) / top - 1,
+            "dorefa_activation": np.round(np.clip(s * x, 0, 1) * top) / top,
+            "iao_symmetric": np.clip(np.round(x / scale), -half, half - 1) * scale,
+            "iao_asymmetric": (np.clip(np.round(x / a_scale) + zero, 0, top) - zero) * a_scale,
+            "binary_weight": np.abs(x).mean() * np.where(x >= 0, 1.0, -1.0),
+            "ternary_weight": np.abs(x)[keep].mean() * np.sign(x) * keep,
+            "binary_activation": np.sign(x)}
+
+
+@pytest.mark.parametrize("bits", [2, 3, 8])
+def test_transfer_curves_match_the_formulas(bits):
+    x = np.array([-0.93, -0.61, -0.37, -0.12, 0.04, 0.21, 0.48, 0.77, 1.31, 3.7, 12.4])
+    expected = _curves_by_numpy(x, bits)
+    assert set(expected) == set(q.CURVES)
+    for name, values in expected.items():
+        out = q.transfer_curve(name, torch.tensor(x, dtype=torch.float32), bits)
+        assert out.shape == (len(x),) and out.tolist() == pytest.approx(values.tolist(), abs=1e-5), name
+
+
+def test_transfer_curve_levels_and_unknown_names():
+    x = torch.linspace(-1, 1, 2001)
+    assert len(q.transfer_curve("dorefa_weight", x, 2).unique()) == 4
+    assert sorted(q.transfer_curve("iao_symmetric", x, 2).unique().tolist()) == [-1, 0, 1]  # code -2 unused
+    assert len(q.transfer_curve("iao_asymmetric", torch.linspace(-0.5, 1.5, 2001), 3).unique()) == 8
+    assert sorted(q.transfer_curve("ternary_weight", x, 8).unique().tolist()) == pytest.approx([-0.675, 0, 0.675],
+                                                                                                abs=1e-3)
+    with pytest.raises(QuantError, match="dorefa_weight"):
+        q.transfer_curve("dorefa", x, 4)
+
+
+def test_bwn_forward_values_are_exact():
+    w = torch.randn(16, 24, 3, 3, requires_grad=True)
+    for quantize, per_channel in ((q.binary_weight, 2), (q.ternary_weight, 3)):
+        out = quantize(w)
+        assert max(len(channel.unique()) for channel in out.detach()) == per_channel  # α·{−1, (0,) 1}, no rounding
+    assert q.binary_activation(torch.randn(1000)).unique().tolist() == [-1.0, 1.0]
 
 def test_observers_move_only_in_training():
     observer = ActQuant(QuantSpec("IAO", 8, 8))

@@ -15,11 +15,15 @@ outside the clipping range.
 - BWN: binary weights α·sign(W), α = mean|W| per output channel; ternary weights α·sign(W)
   where |W| > Δ = 0.7·mean|W| (0 elsewhere), α = mean of those |W|; binary activations sign(x)
   with the gradient passed only where |x| < 1.
+
+`transfer_curve(name, x, bits)` gives any of them as a plain input -> output curve (for plots).
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from ssdlab.errors import QuantError
 
 
 def round_ste(x: Tensor) -> Tensor:
@@ -80,7 +84,7 @@ def binary_weight(w: Tensor) -> Tensor:
     """α·sign(W) with α = mean|W| per output channel; straight-through gradient."""
     alpha = w.detach().abs().mean(dim=tuple(range(1, w.dim())), keepdim=True)
     sign = torch.where(w >= 0, 1.0, -1.0)
-    return w + (alpha * sign - w).detach()
+    return alpha * sign + (w - w.detach())  # exactly α·sign(W) forward (w + (α·sign − w) would round)
 
 
 def ternary_weight(w: Tensor) -> Tensor:
@@ -90,10 +94,35 @@ def ternary_weight(w: Tensor) -> Tensor:
     delta = 0.7 * magnitude.mean(dim=dims, keepdim=True)
     mask = (magnitude > delta).to(w.dtype)
     alpha = (magnitude * mask).sum(dim=dims, keepdim=True) / mask.sum(dim=dims, keepdim=True).clamp(min=1)
-    return w + (alpha * torch.sign(w) * mask - w).detach()
+    return alpha * torch.sign(w.detach()) * mask + (w - w.detach())
 
 
 def binary_activation(x: Tensor) -> Tensor:
     """sign(x) forward; gradient passed only where |x| < 1 (hard-tanh straight-through)."""
     clipped = torch.clamp(x, -1, 1)
-    return clipped + (torch.sign(x) - clipped).detach()
+    return torch.sign(x.detach()) + (clipped - clipped.detach())
+
+
+CURVES = ("dorefa_weight", "dorefa_activation", "iao_symmetric", "iao_asymmetric", "binary_weight",
+          "ternary_weight", "binary_activation")
+
+
+def transfer_curve(name: str, x: Tensor, bits: int = 8, act_scale: float = 0.1) -> Tensor:
+    """The quantizer `name` (one of CURVES) applied to a 1-D input: x counts as one channel, IAO ranges are x's."""
+    if name not in CURVES:
+        raise QuantError(f"transfer curve {name!r} is unknown; use one of {', '.join(CURVES)}")
+    with torch.no_grad():
+        if name == "dorefa_weight":
+            return dorefa_weight(x, bits)
+        if name == "dorefa_activation":
+            return dorefa_activation(x, bits, act_scale)
+        if name == "iao_symmetric":
+            return fake_symmetric(x, symmetric_scale(x.abs().max(), bits), bits)
+        if name == "iao_asymmetric":
+            scale, zero = asymmetric_params(x.min(), x.max(), bits)
+            return fake_asymmetric(x, scale, zero, bits)
+        if name == "binary_weight":
+            return binary_weight(x.reshape(1, -1)).reshape(x.shape)
+        if name == "ternary_weight":
+            return ternary_weight(x.reshape(1, -1)).reshape(x.shape)
+        return binary_activation(x)

@@ -1,0 +1,23 @@
+"""The course helpers that build recipes: QAT of the plain model from the committed baseline."""
+from ssdlab.course import PROFILES, baseline, quant_config
+
+
+def test_quant_config_scales_the_freeze_iterations_and_names_the_run():
+    cfg = quant_config("dorefa", 4, 4, 500, "full")
+    assert (cfg.QUANTIZATION.TYPE, cfg.QUANTIZATION.WBITS, cfg.QUANTIZATION.ABITS) == ("dorefa", 4, 4)
+    assert cfg.SOLVER.MAX_ITER == 500 and cfg.SOLVER.WARMUP_ITERS == 20
+    assert (cfg.QUANTIZATION.FREEZE_BN_ITER, cfg.QUANTIZATION.FREEZE_OBSERVER_ITER) == (400, 450)  # 80%, 90%
+    assert cfg.MODEL.FINE_TUNE and cfg.MODEL.WEIGHTS == str(baseline("plain"))
+    assert cfg.MODEL.BACKBONE.CFG.endswith("course_plain_quan.cfg") and cfg.SOLVER.LR == 0.0005  # plain_quant.yaml
+    assert cfg.OUTPUT_DIR == "runs/plain_quant_dorefa_w4a4"
+    assert cfg.DATASETS.TEST == [f"{PROFILES['full']['data']}:val"]
+
+
+def test_quant_config_in_the_smoke_profile_and_with_overrides(tmp_path):
+    cfg = quant_config("BWN", 2, 32, 4, "smoke", start=tmp_path / "pruned.pt",
+                       extra=["QUANTIZATION.FINAL", "True", "OUTPUT_DIR", str(tmp_path / "out")])
+    assert cfg.SOLVER.MAX_ITER == 4 and cfg.SOLVER.WARMUP_ITERS == 1 and cfg.SOLVER.BATCH_SIZE == 8
+    assert (cfg.QUANTIZATION.FREEZE_BN_ITER, cfg.QUANTIZATION.FREEZE_OBSERVER_ITER) == (3, 3)
+    assert cfg.MODEL.WEIGHTS == str(tmp_path / "pruned.pt") and cfg.QUANTIZATION.FINAL
+    assert cfg.OUTPUT_DIR == str(tmp_path / "out")
+    assert cfg.DATASETS.TRAIN == ["runs/smoke/shapes:train"]
