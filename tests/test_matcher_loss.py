@@ -6,7 +6,7 @@ import torch
 
 from ssdlab.model.box_coder import encode
 from ssdlab.model.loss import MultiBoxLoss, hard_negative_mining
-from ssdlab.model.matcher import match
+from ssdlab.model.matcher import match, match_index
 
 # priors (cx, cy, w, h) and their xyxy corners
 PRIORS = torch.tensor([
@@ -124,3 +124,22 @@ def test_zero_positives_is_finite_and_still_teaches_background():
     sum(losses.values()).backward()
     assert torch.isfinite(logits.grad).all()
     assert (logits.grad.abs().sum(dim=2) > 0).sum().item() == 2 * 3  # 3 hard negatives per image
+
+
+def test_match_index_by_hand():
+    gt = torch.tensor([GT_A, GT_B, GT_C])
+    assert match_index(gt, PRIORS).tolist() == [0, 1, 2, 0]  # p2 is C's forced best prior
+    assert match_index(gt[:2], PRIORS, iou_threshold=0.7).tolist() == [0, 1, -1, -1]
+    assert match_index(torch.zeros(0, 4), PRIORS).tolist() == [-1, -1, -1, -1]
+
+
+def test_match_index_agrees_with_match():
+    torch.manual_seed(0)
+    corners = torch.rand(7, 2, 2).sort(dim=1).values  # (x0 < x1, y0 < y1)
+    gt = torch.stack([corners[:, 0, 0], corners[:, 0, 1], corners[:, 1, 0], corners[:, 1, 1]], dim=1)
+    gt_labels = torch.arange(1, 8)
+    priors = torch.cat([torch.rand(200, 2), torch.rand(200, 2) * 0.5 + 0.05], dim=1)
+    labels, boxes = match(gt, gt_labels, priors)
+    index = match_index(gt, priors)
+    assert torch.equal(labels, torch.where(index >= 0, gt_labels[index.clamp(min=0)], 0))
+    torch.testing.assert_close(boxes[index >= 0], gt[index[index >= 0]])

@@ -6,7 +6,7 @@ import torch
 
 from ssdlab.config import get_default_config
 from ssdlab.errors import ConfigError
-from ssdlab.model.priors import make_priors
+from ssdlab.model.priors import level_slices, make_priors
 
 # REFERENCE §2 priors tables: (image size, MODEL.PRIORS keys)
 TABLES = {
@@ -100,3 +100,19 @@ def test_flat_aspect_ratios_are_refused():
     node, image_size = priors_cfg("vgg300_voc", ASPECT_RATIOS=[2, 3, 3, 3, 2, 2])
     with pytest.raises(ConfigError, match=r"MODEL\.PRIORS\.ASPECT_RATIOS\[0\] = 2 must be a list"):
         make_priors(node, image_size)
+
+
+def test_level_slices_by_hand():
+    node, image_size = priors_cfg("vgg300_voc")
+    # 38*38*4 = 5776, 19*19*6 = 2166, 10*10*6 = 600, 5*5*6 = 150, 3*3*4 = 36, 1*1*4 = 4 (sum 8732)
+    bounds = [0, 5776, 7942, 8542, 8692, 8728, 8732]
+    assert level_slices(node) == [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+    priors = make_priors(node, image_size)
+    for k, part in enumerate(level_slices(node)):
+        level = priors[part]
+        # every cell of level k starts with the square of side MIN_SIZES[k] at the cell's centre
+        first = level[::node.BOXES_PER_LOCATION[k]]
+        assert len(first) == node.FEATURE_MAPS[k] ** 2
+        assert torch.allclose(first[:, 2], torch.tensor(min(node.MIN_SIZES[k] / image_size, 1.0)))
+        scale = image_size / node.STRIDES[k]
+        assert first[0, :2].tolist() == pytest.approx([0.5 / scale, 0.5 / scale])

@@ -15,6 +15,16 @@ from torch import Tensor
 from torchvision.ops import box_convert, box_iou
 
 
+def best_ground_truth(gt_boxes_xyxy: Tensor, priors_xyxy: Tensor) -> tuple[Tensor, Tensor]:
+    """Steps 1-3 for G >= 1 boxes: per prior, (index of its ground truth, IoU with it; 2.0 when forced)."""
+    iou = box_iou(priors_xyxy, gt_boxes_xyxy)  # [N, G]
+    best_iou, best_gt = iou.max(dim=1)
+    for gt_index, prior_index in enumerate(iou.argmax(dim=0).tolist()):
+        best_gt[prior_index] = gt_index
+        best_iou[prior_index] = 2.0  # above any threshold: a forced match is never background
+    return best_gt, best_iou
+
+
 def match(gt_boxes_xyxy: Tensor, gt_labels: Tensor, priors_cxcywh: Tensor,
           iou_threshold: float = 0.5) -> tuple[Tensor, Tensor]:
     """Per-prior labels (LongTensor[N], 0 = background) and matched xyxy boxes (Tensor[N, 4]).
@@ -26,11 +36,16 @@ def match(gt_boxes_xyxy: Tensor, gt_labels: Tensor, priors_cxcywh: Tensor,
     priors_xyxy = box_convert(priors_cxcywh, in_fmt="cxcywh", out_fmt="xyxy")
     if gt_boxes_xyxy.numel() == 0:
         return torch.zeros(len(priors_cxcywh), dtype=torch.long, device=priors_cxcywh.device), priors_xyxy
-    iou = box_iou(priors_xyxy, gt_boxes_xyxy)  # [N, G]
-    best_iou, best_gt = iou.max(dim=1)
-    for gt_index, prior_index in enumerate(iou.argmax(dim=0).tolist()):
-        best_gt[prior_index] = gt_index
-        best_iou[prior_index] = 2.0  # above any threshold: a forced match is never background
+    best_gt, best_iou = best_ground_truth(gt_boxes_xyxy, priors_xyxy)
     labels = gt_labels[best_gt].long()
     labels[best_iou < iou_threshold] = 0
     return labels, gt_boxes_xyxy[best_gt]
+
+
+def match_index(gt_boxes_xyxy: Tensor, priors_cxcywh: Tensor, iou_threshold: float = 0.5) -> Tensor:
+    """Per prior, the index of the ground-truth box it must predict (LongTensor[N]), -1 for background."""
+    if gt_boxes_xyxy.numel() == 0:
+        return torch.full((len(priors_cxcywh),), -1, dtype=torch.long, device=priors_cxcywh.device)
+    priors_xyxy = box_convert(priors_cxcywh, in_fmt="cxcywh", out_fmt="xyxy")
+    best_gt, best_iou = best_ground_truth(gt_boxes_xyxy, priors_xyxy)
+    return best_gt.masked_fill(best_iou < iou_threshold, -1)

@@ -73,3 +73,13 @@ def make_priors(priors_cfg, image_size: int) -> Tensor:
     if priors_cfg.CLIP:
         priors.clamp_(min=0.0, max=1.0)
     return priors
+
+
+def level_slices(priors_cfg) -> list[slice]:
+    """The slice of make_priors' output (and of the heads' outputs) that holds each head level."""
+    check_priors_cfg(priors_cfg)
+    slices, start = [], 0
+    for size, boxes in zip(priors_cfg.FEATURE_MAPS, priors_cfg.BOXES_PER_LOCATION):
+        slices.append(slice(start, start + size * size * boxes))
+        start += size * size * boxes
+    return slices

@@ -1,0 +1,29 @@
+"""The matplotlib box helper: rectangles where the boxes are, coloured by class."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ssdlab.viz.draw import class_color  # noqa: E402
+from ssdlab.viz.plots import plot_boxes  # noqa: E402
+
+
+def test_plot_boxes_geometry_colours_and_captions():
+    fig, ax = plt.subplots()
+    boxes = np.array([[10.0, 20.0, 50.0, 30.0], [0.5, 1.5, 2.5, 4.0]])
+    patches = plot_boxes(ax, boxes, labels=[1, 3], class_names=("bg", "a", "b", "c"), linestyle="--")
+    assert [(p.get_x(), p.get_y(), p.get_width(), p.get_height()) for p in patches] == [
+        (10.0, 20.0, 40.0, 10.0), (0.5, 1.5, 2.0, 2.5)]
+    expected = np.array(class_color(3)) / 255
+    assert np.allclose(patches[1].get_edgecolor()[:3], expected)
+    assert [t.get_text() for t in ax.texts] == ["a", "c"]
+    assert len(ax.patches) == 2
+    plt.close(fig)
+
+
+def test_plot_boxes_one_colour_without_labels():
+    fig, ax = plt.subplots()
+    patches = plot_boxes(ax, [[0, 0, 1, 1]], color="red")
+    assert np.allclose(patches[0].get_edgecolor(), (1, 0, 0, 1)) and not ax.texts
+    plt.close(fig)
