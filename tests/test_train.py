@@ -30,6 +30,11 @@ def test_short_training_lowers_the_loss(tiny_cfg):
     assert len(losses) == 12
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
     assert 0.0 <= result.metrics["voc_map"] <= 1.0 and "area" in result.metrics["voc_metric"]
+    log = (Path(cfg.OUTPUT_DIR) / "metrics.jsonl").read_text()
+    again = train(cfg, progress=False)  # a finished run is reused as it is: same metrics, nothing re-logged
+    assert again.checkpoint == result.checkpoint and again.metrics["voc_map"] == result.metrics["voc_map"]
+    assert again.train_seconds == pytest.approx(result.train_seconds)
+    assert (Path(cfg.OUTPUT_DIR) / "metrics.jsonl").read_text() == log
 
 
 def test_warmup_multistep_factors_by_hand():

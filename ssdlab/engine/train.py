@@ -314,6 +314,10 @@ class Trainer:
     def run(self) -> TrainResult:
         """Train from the resume point to SOLVER.MAX_ITER; Ctrl-C saves and stops cleanly."""
         start = self.setup()
+        final = self.output_dir / "model_final.pt"
+        if start >= self.cfg.SOLVER.MAX_ITER and final.is_file():  # a finished run is reused, not re-evaluated
+            metrics = dict(ckpt.read_checkpoint(final).get("metrics", {}))
+            return TrainResult(final, start, True, metrics, metrics.pop("train_seconds", 0.0))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if dist.is_main():
             (self.output_dir / "config.yaml").write_text(self.cfg.dump())
@@ -343,7 +347,7 @@ class Trainer:
                     return TrainResult(path, iteration, False, metrics, clock.total)
         bar.close()
         metrics = self.evaluate(iteration)
-        final = self.save(iteration, name="model_final.pt", metrics={**metrics, "train_seconds": clock.total})
+        self.save(iteration, name=final.name, metrics={**metrics, "train_seconds": clock.total})
         return TrainResult(final, iteration, True, metrics, clock.total)
 
     def _log_step(self, iteration: int, losses: dict, clock: "TrainClock", bar) -> None:
