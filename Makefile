@@ -3,7 +3,7 @@ PYTHON ?= python
 PROFILE ?= $(or $(SSDLAB_PROFILE),full)
 ASSIGNMENTS ?= build/assignments
 
-.PHONY: install tour test test-browser lab pretrained assignments
+.PHONY: install tour test test-browser lab pretrained assignments bench
 
 install:
 	@$(PYTHON) -c "import importlib.metadata as m; m.version('ssdlab')" 2>/dev/null || \
@@ -13,10 +13,13 @@ tour: install  ## run the whole course headless on built-in data (SSDLAB_PROFILE
 	SSDLAB_PROFILE=$(PROFILE) $(PYTHON) -m ssdlab tour
 
 test: install  ## every test: unit tests, then the notebooks through nbval (smoke profile)
-	SSDLAB_PROFILE=smoke $(PYTHON) -m pytest -q
+	SSDLAB_PROFILE=smoke OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m pytest -q
 
 test-browser: install  ## notebook 03's explorer in JupyterLab + headless Chromium (apt: chromium chromium-driver); screenshots in build/browser/
 	$(PYTHON) scripts/browser_test.py
+
+bench: install  ## every benchmark row family: benchmarks/RESULTS.md, pareto.png, latency_params.png (hours; SSDLAB_PROFILE=smoke: about a minute, into build/bench-smoke/)
+	SSDLAB_PROFILE=$(PROFILE) $(PYTHON) benchmarks/bench.py
 
 lab: install  ## open the course notebooks in JupyterLab
 	$(PYTHON) -m jupyter lab notebooks/

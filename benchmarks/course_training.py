@@ -14,31 +14,32 @@ import shutil
 import sys
 from pathlib import Path
 
+from ssdlab.course import COURSE_MODELS, course_config
 from ssdlab.engine.train import train
-from ssdlab.course import COURSE_MODELS, PROFILES, course_config
-from ssdlab.data.shapes import generate_shapes
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profiles import FULL, BenchProfile  # noqa: E402
 from results_md import machine, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- course-training:start -->", "<!-- course-training:end -->"
 
 
-def run(model: str, out_root: Path) -> dict:
+def run(model: str, out_root: Path, profile: BenchProfile = FULL) -> dict:
     """Train one course model from scratch; its numbers."""
     out = out_root / model
     shutil.rmtree(out, ignore_errors=True)
-    cfg = course_config(model, "full", ["OUTPUT_DIR", str(out)])
+    cfg = course_config(model, profile.course, profile.overrides(out, profile.course_iters))
     result = train(cfg, resume=False)
     log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     rates = [r["images_per_s"] for r in log if "images_per_s" in r]
     return {"model": model, "iterations": result.iteration, "train_seconds": result.train_seconds,
             "images_per_s": sum(rates) / len(rates), "voc_map": result.metrics["voc_map"],
-            "coco_ap": result.metrics["coco_ap"], "coco_ap50": result.metrics["coco"]["AP50"]}
+            "coco_ap": result.metrics["coco_ap"], "coco_ap50": result.metrics["coco"]["AP50"],
+            "checkpoint": str(result.checkpoint)}
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], n_val: int = FULL.n_val) -> str:
     """The RESULTS.md section."""
     lines = [START, "## Course recipes: training from scratch on the shapes dataset", "",
              f"Machine: {machine()}", "",
@@ -48,8 +49,21 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| {r['model']} | {r['iterations']} | {r['train_seconds'] / 60:.1f} min | "
                      f"{r['images_per_s']:.0f} | {r['voc_map']:.4f} | {r['coco_ap']:.4f} | {r['coco_ap50']:.4f} | "
                      f"`{r['command']}` |")
-    lines += ["", "Training time excludes evaluation; the val split is 500 generated images.", END]
+    lines += ["", f"Training time excludes evaluation; the val split is {n_val} generated images.", END]
     return "\n".join(lines)
+
+
+def run_all(models: list[str], store: Path, results: Path, runs: Path, command: str,
+            profile: BenchProfile = FULL) -> str:
+    """Train each model, keep its row in the JSON store, rewrite the RESULTS.md section; the section."""
+    profile.prepare_data()
+    rows = json.loads(store.read_text()) if store.exists() else {}
+    for model in models:
+        rows[model] = {**run(model, runs, profile), "command": command}
+        store.write_text(json.dumps(rows, indent=1) + "\n")
+    section = table([rows[m] for m in COURSE_MODELS if m in rows], profile.n_val)
+    write_section(section, results, START, END)
+    return section
 
 
 def main() -> None:
@@ -59,16 +73,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--runs", type=Path, default=HERE / "runs")
     args = parser.parse_args()
-    settings = PROFILES["full"]
-    generate_shapes(Path(settings["data"]), n_train=settings["train"], n_val=settings["val"])
-    store = HERE / "course_training.json"
-    rows = json.loads(store.read_text()) if store.exists() else {}
-    for model in args.models:
-        rows[model] = {**run(model, args.runs), "command": "python " + " ".join(sys.argv)}
-    store.write_text(json.dumps(rows, indent=1) + "\n")
-    section = table([rows[m] for m in COURSE_MODELS if m in rows])
-    write_section(section, args.out, START, END)
-    print(section)
+    print(run_all(args.models, HERE / "course_training.json", args.out, args.runs, "python " + " ".join(sys.argv)))
 
 
 if __name__ == "__main__":

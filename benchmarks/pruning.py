@@ -5,23 +5,24 @@
 
 For each model: evaluate the committed baseline, sparse-train it (course/<model>_sparse.yaml,
 resumed when benchmarks/runs/<model>_sparse exists), prune at each percent (no fine-tune;
-with --max 1 past the highest safe percent), once with --regular 1, and fine-tune the pruned model at --tune-percent with and without
-distillation from the sparse model. Also counts MobileNetV2-SSDLite's prunable layers and
-channels per mode. Rows are kept in benchmarks/pruning.json; the section between the pruning
-markers of benchmarks/RESULTS.md is rewritten.
+with --max 1 past the highest safe percent), once with --regular 1, and fine-tune the pruned
+model at --tune-percent (default 0.6 plain, 0.5 residual) with and without distillation from
+the sparse model. Also counts MobileNetV2-SSDLite's prunable layers and channels per mode.
+Rows are kept in benchmarks/pruning.json; the section between the pruning markers of
+benchmarks/RESULTS.md is rewritten.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from ssdlab.config import PACKAGE_CONFIGS
-from ssdlab.course import COURSE_MODELS, PROFILES, baseline, course_config
-from ssdlab.data.shapes import generate_shapes
+from ssdlab.config import PACKAGE_CONFIGS, CfgNode
+from ssdlab.course import COURSE_MODELS, baseline, course_config
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import evaluate_model
 from ssdlab.engine.profile import measure_latency
@@ -32,46 +33,59 @@ from ssdlab.prune.report import prune_checkpoint
 from ssdlab.prune.surgery import make_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profiles import FULL, BenchProfile  # noqa: E402
 from results_md import machine, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- pruning:start -->", "<!-- pruning:end -->"
 
 
-def sparse_train(model: str, runs: Path, start: Path, sr: float | None):
-    """Sparse-train from `start` (resumes a stopped run); the checkpoint and its config."""
+def run_key(model: str, sr: float | None) -> str:
+    """The store key of one sparse run: the model, and the SR when it is not the recipe's."""
+    return model + (f" (SR {sr:g})" if sr else "")
+
+
+def sparse_train(model: str, runs: Path, start: Path, sr: float | None, profile: BenchProfile = FULL,
+                 resume: bool = True):
+    """Sparse-train from `start` (resumes a stopped run unless resume=False); the TrainResult and its config."""
     extra = ["PRUNE.SR", str(sr)] if sr else []
     name = f"{model}_sparse" + (f"_sr{sr:g}" if sr else "")
-    cfg = course_config(model, "full", ["MODEL.WEIGHTS", str(start), "OUTPUT_DIR", str(runs / name), *extra],
+    cfg = course_config(model, profile.course, ["MODEL.WEIGHTS", str(start),
+                                                *profile.overrides(runs / name, profile.sparse_iters), *extra],
                         step="sparse")
-    return train(cfg).checkpoint, cfg
+    return train(cfg, resume=resume), cfg
 
 
-def prune_row(model: str, sparse: Path, cfg, percent: float, regular: bool, runs: Path, drop_levels: bool) -> dict:
+def prune_row(model: str, sparse: Path, cfg: CfgNode, percent: float, regular: bool, runs: Path,
+              drop_levels: bool, mode: str | None = None) -> dict:
     """Prune once (no fine-tune) and keep the report's numbers."""
-    report = prune_checkpoint(sparse, cfg, percent, cfg.PRUNE.TYPE, regular=regular, drop_levels=drop_levels,
+    mode = mode or cfg.PRUNE.TYPE
+    report = prune_checkpoint(sparse, cfg, percent, mode, regular=regular, drop_levels=drop_levels,
                               quick=True, out_dir=runs / "pruned" / sparse.parent.name, dataset=datasets(cfg, False))
     original, compact = report.rows[0], report.rows[-1]
-    return {"model": model, "mode": cfg.PRUNE.TYPE, "percent": percent, "regular": regular, "max": drop_levels,
+    return {"model": model, "mode": mode, "percent": percent, "regular": regular, "max": drop_levels,
             "levels": report.plan.levels,
             "params": compact["params"], "params_before": original["params"],
             "compression": 1 - compact["params"] / original["params"], "macs": compact["macs"],
             "macs_before": original["macs"], "ms": compact["latency_ms"], "ms_before": original["latency_ms"],
+            "size_mib": compact["size_mib"], "size_before": original["size_mib"],
             "voc_map": compact["voc_map"], "voc_before": original["voc_map"], "coco_ap": compact["coco_ap"],
+            "coco_before": original["coco_ap"],
             "checkpoint": str(report.files["checkpoint"]), "highest_safe": report.plan.highest_safe}
 
 
-def fine_tune(model: str, pruned: Path, teacher: Path | None, runs: Path, iterations: int) -> dict:
+def fine_tune(model: str, pruned: Path, teacher: Path | None, runs: Path, iterations: int,
+              profile: BenchProfile = FULL) -> dict:
     """Fine-tune a pruned model (optionally distilled from the teacher); its final metrics."""
-    name = f"{model}_tuned_{'distilled' if teacher else 'plain'}"
-    cfg = course_config(model, "full", ["MODEL.FINE_TUNE", "True", "MODEL.WEIGHTS", str(pruned),
-                                        "PRUNE.TYPE", "no", "SOLVER.LR", "0.0005", "SOLVER.MAX_ITER", str(iterations),
-                                        "SOLVER.WARMUP_ITERS", "20", "SOLVER.CHECKPOINT_PERIOD", "0",
-                                        "DISTILL.TEACHER", str(teacher or ""), "OUTPUT_DIR", str(runs / name)])
+    out = runs / f"{pruned.parent.name.replace('_sparse', '')}_tuned_{'distilled' if teacher else 'plain'}"
+    cfg = course_config(model, profile.course, [
+        "MODEL.FINE_TUNE", "True", "MODEL.WEIGHTS", str(pruned), "PRUNE.TYPE", "no", "SOLVER.LR", "0.0005",
+        "SOLVER.WARMUP_ITERS", str(min(20, iterations // 4)), "SOLVER.CHECKPOINT_PERIOD", "0",
+        "DISTILL.TEACHER", str(teacher or ""), *profile.overrides(out, iterations)])
     result = train(cfg, resume=False)
     return {"model": model, "distilled": teacher is not None, "iterations": iterations,
             "voc_map": result.metrics["voc_map"], "coco_ap": result.metrics["coco_ap"],
-            "minutes": result.train_seconds / 60}
+            "minutes": result.train_seconds / 60, "checkpoint": str(result.checkpoint)}
 
 
 def remeasure_latency(results: dict, runs: int = 30) -> None:
@@ -93,42 +107,47 @@ def mobilenet_counts() -> dict:
                    "channels": sum(widths[i] for i in prunable_layers(layers, mode))} for mode in MODES}
 
 
-def evaluate_baseline(model: str, start: Path) -> dict:
+def evaluate_baseline(model: str, start: Path, profile: BenchProfile = FULL) -> dict:
     """VOC and COCO metrics of the dense starting model on the val split."""
     net = ckpt.load(start)
-    cfg = course_config(model, "full")
+    cfg = course_config(model, profile.course, profile.data_overrides())
     result = evaluate_model(net, datasets(cfg, False), cfg)
     return {"voc_map": result["voc_map"], "coco_ap": result["coco_ap"]}
 
 
 def run_model(model: str, percents: list[float], tune_percent: float, tune_iters: int, runs: Path,
-              start: Path, sr: float | None) -> dict:
+              start: Path, sr: float | None, profile: BenchProfile = FULL, resume: bool = True) -> dict:
     """Every step for one course model."""
-    base = evaluate_baseline(model, start)
-    sparse, cfg = sparse_train(model, runs, start, sr)
+    base = evaluate_baseline(model, start, profile)
+    trained, cfg = sparse_train(model, runs, start, sr, profile, resume)
+    sparse = trained.checkpoint
     safe = make_plan(ckpt.load(sparse), 0.0, cfg.PRUNE.TYPE).highest_safe
     rows = [prune_row(model, sparse, cfg, p, False, runs, p > safe) for p in percents]  # --max 1 past the safe ratio
     chosen = min(percents, key=lambda p: abs(p - tune_percent))
     rows.append(prune_row(model, sparse, cfg, chosen, True, runs, chosen > safe))
     pruned = Path(next(r["checkpoint"] for r in rows if r["percent"] == chosen and not r["regular"]))
-    tuned = [fine_tune(model, pruned, None, runs, tune_iters), fine_tune(model, pruned, sparse, runs, tune_iters)]
-    return {"start": str(start), "sparse_checkpoint": str(sparse), "baseline": base, "highest_safe": safe, "prune": rows, "tuned": tuned, "tune_percent": chosen,
+    tuned = [fine_tune(model, pruned, None, runs, tune_iters, profile),
+             fine_tune(model, pruned, sparse, runs, tune_iters, profile)]
+    return {"start": str(start), "sparse_checkpoint": str(sparse), "baseline": base, "highest_safe": safe,
+            "sparse": {"voc_map": trained.metrics.get("voc_map"), "coco_ap": trained.metrics.get("coco_ap"),
+                       "minutes": trained.train_seconds / 60},
+            "prune": rows, "tuned": tuned, "tune_percent": chosen,
             "sparse_config": {"SR": cfg.PRUNE.SR, "TYPE": cfg.PRUNE.TYPE, "MAX_ITER": cfg.SOLVER.MAX_ITER,
                               "LR": cfg.SOLVER.LR}}
 
 
-def table(results: dict, counts: dict, command: str) -> str:
+def table(results: dict, counts: dict, command: str, runs: int = 30) -> str:
     """The RESULTS.md section."""
     lines = [START, "## Pruning the course models (network slimming, no fine-tune unless stated)", "",
              f"Machine: {machine()}; CPU latency is batch 1 on {torch.get_num_threads()} threads, re-measured "
-             f"on an idle machine with `{command}` (median of 30).", ""]
+             f"one model after another with `{command}` (median of {runs}, on an otherwise idle machine).", ""]
     for model, r in results.items():
         sc = r["sparse_config"]
         lines += [f"### {model}", "", f"Command: `{r.get('command', '')}`", "",
                   f"Dense start `{r['start']}`: VOC mAP@0.5 {r['baseline']['voc_map']:.4f}, "
                   f"COCO AP {r['baseline']['coco_ap']:.4f}. "
-                  f"Sparse training: PRUNE.TYPE {sc['TYPE']}, SR {sc['SR']}, {sc['MAX_ITER']} iterations at LR {sc['LR']} "
-                  f"from the baseline; highest safe percent {r['highest_safe']:.3f}.", "",
+                  f"Sparse training: PRUNE.TYPE {sc['TYPE']}, SR {sc['SR']}, {sc['MAX_ITER']} iterations at "
+                  f"LR {sc['LR']} from the baseline; highest safe percent {r['highest_safe']:.3f}.", "",
                   "| percent | regular | max (levels kept) | params | removed | MACs (M) | CPU ms | "
                   "VOC mAP@0.5 (sparse → pruned) | COCO AP |",
                   "|---|---|---|---|---|---|---|---|---|"]
@@ -154,13 +173,36 @@ def table(results: dict, counts: dict, command: str) -> str:
     return "\n".join(lines)
 
 
+def run_all(runs_wanted: list[tuple[str, float | None]], starts: dict[str, Path], store: Path, results: Path,
+            runs: Path, command: str, profile: BenchProfile = FULL, percents: list[float] | None = None,
+            tune_percent: float | None = None, resume: bool = True, remeasure: bool = False) -> str:
+    """Run each (model, SR) and keep it in the JSON store (remeasure: then time every stored model again,
+    one after the other); rewrite the RESULTS.md section and return it."""
+    profile.prepare_data()
+    results_json = json.loads(store.read_text()) if store.exists() else {}
+    for model, sr in runs_wanted:
+        tune = tune_percent if tune_percent is not None else profile.tune_percent[model]
+        key = run_key(model, sr)
+        results_json[key] = run_model(model, list(percents or profile.percents), tune, profile.tune_iters, runs,
+                                      starts[model], sr, profile, resume)
+        results_json[key]["command"] = command
+        store.write_text(json.dumps(results_json, indent=1) + "\n")
+    if remeasure:
+        remeasure_latency(results_json, profile.latency_runs)
+        store.write_text(json.dumps(results_json, indent=1) + "\n")
+    how = command if remeasure else "python benchmarks/pruning.py --latency"
+    section = table(dict(sorted(results_json.items())), mobilenet_counts(), how, profile.latency_runs)
+    write_section(section, results, START, END)
+    return section
+
+
 def main() -> None:
     """Parse arguments, run, write RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(COURSE_MODELS), choices=COURSE_MODELS)
-    parser.add_argument("--percents", nargs="+", type=float, default=[0.3, 0.4, 0.5, 0.55, 0.6, 0.7, 0.8])
-    parser.add_argument("--tune-percent", type=float, default=0.6)
-    parser.add_argument("--tune-iters", type=int, default=500)
+    parser.add_argument("--percents", nargs="+", type=float, default=list(FULL.percents))
+    parser.add_argument("--tune-percent", type=float, help="percent to fine-tune at (default: 0.6 plain, 0.5 residual)")
+    parser.add_argument("--tune-iters", type=int, default=FULL.tune_iters)
     parser.add_argument("--start", type=Path, help="dense checkpoint to sparse-train (default: the committed baseline)")
     parser.add_argument("--sr", type=float, help="PRUNE.SR instead of the recipe's (the run is kept apart)")
     parser.add_argument("--latency", action="store_true",
@@ -168,23 +210,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--runs", type=Path, default=HERE / "runs")
     args = parser.parse_args()
-    settings = PROFILES["full"]
-    generate_shapes(Path(settings["data"]), n_train=settings["train"], n_val=settings["val"])
     store = HERE / "pruning.json"
-    results = json.loads(store.read_text()) if store.exists() else {}
     if args.latency:
+        results = json.loads(store.read_text()) if store.exists() else {}
         remeasure_latency(results)
         store.write_text(json.dumps(results, indent=1) + "\n")
         args.models = []
-    for model in args.models:
-        key = model + (f" (SR {args.sr:g})" if args.sr else "")
-        results[key] = run_model(model, args.percents, args.tune_percent, args.tune_iters, args.runs,
-                                 args.start or baseline(model), args.sr)
-        results[key]["command"] = "python " + " ".join(sys.argv)
-        store.write_text(json.dumps(results, indent=1) + "\n")
-    section = table(dict(sorted(results.items())), mobilenet_counts(), "python benchmarks/pruning.py --latency")
-    write_section(section, args.out, START, END)
-    print(section)
+    profile = replace(FULL, tune_iters=args.tune_iters)
+    starts = {model: args.start or baseline(model) for model in args.models}
+    print(run_all([(model, args.sr) for model in args.models], starts, store, args.out, args.runs,
+                  "python " + " ".join(sys.argv), profile, args.percents, args.tune_percent))
 
 
 if __name__ == "__main__":

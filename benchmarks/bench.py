@@ -1,0 +1,329 @@
+"""`make bench`: every benchmark row family in one run, a summary table of all models, and the plots.
+
+    python benchmarks/bench.py                          # full profile: benchmarks/RESULTS.md (hours)
+    python benchmarks/bench.py --profile smoke          # tiny settings, build/bench-smoke/RESULTS.md (minutes)
+    python benchmarks/bench.py --only summary           # re-measure and re-plot the stored rows only
+
+Families, each run by its script's functions on the profile's settings (benchmarks/profiles.py):
+course (the course recipes from scratch, course_training.py), pruning (baseline, sparse, pruned at
+several ratios, regular, max, fine-tuned with and without distillation, pruning.py), mobilenet
+(depthwise-coupled vs shortcut vs normal on MobileNetV2-SSDLite, mobilenet_pruning.py),
+quantization (QAT: DoReFa, IAO at W8A8 and W4A4, BWN binary and ternary, quantization.py),
+combined (prune-then-quantize and quantize-then-prune) and side_by_side (training speed against
+torchvision, fp32 vs int8 in ONNX Runtime, side_by_side.py). Each family keeps its rows in a JSON
+file next to RESULTS.md and rewrites its own section; the summary then loads every stored
+checkpoint once more to measure params, size, MACs and CPU latency the same way for all rows,
+writes the summary section and the plots pareto.png (VOC mAP vs size, Pareto front) and
+latency_params.png (latency vs params). The profile defaults to SSDLAB_PROFILE (full otherwise).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ssdlab.course import COURSE_MODELS, baseline
+from ssdlab.engine import checkpoint as ckpt
+from ssdlab.engine.profile import count_macs, count_params, measure_latency, size_mib
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import course_training  # noqa: E402
+import mobilenet_pruning  # noqa: E402
+import plots  # noqa: E402
+import pruning  # noqa: E402
+import quantization  # noqa: E402
+import side_by_side  # noqa: E402
+from profiles import BenchProfile, get_profile  # noqa: E402
+from results_md import ROOT, display, machine, write_section  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+FAMILIES = ("course", "pruning", "mobilenet", "quantization", "combined", "side_by_side")
+ROW_FAMILIES = ("baseline", "from scratch", "sparse", "pruned", "pruned + fine-tuned", "QAT", "prune → quantize",
+                "quantize → prune")
+STORES = {"course": "course_training.json", "pruning": "pruning.json", "mobilenet": "mobilenet_pruning.json",
+          "quantization": "quantization.json", "side_by_side": "side_by_side.json", "summary": "bench.json"}
+
+
+class Bench:
+    """Where one benchmark run reads and writes, and the settings it runs with."""
+
+    def __init__(self, profile_name: str, out: Path):
+        self.name = profile_name
+        self.out = out
+        self.runs = out / "runs"
+        self.profile: BenchProfile = get_profile(profile_name, None if profile_name == "full" else out / "shapes")
+        self.results = out / "RESULTS.md"
+        default_out = default_output(profile_name)
+        self.command = f"python benchmarks/bench.py --profile {profile_name}" + (
+            "" if out.resolve() == default_out.resolve() else f" --out {display(out)}")
+
+    def store(self, family: str) -> Path:
+        """The JSON file that keeps a family's rows."""
+        return self.out / STORES[family]
+
+    def load(self, family: str) -> dict:
+        """A family's stored rows ({} when it never ran)."""
+        path = self.store(family)
+        return json.loads(path.read_text()) if path.exists() else {}
+
+    def family_command(self, family: str) -> str:
+        """The command that reruns one family."""
+        return f"{self.command} --only {family}"
+
+
+def default_output(profile_name: str) -> Path:
+    """benchmarks/ for the full profile, build/bench-smoke/ for smoke."""
+    return HERE if profile_name == "full" else ROOT / "build" / "bench-smoke"
+
+
+def absolute(path: str | Path) -> str:
+    """A stored path as an absolute one (relative paths in the JSON files are relative to the repository)."""
+    return str((ROOT / path).resolve())
+
+
+def starts(bench: Bench) -> dict[str, Path]:
+    """The dense start of each course model: the committed baseline, else the course family's checkpoint."""
+    found = {}
+    for model in COURSE_MODELS:
+        trained = bench.runs / model / "model_final.pt"
+        found[model] = baseline(model) if baseline(model).is_file() else trained
+        if not found[model].is_file():
+            raise FileNotFoundError(f"no dense {model} model: neither {baseline(model)} nor {trained}; "
+                                    "run the course family first (--only course)")
+    return found
+
+
+def run_family(bench: Bench, family: str) -> str:
+    """Run one family through its script's functions; the RESULTS.md section it wrote."""
+    p, command = bench.profile, bench.family_command(family)
+    if family == "course":
+        return course_training.run_all(list(COURSE_MODELS), bench.store(family), bench.results, bench.runs, command, p)
+    if family == "pruning":
+        return pruning.run_all(list(p.pruning_runs), starts(bench), bench.store(family), bench.results, bench.runs,
+                               command, p, resume=False, remeasure=True)
+    if family == "mobilenet":
+        return mobilenet_pruning.run_all(bench.store(family), bench.results, bench.runs, command, p)
+    if family == "quantization":
+        return quantization.run_all(quantization.QAT_ROWS, bench.store(family), bench.results, bench.runs, command, p)
+    if family == "combined":
+        pruned, sparse, percent = combined_starts(bench)
+        return quantization.run_all(quantization.COMBINED_ROWS, bench.store("quantization"), bench.results, bench.runs,
+                                    command, p, starts={"pruned-iao-w8a8": pruned, "iao-w8a8-pruned": sparse},
+                                    percent=percent)
+    if family == "side_by_side":
+        return side_by_side.run_all(bench.store(family), bench.results, iao_checkpoint(bench), command, p)
+    raise ValueError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
+
+
+def combined_starts(bench: Bench) -> tuple[Path, Path, float]:
+    """The plain model pruned at its fine-tune percent, its sparse model, and that percent (from pruning.json)."""
+    plain = bench.load("pruning").get("plain")
+    if plain is None:
+        raise FileNotFoundError(f"{bench.store('pruning')} has no plain run; run the pruning family first")
+    percent = plain["tune_percent"]
+    pruned = next(r["checkpoint"] for r in plain["prune"] if r["percent"] == percent and not r["regular"])
+    return Path(pruned), Path(plain["sparse_checkpoint"]), percent
+
+
+def iao_checkpoint(bench: Bench) -> Path:
+    """The IAO W8A8 QAT checkpoint of the quantization family (for the int8 ONNX row)."""
+    stored = bench.load("quantization").get("iao-w8a8", {})
+    return Path(stored.get("checkpoint", bench.runs / "quant_iao-w8a8" / "model_final.pt"))
+
+
+def row(family: str, model: str, variant: str, checkpoint: str | Path, metrics: dict, command: str,
+        base: str | Path) -> dict:
+    """One summary row before measuring: what it is, its checkpoint, its metrics and its dense reference."""
+    return {"family": family, "model": model, "variant": variant, "checkpoint": absolute(checkpoint),
+            "voc_map": metrics.get("voc_map"), "coco_ap": metrics.get("coco_ap"), "command": command,
+            "base": absolute(base)}
+
+
+def prune_variant(p: dict) -> str:
+    """'normal p0.5 regular max' for a prune row."""
+    return f"{p['mode']} p{p['percent']:g}" + (" regular" if p["regular"] else "") + (" max" if p["max"] else "")
+
+
+def pruning_rows(results: dict) -> list[dict]:
+    """Baseline, sparse, pruned and fine-tuned rows of every stored sparse run."""
+    rows = []
+    for key, r in results.items():
+        base, command, first = r["start"], r.get("command", ""), r["prune"][0]
+        rows.append(row("baseline", key.split()[0], "dense start", base, r["baseline"], command, base))
+        sparse = r.get("sparse") or {"voc_map": first["voc_before"], "coco_ap": first.get("coco_before")}
+        sc = r["sparse_config"]
+        rows.append(row("sparse", key, f"{sc['TYPE']} SR {sc['SR']:g}, {sc['MAX_ITER']} it", r["sparse_checkpoint"],
+                        sparse, command, base))
+        rows += [row("pruned", key, prune_variant(p), p["checkpoint"], p, command, base) for p in r["prune"]]
+        rows += [row("pruned + fine-tuned", key, f"{r['sparse_config']['TYPE']} p{r['tune_percent']:g} + "
+                     f"{t['iterations']} it {'distilled' if t['distilled'] else 'plain'}", t["checkpoint"], t,
+                     command, base) for t in r["tuned"] if "checkpoint" in t]
+    return rows
+
+
+def mobilenet_rows(result: dict) -> list[dict]:
+    """Dense, coupled-sparse and pruned MobileNetV2-SSDLite rows."""
+    if not result:
+        return []
+    base, command = result["dense_checkpoint"], result["command"]
+    return [row("baseline", "mobilenet", f"{result['dense']['iterations']} it", base, result["dense"], command, base),
+            row("sparse", "mobilenet", f"coupled SR 0.005, {result['sparse']['iterations']} it",
+                result["sparse_checkpoint"], result["sparse"], command, base),
+            *(row("pruned", "mobilenet", prune_variant(p), p["checkpoint"], p, command, base)
+              for p in result["prune"])]
+
+
+def quantization_rows(results: dict, runs: Path) -> list[dict]:
+    """QAT rows and the pruned + quantized rows, all relative to the plain float baseline."""
+    families = {"pruned-iao-w8a8": "prune → quantize", "iao-w8a8-pruned": "quantize → prune"}
+    rows = []
+    for name, r in results.items():
+        if name in quantization.ROWS:
+            variant = f"{name} W{r['wbits']}A{r['abits']}" + (f" p{r['percent']:g}" if "percent" in r else "")
+            checkpoint = r.get("checkpoint", runs / f"quant_{name}" / "model_final.pt")
+            command = r.get("command", f"python benchmarks/quantization.py --rows {name} --iters {r['iterations']}")
+            rows.append(row(families.get(name, "QAT"), "plain", variant, checkpoint, r, command, baseline("plain")))
+    return rows
+
+
+def course_rows(results: dict, runs: Path) -> list[dict]:
+    """The course recipes trained from scratch (compared with their model's baseline)."""
+    rows = []
+    for model, r in results.items():
+        checkpoint = r.get("checkpoint", runs / model / "model_final.pt")
+        base = baseline(model) if baseline(model).is_file() else checkpoint
+        rows.append(row("from scratch", model, f"{r['iterations']} it", checkpoint, r, r["command"], base))
+    return rows
+
+
+def collect_rows(bench: Bench) -> list[dict]:
+    """Every stored row once, in family order (a checkpoint already listed as a baseline is not repeated)."""
+    rows = (pruning_rows(bench.load("pruning")) + mobilenet_rows(bench.load("mobilenet"))
+            + quantization_rows(bench.load("quantization"), bench.runs)
+            + course_rows(bench.load("course"), bench.runs))
+    unique, seen = [], set()
+    for r in sorted(rows, key=lambda r: ROW_FAMILIES.index(r["family"])):
+        if r["checkpoint"] not in seen:
+            unique.append(r)
+            seen.add(r["checkpoint"])
+    return unique
+
+
+def cost(checkpoint: str, runs: int) -> dict:
+    """Params, bit-width-aware size, MACs and CPU latency (batch 1, median of runs) of a checkpoint."""
+    model = ckpt.load(checkpoint)
+    size = model.cfg.INPUT.IMAGE_SIZE
+    return {"params": count_params(model), "size_mib": size_mib(model), "macs": count_macs(model, size),
+            "ms": measure_latency(model, size, runs=runs)["median_ms"], "image_size": size,
+            "stored": {k: model.metrics.get(k) for k in ("voc_map", "coco_ap")}}
+
+
+def measure_rows(rows: list[dict], runs: int) -> tuple[list[dict], list[str]]:
+    """Rows with their cost and compression against their dense reference; the checkpoints that are missing."""
+    costs, missing = {}, []
+    for path in dict.fromkeys([r["checkpoint"] for r in rows] + [r["base"] for r in rows]):
+        if Path(path).is_file():
+            costs[path] = cost(path, runs)
+        else:
+            missing.append(path)
+    measured = []
+    for r in rows:
+        if r["checkpoint"] in costs and r["base"] in costs:
+            own, base = dict(costs[r["checkpoint"]]), costs[r["base"]]
+            stored = own.pop("stored")  # metrics saved in the checkpoint, for rows whose JSON lacks them
+            measured.append({**r, **own, "compression": 1 - own["params"] / base["params"],
+                             "smaller": 1 - own["size_mib"] / base["size_mib"],
+                             **{k: stored[k] for k in stored if r[k] is None}})
+    return measured, missing
+
+
+def _metric(value: float | None) -> str:
+    """A metric cell; '-' when not measured."""
+    return "-" if value is None else f"{value:.4f}"
+
+
+def summary_table(bench: Bench, rows: list[dict], missing: list[str], timings: dict) -> str:
+    """The summary section of RESULTS.md."""
+    refs = dict.fromkeys((r["model"].split()[0], display(r["base"])) for r in rows)
+    lines = [START, "## Every model side by side (`make bench`)", "",
+             f"Machine: {machine()}. CPU latency: batch 1, torch threads: {torch.get_num_threads()}, median of "
+             f"{bench.profile.latency_runs} runs of the network (no post-processing) in PyTorch eager mode, every row "
+             "re-measured one after the other at the end of the run; QAT rows run fake quantization, so they are not "
+             "faster than float (int8 in ONNX Runtime: see the side-by-side section).", "",
+             f"Profile `{bench.name}` (shapes data: {bench.profile.n_train} train / {bench.profile.n_val} val images). "
+             "VOC mAP@0.5 (area) and COCO AP on the val split. Size counts each quantized weight at its bit width. "
+             "Compression = 1 − params / params of the row's dense reference; smaller = 1 − size / its size. "
+             "Dense references: " + ", ".join(f"{m} `{p}`" for m, p in refs) + ".", "",
+             "| family | model | variant | params | size (MiB) | MACs (M) | CPU ms | VOC mAP@0.5 | COCO AP | "
+             "compression | smaller | command |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['family']} | {r['model']} | {r['variant']} | {r['params']:,} | {r['size_mib']:.3f} | "
+                     f"{r['macs'] / 1e6:.1f} | {r['ms']:.2f} | {_metric(r['voc_map'])} | {_metric(r['coco_ap'])} | "
+                     f"{r['compression']:.1%} | {r['smaller']:.1%} | `{r['command']}` |")
+    lines += ["", "![VOC mAP@0.5 against size, Pareto front](pareto.png)",
+              "![CPU latency against parameters](latency_params.png)", ""]
+    if timings:
+        lines.append("Run time per family: " + ", ".join(f"{f} {s / 60:.1f} min" for f, s in timings.items()) + ".")
+    if missing:
+        lines.append("Rows left out (checkpoint not found): " + ", ".join(f"`{display(m)}`" for m in missing) + ".")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def summarize(bench: Bench, timings: dict) -> str:
+    """Measure every stored row, write the summary section, bench.json and the two plots; the section."""
+    rows, missing = measure_rows(collect_rows(bench), bench.profile.latency_runs)
+    stored = bench.load("summary").get("timings", {})
+    timings = {**stored, **timings}
+    bench.store("summary").write_text(json.dumps({"profile": bench.name, "machine": machine(),
+                                                  "threads": torch.get_num_threads(), "timings": timings,
+                                                  "rows": rows, "missing": missing}, indent=1) + "\n")
+    title = f"ssdlab course models ({bench.name} profile)"
+    plots.pareto_plot(rows, bench.out / "pareto.png", title)
+    plots.latency_plot(rows, bench.out / "latency_params.png", title)
+    section = summary_table(bench, rows, missing, timings)
+    write_section(section, bench.results, START, END, before=("\n## ", "\n<!-- "))
+    return section
+
+
+def run(bench: Bench, families: list[str]) -> dict[str, float]:
+    """Run the families in order, then the summary; seconds per family."""
+    bench.out.mkdir(parents=True, exist_ok=True)
+    if bench.profile.threads:
+        torch.set_num_threads(bench.profile.threads)
+    timings = {}
+    for family in families:
+        start = time.perf_counter()
+        run_family(bench, family)
+        timings[family] = time.perf_counter() - start
+        print(f"bench: {family} done in {timings[family] / 60:.1f} min", flush=True)
+    start = time.perf_counter()
+    summarize(bench, timings)
+    print(f"bench: summary done in {(time.perf_counter() - start) / 60:.1f} min; see {display(bench.results)}")
+    return timings
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Parse arguments and run."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", choices=("full", "smoke"),
+                        default="smoke" if os.environ.get("SSDLAB_PROFILE") == "smoke" else "full")
+    parser.add_argument("--out", type=Path, help="folder of RESULTS.md, the JSON rows, the plots and runs/ "
+                                                 "(default: benchmarks/ for full, build/bench-smoke/ for smoke)")
+    parser.add_argument("--only", nargs="+", choices=(*FAMILIES, "summary"), default=list(FAMILIES),
+                        help="families to run (the summary always follows)")
+    args = parser.parse_args(argv)
+    out = (args.out or default_output(args.profile)).resolve()
+    if args.profile == "smoke" and out == HERE.resolve():
+        parser.error("the smoke profile never writes into benchmarks/; pick another --out")
+    run(Bench(args.profile, out), [f for f in FAMILIES if f in args.only])
+
+
+if __name__ == "__main__":
+    main()

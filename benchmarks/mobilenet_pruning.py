@@ -1,0 +1,129 @@
+"""Depthwise-coupled pruning on MobileNetV2-SSDLite: one coupled-sparse model pruned in each mode.
+
+    python benchmarks/mobilenet_pruning.py            # train, sparse-train, prune; writes RESULTS.md
+
+The course models have no depthwise convs, so this trains MobileNetV2-SSDLite (the seed's
+mobile_v2_ssd_voc0712.yaml, from scratch, at 192 px with the course priors scaled to it) on the
+shapes data, sparse-trains it with PRUNE.TYPE coupled (the L1 penalty on every prunable γ), and
+prunes that one model at each percent in the modes normal, shortcut and coupled (no fine-tune),
+so the rows show what each mode can remove from the same network. Kept in
+benchmarks/mobilenet_pruning.json; the section between the mobilenet-pruning markers of
+benchmarks/RESULTS.md is rewritten.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ssdlab.config import PACKAGE_CONFIGS, CfgNode, load_config
+from ssdlab.engine import checkpoint as ckpt
+from ssdlab.engine.train import train
+from ssdlab.model.cfg import parse_cfg
+from ssdlab.model.ssd import feature_sizes, read_backbone_text
+from ssdlab.prune.plan import MODES
+from ssdlab.prune.surgery import make_plan
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profiles import FULL, BenchProfile  # noqa: E402
+from pruning import prune_row  # noqa: E402
+from results_md import machine, write_section  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+START, END = "<!-- mobilenet-pruning:start -->", "<!-- mobilenet-pruning:end -->"
+COURSE_PRIORS = ([9, 18, 32, 52, 76, 104], [18, 32, 52, 76, 104, 128])  # MIN/MAX_SIZES of the 128 px course models
+SHAPES_RECIPE = [  # MobileNetV2-SSDLite on the shapes data: the course solver and augmentation
+    "MODEL.NUM_CLASSES", "6", "MODEL.BACKBONE.PRETRAINED", "False", "INPUT.EXPAND_MAX_RATIO", "1.0",
+    "INPUT.CROP", "False", "SOLVER.OPTIMIZER", "AdamW", "SOLVER.SCHEDULER", "cosine", "SOLVER.LR", "0.004",
+    "SOLVER.WEIGHT_DECAY", "0.01", "SOLVER.BATCH_SIZE", "16", "SOLVER.WARMUP_ITERS", "100",
+    "SOLVER.CHECKPOINT_PERIOD", "500", "SOLVER.LOG_PERIOD", "50", "SOLVER.CHANNELS_LAST", "True",
+    "DATA_LOADER.NUM_WORKERS", "1"]
+
+
+def priors_for(size: int) -> list[str]:
+    """MODEL.PRIORS overrides for MobileNetV2-SSDLite at `size` px: its map sizes, the course priors scaled."""
+    base = load_config(PACKAGE_CONFIGS / "mobile_v2_ssd_voc0712.yaml")
+    maps = [h for h, _ in feature_sizes(parse_cfg(read_backbone_text(base)[0]), size, 3)]
+    scaled = [[round(s * size / 128) for s in sizes] for sizes in COURSE_PRIORS]
+    return ["INPUT.IMAGE_SIZE", str(size), "MODEL.PRIORS.FEATURE_MAPS", str(maps),
+            "MODEL.PRIORS.STRIDES", str([round(size / m) for m in maps]),
+            "MODEL.PRIORS.MIN_SIZES", str(scaled[0]), "MODEL.PRIORS.MAX_SIZES", str(scaled[1])]
+
+
+def mobilenet_config(profile: BenchProfile, out: Path, iterations: int, extra: list[str] | None = None) -> CfgNode:
+    """MobileNetV2-SSDLite on the profile's shapes data (with the profile's solver overrides)."""
+    return load_config(PACKAGE_CONFIGS / "mobile_v2_ssd_voc0712.yaml",
+                       [*SHAPES_RECIPE, *priors_for(profile.mobilenet_size), *profile.solver,
+                        *profile.overrides(out, iterations), *(extra or [])])
+
+
+def run(runs: Path, profile: BenchProfile = FULL) -> dict:
+    """Train dense, sparse-train (coupled), prune in every mode; every row."""
+    dense_iters, sparse_iters = profile.mobilenet_iters
+    dense = train(mobilenet_config(profile, runs / "mobilenet", dense_iters), resume=False)
+    cfg = mobilenet_config(profile, runs / "mobilenet_sparse", sparse_iters, [
+        "MODEL.FINE_TUNE", "True", "MODEL.WEIGHTS", str(dense.checkpoint), "PRUNE.TYPE", "coupled",
+        "PRUNE.SR", "0.005", "SOLVER.LR", "0.002", "SOLVER.WARMUP_ITERS", str(min(50, sparse_iters // 4))])
+    sparse = train(cfg, resume=False)
+    model = ckpt.load(sparse.checkpoint)
+    safe = {mode: make_plan(model, 0.0, mode).highest_safe for mode in MODES}
+    rows = [prune_row("mobilenet", sparse.checkpoint, cfg, p, False, runs, p > safe[mode], mode)
+            for p in profile.mobilenet_percents for mode in MODES]
+    return {"dense_checkpoint": str(dense.checkpoint), "sparse_checkpoint": str(sparse.checkpoint),
+            "dense": {"voc_map": dense.metrics["voc_map"], "coco_ap": dense.metrics["coco_ap"],
+                      "iterations": dense_iters, "minutes": dense.train_seconds / 60},
+            "sparse": {"voc_map": sparse.metrics["voc_map"], "coco_ap": sparse.metrics["coco_ap"],
+                       "iterations": sparse_iters, "minutes": sparse.train_seconds / 60},
+            "image_size": cfg.INPUT.IMAGE_SIZE, "highest_safe": safe, "prune": rows}
+
+
+def table(result: dict, command: str) -> str:
+    """The RESULTS.md section."""
+    d, s = result["dense"], result["sparse"]
+    safe = ", ".join(f"{mode} {p:.3f}" for mode, p in result["highest_safe"].items())
+    lines = [START, "## Depthwise-coupled pruning: MobileNetV2-SSDLite on the shapes dataset", "",
+             f"Machine: {machine()}; CPU latency batch 1, torch threads: {torch.get_num_threads()}.",
+             f"Command: `{command}`", "",
+             f"MobileNetV2-SSDLite ({result['image_size']} px, no ImageNet weights) trained {d['iterations']} "
+             f"iterations from scratch ({d['minutes']:.1f} min): VOC mAP@0.5 {d['voc_map']:.4f}, COCO AP "
+             f"{d['coco_ap']:.4f}; sparse-trained {s['iterations']} iterations with PRUNE.TYPE coupled, SR 0.005 "
+             f"({s['minutes']:.1f} min): VOC mAP@0.5 {s['voc_map']:.4f}, COCO AP {s['coco_ap']:.4f}. "
+             f"Highest safe percent: {safe}.", "",
+             "| percent | mode | max (levels kept) | params | removed | MACs (M) | CPU ms | "
+             "VOC mAP@0.5 (sparse → pruned) | COCO AP |", "|---|---|---|---|---|---|---|---|---|"]
+    for p in result["prune"]:
+        lines.append(f"| {p['percent']:g} | {p['mode']} | {int(p['max'])} ({p['levels']}) | "
+                     f"{p['params_before']:,} → {p['params']:,} | {p['compression']:.1%} | "
+                     f"{p['macs_before'] / 1e6:.1f} → {p['macs'] / 1e6:.1f} | "
+                     f"{p['ms_before']:.1f} → {p['ms']:.1f} | "
+                     f"{p['voc_before']:.4f} → {p['voc_map']:.4f} | {p['coco_ap']:.4f} |")
+    lines += ["", "The same sparse model in every row: `normal` prunes only convs whose output no shortcut or "
+              "depthwise conv shares, `shortcut` adds the residual chains, `coupled` also the expand convs with "
+              "their depthwise convs.", END]
+    return "\n".join(lines)
+
+
+def run_all(store: Path, results: Path, runs: Path, command: str, profile: BenchProfile = FULL) -> str:
+    """Run, keep the result in the JSON store, rewrite the RESULTS.md section and return it."""
+    profile.prepare_data()
+    result = {**run(runs, profile), "command": command}
+    store.write_text(json.dumps(result, indent=1) + "\n")
+    section = table(result, command)
+    write_section(section, results, START, END)
+    return section
+
+
+def main() -> None:
+    """Parse arguments, run, write RESULTS.md."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--runs", type=Path, default=HERE / "runs")
+    args = parser.parse_args()
+    print(run_all(HERE / "mobilenet_pruning.json", args.out, args.runs, "python " + " ".join(sys.argv)))
+
+
+if __name__ == "__main__":
+    main()

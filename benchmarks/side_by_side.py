@@ -1,0 +1,277 @@
+"""Side by side: training speed against torchvision's SSDs, and fp32 vs int8 in ONNX Runtime.
+
+    python benchmarks/side_by_side.py                 # writes the side-by-side section of RESULTS.md
+
+Training images/s of ssdlab's MobileNetV2-SSDLite (320 px) and VGG16-BN SSD300 against
+torchvision's `ssdlite320_mobilenet_v3_large` and `ssd300_vgg16` (no pretrained weights, 21
+classes, nothing downloaded) at the same input size and batch, on random images with random
+boxes: SGD steps after a warm-up step, each step timed from the ground-truth boxes to the
+optimizer update. The prior matching and the loss are timed inside the step (ssdlab: the target
+transform and MultiBoxLoss; torchvision: its proposal matcher and compute_loss) to give their
+share of the step. Then the plain course model in ONNX Runtime: the float baseline against an
+IAO W8A8 QAT checkpoint exported as int8 QDQ, latency at batch 1 and mAP on the val split.
+Kept in benchmarks/side_by_side.json; the section between the side-by-side markers is rewritten.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from ssdlab.config import PACKAGE_CONFIGS, load_config
+from ssdlab.course import baseline, course_config
+from ssdlab.data.transforms import build_target_transform
+from ssdlab.engine import checkpoint as ckpt
+from ssdlab.engine.inference import evaluate_model
+from ssdlab.engine.profile import measure_latency
+from ssdlab.engine.train import datasets
+from ssdlab.export.onnx import onnx_session, write_onnx
+from ssdlab.export.qdq import OnnxDetector
+from ssdlab.model.ssd import build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profiles import FULL, BenchProfile  # noqa: E402
+from results_md import display, machine, write_section  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+START, END = "<!-- side-by-side:start -->", "<!-- side-by-side:end -->"
+PAIRS = [  # (ssdlab config, torchvision builder, input size)
+    ("mobile_v2_ssd_voc0712.yaml", "ssdlite320_mobilenet_v3_large", 320),
+    ("vgg_bn_ssd300_voc0712.yaml", "ssd300_vgg16", 300),
+]
+NUM_CLASSES = 21
+BOXES_PER_IMAGE = 4
+
+
+@dataclass
+class Trainee:
+    """A detector, its loss on (images, relative xyxy boxes, labels), and the stopwatch inside that loss."""
+
+    model: nn.Module
+    loss: Callable[[Tensor, list[Tensor], list[Tensor]], Tensor]
+    clock: "Stopwatch"
+
+
+class Stopwatch:
+    """Seconds spent in named calls: wrapped callables and module forwards."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def wrap(self, fn: Callable, name: str) -> Callable:
+        """fn, timed under name."""
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - start
+        return timed
+
+    def hook(self, module: nn.Module, name: str) -> None:
+        """Time every forward of module under name."""
+        starts: list[float] = []
+
+        def before(*_) -> None:
+            starts.append(time.perf_counter())
+
+        def after(*_) -> None:
+            self.seconds[name] += time.perf_counter() - starts.pop()
+        module.register_forward_pre_hook(before)
+        module.register_forward_hook(after)
+
+
+def random_batch(batch: int, size: int, seed: int) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """Images [B, 3, S, S] and per image BOXES_PER_IMAGE random xyxy boxes (relative) with labels 1..20."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, 3, size, size, generator=g)
+    corners = torch.rand(batch, BOXES_PER_IMAGE, 2, generator=g) * 0.6
+    sides = 0.1 + torch.rand(batch, BOXES_PER_IMAGE, 2, generator=g) * 0.3
+    boxes = torch.cat([corners, corners + sides], dim=2)
+    labels = torch.randint(1, NUM_CLASSES, (batch, BOXES_PER_IMAGE), generator=g)
+    return images, list(boxes), list(labels)
+
+
+def ours(config: str) -> Trainee:
+    """An ssdlab SSD (no ImageNet weights), timing its target transform and MultiBoxLoss."""
+    cfg = load_config(PACKAGE_CONFIGS / config, ["MODEL.BACKBONE.PRETRAINED", "False"])
+    model = build_model(cfg).train()
+    encode = build_target_transform(cfg)
+    clock = Stopwatch()
+    encode = clock.wrap(encode, "matching")
+    clock.hook(model.criterion, "loss")
+
+    def loss(images: Tensor, boxes: list[Tensor], labels: list[Tensor]) -> Tensor:
+        targets = [encode(box, label) for box, label in zip(boxes, labels)]
+        losses = model(images, {"boxes": torch.stack([t[0] for t in targets]),
+                                "labels": torch.stack([t[1] for t in targets])})
+        return sum(losses.values())
+    return Trainee(model, loss, clock)
+
+
+def theirs(builder: str, size: int) -> Trainee:
+    """A torchvision SSD (weights=None, weights_backbone=None), timing its proposal matcher and compute_loss."""
+    model = getattr(torchvision.models.detection, builder)(weights=None, weights_backbone=None,
+                                                           num_classes=NUM_CLASSES).train()
+    clock = Stopwatch()
+    model.proposal_matcher = clock.wrap(model.proposal_matcher, "matching")
+    model.compute_loss = clock.wrap(model.compute_loss, "loss")
+
+    def loss(images: Tensor, boxes: list[Tensor], labels: list[Tensor]) -> Tensor:
+        targets = [{"boxes": box * size, "labels": label} for box, label in zip(boxes, labels)]
+        return sum(model(list(images), targets).values())
+    return Trainee(model, loss, clock)
+
+
+def training_speed(trainee: Trainee, size: int, batch: int, steps: int, warmup: int = 1) -> dict:
+    """Images/s over `steps` SGD steps after `warmup` untimed ones, and the matching + loss share of the step time."""
+    model, clock, total = trainee.model, trainee.clock, 0.0
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    for step in range(warmup + steps):
+        images, boxes, labels = random_batch(batch, size, seed=step)
+        if step == warmup:
+            clock.seconds.clear()
+        start = time.perf_counter()
+        loss = trainee.loss(images, boxes, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += (time.perf_counter() - start) if step >= warmup else 0.0
+    return {"images_per_s": batch * steps / total, "step_ms": 1000 * total / steps,
+            "matching_ms": 1000 * clock.seconds["matching"] / steps, "loss_ms": 1000 * clock.seconds["loss"] / steps,
+            "overhead_share": (clock.seconds["matching"] + clock.seconds["loss"]) / total,
+            "params": sum(p.numel() for p in model.parameters())}
+
+
+def compare_training(profile: BenchProfile = FULL) -> list[dict]:
+    """One row per pair: ssdlab vs torchvision at the same input size and batch."""
+    rows = []
+    for config, builder, size in PAIRS:
+        torch.manual_seed(0)
+        timing = (size, profile.speed_batch, profile.speed_steps, profile.speed_warmup)
+        mine, other = training_speed(ours(config), *timing), training_speed(theirs(builder, size), *timing)
+        rows.append({"ours": config, "torchvision": builder, "size": size, "batch": profile.speed_batch,
+                     "steps": profile.speed_steps, "warmup": profile.speed_warmup, "mine": mine, "theirs": other,
+                     "ratio": mine["images_per_s"] / other["images_per_s"]})
+    return rows
+
+
+def onnx_latency(path: Path, size: int, runs: int, threads: int) -> float:
+    """Median ONNX Runtime time (ms) of one batch-1 image after 3 warm-up runs."""
+    session = onnx_session(path, threads)
+    images = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
+    times = []
+    for i in range(runs + 3):
+        start = time.perf_counter()
+        session.run(None, {"images": images})
+        if i >= 3:
+            times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def onnx_row(name: str, checkpoint: Path, out: Path, profile: BenchProfile, threads: int) -> dict:
+    """Export one checkpoint (int8 QDQ when it is IAO), time it in ONNX Runtime and evaluate it."""
+    model = ckpt.load(checkpoint)
+    path = write_onnx(model, out, name)
+    cfg = course_config("plain", profile.course, profile.data_overrides())
+    size = model.cfg.INPUT.IMAGE_SIZE
+    metrics = evaluate_model(OnnxDetector(path, model, threads), datasets(cfg, False), cfg)
+    return {"model": name, "checkpoint": str(checkpoint), "file_mib": path.stat().st_size / 2 ** 20,
+            "ort_ms": onnx_latency(path, size, profile.onnx_runs, threads),
+            "torch_ms": measure_latency(model, size, runs=profile.onnx_runs)["median_ms"],
+            "voc_map": metrics["voc_map"], "coco_ap": metrics["coco_ap"]}
+
+
+def compare_onnx(iao_checkpoint: Path, profile: BenchProfile = FULL) -> list[dict]:
+    """The float baseline and an IAO W8A8 model in ONNX Runtime (same thread count as torch)."""
+    threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as folder:
+        return [onnx_row("fp32", baseline("plain"), Path(folder), profile, threads),
+                onnx_row("int8", iao_checkpoint, Path(folder), profile, threads)]
+
+
+TRAINING_NOTE = (
+    "ratio = ssdlab / torchvision images/s. Matching + loss: share of the step time spent encoding the targets "
+    "against the priors (ssdlab's target transform, which normally runs in the data loader; torchvision's proposal "
+    "matcher) and in the loss forward (MultiBoxLoss with hard negative mining; torchvision's compute_loss).")
+ONNX_NOTE = (
+    "int8: the IAO model exported as a QDQ graph, which ONNX Runtime runs with QLinearConv kernels; the graph keeps "
+    "the int8 weight codes as float tensors behind QuantizeLinear/DequantizeLinear, so the .onnx file is as large as "
+    "the fp32 one (the bit-width-aware size is in the summary table). PyTorch runs the same int8 model with fake "
+    "quantization, so slower than float.")
+
+
+def training_table(rows: list[dict]) -> list[str]:
+    """The training-speed table and its note."""
+    lines = ["| ssdlab | torchvision | input | batch | ssdlab images/s | torchvision images/s | ratio | "
+             "ssdlab matching + loss | torchvision matching + loss |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        mine, other = r["mine"], r["theirs"]
+        lines.append(f"| {r['ours']} ({mine['params']:,} params) | {r['torchvision']} ({other['params']:,} params) | "
+                     f"{r['size']} | {r['batch']} | {mine['images_per_s']:.2f} | {other['images_per_s']:.2f} | "
+                     f"{r['ratio']:.2f} | {mine['overhead_share']:.1%} ({mine['matching_ms']:.0f} + "
+                     f"{mine['loss_ms']:.0f} ms) | {other['overhead_share']:.1%} ({other['matching_ms']:.0f} + "
+                     f"{other['loss_ms']:.0f} ms) |")
+    return lines + ["", f"Mean of {rows[0]['steps']} SGD steps after {rows[0]['warmup']} warm-up step(s); a step "
+                    "runs from the ground-truth boxes to the optimizer update. " + TRAINING_NOTE]
+
+
+def onnx_table(rows: list[dict], runs: int) -> list[str]:
+    """The fp32 vs int8 ONNX Runtime table and its note."""
+    lines = ["| model | checkpoint | .onnx file (MiB) | ONNX Runtime ms | PyTorch ms | VOC mAP@0.5 | COCO AP |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | `{display(r['checkpoint'])}` | {r['file_mib']:.2f} | {r['ort_ms']:.2f} | "
+                     f"{r['torch_ms']:.2f} | {r['voc_map']:.4f} | {r['coco_ap']:.4f} |")
+    fp32, int8 = rows
+    return lines + ["", f"Batch 1, median of {runs} runs; int8 runs at {fp32['ort_ms'] / int8['ort_ms']:.2f}x the "
+                    "speed of fp32 in ONNX Runtime. " + ONNX_NOTE]
+
+
+def table(result: dict) -> str:
+    """The RESULTS.md section."""
+    return "\n".join([
+        START, "## Side by side: training speed against torchvision, int8 in ONNX Runtime", "",
+        f"Machine: {machine()}; torch threads: {result['threads']}. Command: `{result['command']}`", "",
+        "### Training images/s (random images, 4 random boxes each, no pretrained weights, 21 classes)", "",
+        *training_table(result["training"]), "", "### The plain course model in ONNX Runtime: fp32 vs int8", "",
+        *onnx_table(result["onnx"], result["onnx_runs"]), END])
+
+
+def run_all(store: Path, results: Path, iao_checkpoint: Path, command: str, profile: BenchProfile = FULL) -> str:
+    """Both comparisons; keep them in the JSON store, rewrite the RESULTS.md section and return it."""
+    profile.prepare_data()
+    result = {"threads": torch.get_num_threads(), "onnx_runs": profile.onnx_runs, "command": command,
+              "training": compare_training(profile), "onnx": compare_onnx(iao_checkpoint, profile)}
+    store.write_text(json.dumps(result, indent=1) + "\n")
+    section = table(result)
+    write_section(section, results, START, END)
+    return section
+
+
+def main() -> None:
+    """Parse arguments, run, write RESULTS.md."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--iao", type=Path, default=HERE / "runs" / "quant_iao-w8a8" / "model_final.pt",
+                        help="IAO W8A8 checkpoint for the int8 row (benchmarks/quantization.py --rows iao-w8a8)")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args()
+    if not args.iao.is_file():
+        parser.error(f"{args.iao} does not exist; run python benchmarks/quantization.py --rows iao-w8a8 first")
+    print(run_all(HERE / "side_by_side.json", args.out, args.iao, "python " + " ".join(sys.argv)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""`make bench` in the smoke profile: every row family runs, RESULTS.md has each section, the plots exist.
+
+Only the script's working is checked (tiny settings, no timing assertions); the numbers must be
+finite and consistent with each other, e.g. the compression against the dense reference's params.
+"""
+import hashlib
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+ROW_FAMILIES = {"baseline", "from scratch", "sparse", "pruned", "pruned + fine-tuned", "QAT", "prune → quantize",
+                "quantize → prune"}
+SECTIONS = ("bench", "course-training", "pruning", "mobilenet-pruning", "quantization", "side-by-side")
+
+
+def section(text: str, name: str) -> str:
+    """The text between a section's markers."""
+    return text.split(f"<!-- {name}:start -->")[1].split(f"<!-- {name}:end -->")[0]
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of the summary table's body rows."""
+    return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("| ") and not line.startswith("| family |")]
+
+
+def percent(cell: str) -> float:
+    """'52.0%' -> 0.52."""
+    return float(cell.rstrip("%")) / 100
+
+
+@pytest.fixture(scope="module")
+def smoke_bench(tmp_path_factory) -> Path:
+    """Run the smoke bench once into a temporary folder; benchmarks/RESULTS.md must stay as it is."""
+    out = tmp_path_factory.mktemp("bench")
+    committed = hashlib.sha256((BENCHMARKS / "RESULTS.md").read_bytes()).hexdigest()
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench.py"), "--profile", "smoke", "--out", str(out)],
+                          capture_output=True, text=True, timeout=900, cwd=out)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert hashlib.sha256((BENCHMARKS / "RESULTS.md").read_bytes()).hexdigest() == committed
+    return out
+
+
+@pytest.mark.slow
+def test_smoke_bench_writes_every_section_and_row_family(smoke_bench):
+    text = (smoke_bench / "RESULTS.md").read_text()
+    for name in SECTIONS:
+        assert f"<!-- {name}:start -->" in text and f"<!-- {name}:end -->" in text, name
+    summary = section(text, "bench")
+    assert "Profile `smoke`" in summary and "cores, torch" in summary and "threads" in summary
+    rows = table_rows(summary)
+    assert {r[0] for r in rows} == ROW_FAMILIES
+    assert {r[1] for r in rows if r[0] == "baseline"} == {"plain", "residual", "mobilenet"}
+    mobilenet = {r[2].split()[0] for r in rows if r[0] == "pruned" and r[1] == "mobilenet"}
+    assert mobilenet == {"normal", "shortcut", "coupled"}
+    assert {r[2].split()[0] for r in rows if r[0] == "pruned" and r[1] != "mobilenet"} == {"normal", "shortcut"}
+    assert any("regular" in r[2] for r in rows) and len({r[2] for r in rows if r[0] == "pruned"}) >= 4
+    assert {r[2].split()[0] for r in rows if r[0] == "QAT"} == {"iao-w8a8", "dorefa-w8a8", "iao-w4a4", "dorefa-w4a4",
+                                                               "bwn-binary", "bwn-ternary"}
+    assert {r[2].split()[-1] for r in rows if r[0] == "pruned + fine-tuned"} == {"plain", "distilled"}
+    assert all(r[-1].startswith("`python benchmarks/bench.py --profile smoke") for r in rows)
+
+
+@pytest.mark.slow
+def test_smoke_bench_numbers_are_finite_and_compression_consistent(smoke_bench):
+    rows = table_rows(section((smoke_bench / "RESULTS.md").read_text(), "bench"))
+    base = {r[1]: r for r in rows if r[0] == "baseline"}
+    for r in rows:
+        params, size, macs, ms = int(r[3].replace(",", "")), float(r[4]), float(r[5]), float(r[6])
+        assert params > 0 and size > 0 and macs > 0 and 0 < ms < math.inf, r
+        assert all(0.0 <= float(v) <= 1.0 for v in (r[7], r[8])), r
+        reference = base[r[1].split()[0]]
+        assert percent(r[9]) == pytest.approx(1 - params / int(reference[3].replace(",", "")), abs=6e-4), r
+        assert percent(r[10]) == pytest.approx(1 - size / float(reference[4]), abs=2e-3), r
+        if r[0].startswith("pruned") or "→" in r[0]:
+            assert params < int(reference[3].replace(",", ""))
+        if r[0] == "QAT" or "quantize" in r[0]:
+            assert percent(r[10]) > percent(r[9])  # quantized weights take fewer bits than float ones
+    stored = json.loads((smoke_bench / "bench.json").read_text())
+    assert len(stored["rows"]) == len(rows) and not stored["missing"]
+    for run in json.loads((smoke_bench / "pruning.json").read_text()).values():
+        for p in run["prune"]:  # --max 1 exactly when the percent is above the highest safe one
+            assert p["max"] == (p["percent"] > p["highest_safe"])
+
+
+@pytest.mark.slow
+def test_smoke_bench_side_by_side_and_plots(smoke_bench):
+    result = json.loads((smoke_bench / "side_by_side.json").read_text())
+    assert [r["torchvision"] for r in result["training"]] == ["ssdlite320_mobilenet_v3_large", "ssd300_vgg16"]
+    for r in result["training"]:
+        assert r["ratio"] == pytest.approx(r["mine"]["images_per_s"] / r["theirs"]["images_per_s"])
+        for side in (r["mine"], r["theirs"]):
+            assert side["images_per_s"] > 0 and 0 <= side["overhead_share"] < 1
+    assert [r["model"] for r in result["onnx"]] == ["fp32", "int8"]
+    assert all(r["ort_ms"] > 0 and 0 <= r["voc_map"] <= 1 for r in result["onnx"])
+    assert "fp32 vs int8" in section((smoke_bench / "RESULTS.md").read_text(), "side-by-side")
+    for name in ("pareto.png", "latency_params.png"):
+        assert (smoke_bench / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_pareto_front_keeps_the_rows_nothing_beats(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from plots import pareto_front
+
+    rows = [{"size_mib": s, "voc_map": m, "name": n} for s, m, n in
+            [(1.0, 0.5, "a"), (2.0, 0.4, "b"), (2.0, 0.7, "c"), (3.0, 0.6, "d"), (4.0, 0.8, "e"), (0.5, 0.1, "f")]]
+    assert [r["name"] for r in pareto_front(rows)] == ["f", "a", "c", "e"]
+
+
+def test_write_section_replaces_or_puts_a_new_section_first(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from results_md import write_section
+
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# title\n\nintro\n\n## old\n\nkept\n")
+    write_section("<!-- s:start -->\nnew\n<!-- s:end -->", path, "<!-- s:start -->", "<!-- s:end -->", ("\n## ",))
+    assert path.read_text() == "# title\n\nintro\n\n<!-- s:start -->\nnew\n<!-- s:end -->\n\n## old\n\nkept\n"
+    write_section("<!-- s:start -->\nagain\n<!-- s:end -->", path, "<!-- s:start -->", "<!-- s:end -->")
+    assert "again" in path.read_text() and "new" not in path.read_text() and "kept" in path.read_text()
