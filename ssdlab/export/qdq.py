@@ -15,6 +15,10 @@ next layer's scale) and that uint8 keeps post-ReLU values up to 255·s where the
 
     path = write_int8_onnx(model, out, "model")            # an IAO model
     detections = OnnxDetector(path, model)(images)         # like model.eval()(images)
+
+The weights are stored as int8 initializers (a quarter of the float file): the traced graph's
+QuantizeLinear on each float weight is folded by onnxruntime's basic, hardware-independent
+optimization level.
 """
 from __future__ import annotations
 
@@ -113,15 +117,27 @@ def write_int8_onnx(model: nn.Module, out: Path, name: str, opset: int = 17) -> 
     """Export an IAO model's int8 QDQ graph to out/<name>.onnx and check that onnxruntime runs it."""
     wrapper = ScoresAndBoxes(qdq_model(model)).eval()
     size = model.cfg.INPUT.IMAGE_SIZE
-    path = out / f"{name}.onnx"
-    torch.onnx.export(wrapper, (torch.zeros(1, 3, size, size),), str(path), input_names=["images"],
+    path, traced = out / f"{name}.onnx", out / f"{name}.float_weights.onnx"
+    torch.onnx.export(wrapper, (torch.zeros(1, 3, size, size),), str(traced), input_names=["images"],
                       output_names=["scores", "boxes"], opset_version=opset, dynamo=False,
                       dynamic_axes={"images": {0: "batch"}, "scores": {0: "batch"}, "boxes": {0: "batch"}})
+    store_int8_weights(traced, path)
+    traced.unlink()
     scores, boxes = onnx_session(path).run(None, {"images": np.zeros((1, 3, size, size), np.float32)})
     if scores.shape[1] != len(model.priors) or not np.isfinite(boxes).all():
         raise ExportError(f"{path}: onnxruntime gave scores {scores.shape} for {len(model.priors)} priors; "
                           "please report this model")
     return path
+
+
+def store_int8_weights(source: Path, target: Path) -> None:
+    """Fold each weight's QuantizeLinear into an int8 initializer (onnxruntime's portable basic level)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.optimized_model_filepath = str(target)
+    ort.InferenceSession(str(source), options, providers=["CPUExecutionProvider"])
 
 
 class OnnxDetector(nn.Module):
