@@ -207,10 +207,10 @@ TRAINING_NOTE = (
     "against the priors (ssdlab's target transform, which normally runs in the data loader; torchvision's proposal "
     "matcher) and in the loss forward (MultiBoxLoss with hard negative mining; torchvision's compute_loss).")
 ONNX_NOTE = (
-    "int8: the IAO model exported as a QDQ graph, which ONNX Runtime runs with QLinearConv kernels; the graph keeps "
-    "the int8 weight codes as float tensors behind QuantizeLinear/DequantizeLinear, so the .onnx file is as large as "
-    "the fp32 one (the bit-width-aware size is in the summary table). PyTorch runs the same int8 model with fake "
-    "quantization, so slower than float.")
+    "int8: the IAO model exported as a QDQ graph (ssdlab.export.qdq) with int8 weight initializers, which ONNX "
+    "Runtime runs with QLinearConv kernels; its layers left in float (the input layer, and the heads unless "
+    "QUANTIZATION.FINAL) keep float weights in the file. PyTorch runs the same int8 model with fake quantization, "
+    "so slower than float.")
 
 
 def training_table(rows: list[dict]) -> list[str]:
