@@ -17,8 +17,8 @@ from tests.conftest import TESTS
 QUAN = ["MODEL.BACKBONE.CFG", str(TESTS / "data" / "tiny_quan.cfg")]
 
 
-def trained_like(model):
-    """Non-trivial BN statistics and activation ranges (one training-mode pass)."""
+def trained_like(model, size: int = 64):
+    """Non-trivial BN statistics and activation ranges (one training-mode pass on size x size inputs)."""
     torch.manual_seed(0)
     with torch.no_grad():
         for m in model.modules():
@@ -26,7 +26,7 @@ def trained_like(model):
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2)
-        model.train().forward_raw(torch.randn(2, 3, 64, 64))
+        model.train().forward_raw(torch.randn(2, 3, size, size))
     return model.eval()
 
 

@@ -15,6 +15,7 @@ from ssdlab.export import intref
 from ssdlab.export.fuse import fuse_model
 from ssdlab.model.ssd import SSD, build_model
 from tests.conftest import TESTS
+from tests.test_export import trained_like
 
 COURSE_CONFIGS = TESTS.parent / "ssdlab" / "configs" / "course"
 
@@ -93,15 +94,7 @@ def test_integer_reference_on_a_residual_model(monkeypatch):
     quan = text.split("[convolutional]")[0] + "[convolutional]" + first + "".join(
         "[convolutional]\nquantization=1" + part for part in rest)
     cfg = load_config(COURSE_CONFIGS / "residual_shapes.yaml", ["QUANTIZATION.TYPE", "IAO"])
-    model = SSD(cfg, cfg_text=quan)
-    torch.manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.5, 1.5)
-                m.bias.uniform_(-0.5, 0.5)
-        model.train().forward_raw(torch.randn(4, 3, 128, 128) * 60)
-    model.eval()
+    model = trained_like(SSD(cfg, cfg_text=quan), size=128)
     fused, fake = fuse_model(model), {}
     for index in (1, 2, 3, 5):  # layer 5 reads the shortcut sum of layers 1 and 3 (a linear conv)
         fused.backbone.module_list[index].register_forward_pre_hook(
@@ -149,8 +142,6 @@ def test_eval_integer_cli_refuses_a_float_checkpoint():
 
 def test_iao_bias_lies_on_the_int32_grid(tiny_cfg):
     """Eval-mode IAO layers add the bias integer hardware adds: a multiple of s_input·s_weight[o]."""
-    from tests.test_export import trained_like
-
     model = trained_like(build_model(tiny_cfg("MODEL.BACKBONE.CFG", str(TESTS / "data" / "tiny_quan.cfg"),
                                               "QUANTIZATION.TYPE", "IAO")))
     layer = model.backbone.module_list[2]
