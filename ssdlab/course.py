@@ -19,7 +19,7 @@ from ssdlab.engine.checkpoint import release_copy
 from ssdlab.engine.profile import count_macs, count_params, measure_latency, size_mib
 from ssdlab.engine.train import datasets, train
 from ssdlab.errors import ConfigError
-from ssdlab.prune.report import prune_checkpoint
+from ssdlab.prune.report import measure, prune_checkpoint
 from ssdlab.prune.surgery import make_plan
 
 COURSE_MODELS = ("plain", "residual")
@@ -138,3 +138,34 @@ def make_baselines(models: tuple[str, ...] = COURSE_MODELS) -> list[Path]:
         row = train_course_model(model, "pretrained")
         written.append(release_copy(row["checkpoint"], baseline(model)))
     return written
+
+
+def course_checkpoints(profile: str | None = None, model: str = "plain") -> dict[str, Path]:
+    """Every checkpoint of a course model made so far: the baseline, finished runs and pruned models (lesson*.pt)."""
+    root = Path(PROFILES[profile or current_profile()]["root"])
+    found = {"baseline": baseline(model)}
+    for folder in sorted(p for p in root.glob(f"{model}*") if p.is_dir()):
+        if (folder / "model_final.pt").is_file():
+            found[folder.name] = folder / "model_final.pt"
+        for pruned in sorted(folder.glob("lesson*.pt")):
+            found[f"{folder.name}/{pruned.stem}"] = pruned
+    return found
+
+
+def measure_checkpoints(paths: dict[str, Path], dataset, cfg, latency: bool = True,
+                        reuse_metrics: bool = True) -> list[dict]:
+    """A `measure` row per checkpoint, plus its quantization; mAP stored by a run on cfg's test set is reused."""
+    rows = []
+    for name, path in paths.items():
+        net = ckpt.load(path)
+        stored = net.metrics if reuse_metrics and "voc_map" in net.metrics else None
+        if stored and list(net.cfg.DATASETS.TEST[:1]) != list(cfg.DATASETS.TEST[:1]):
+            stored = None  # evaluated on another test set: evaluate again
+        row = measure(name, net, None if stored else dataset, cfg, latency=latency)
+        if stored:
+            row.update(voc_map=stored["voc_map"], coco_ap=stored.get("coco_ap"))
+        spec = getattr(net, "quant_spec", None)
+        row.update(quantization=f"{spec.kind} W{spec.wbits}A{spec.abits}" if spec else "float",
+                   map_from="checkpoint" if stored else "evaluated", checkpoint=str(path))
+        rows.append(row)
+    return rows

@@ -120,3 +120,17 @@ def summary(model: nn.Module, image_size: int) -> dict:
     """Totals for a detector: params, MACs, fp32/bit-width-aware size and the number of priors."""
     return {"params": count_params(model), "macs": count_macs(model, image_size),
             "size_mib": size_mib(model), "priors": int(model.priors.shape[0])}
+
+
+def session_latency(session, image_size: int, runs: int = 20, warmup: int = 3) -> dict:
+    """Median and spread of an onnxruntime session's run time (ms) at batch 1 (input 'images')."""
+    images = {"images": torch.randn(1, 3, image_size, image_size).numpy()}
+    times = []
+    for i in range(warmup + runs):
+        start = time.perf_counter()
+        session.run(None, images)
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    threads = session.get_session_options().intra_op_num_threads
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
+            "runs": runs, "threads": threads, "device": "cpu (onnxruntime)"}

@@ -1,0 +1,104 @@
+"""Comparing the course's models (notebooks 06, 07): the Pareto front, collecting and measuring checkpoints, ONNX latency."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from ssdlab import course  # noqa: E402
+from ssdlab.engine import checkpoint as ckpt  # noqa: E402
+from ssdlab.engine import profile  # noqa: E402
+from ssdlab.engine.inference import evaluate_model  # noqa: E402
+from ssdlab.engine.train import datasets  # noqa: E402
+from ssdlab.model.ssd import build_model  # noqa: E402
+from ssdlab.viz.plots import pareto_front, plot_pareto  # noqa: E402
+from tests.conftest import TESTS  # noqa: E402
+
+
+def test_pareto_front_by_hand():
+    sizes = [1.0, 2.0, 3.0, 2.0, 4.0, np.nan, 5.0]
+    scores = [0.5, 0.7, 0.6, 0.7, 0.9, 0.99, 0.9]
+    # (3, .6) is beaten by (2, .7); the two (2, .7) tie and both stay; (5, .9) is beaten by (4, .9); NaN never counts
+    assert pareto_front(sizes, scores).tolist() == [True, True, False, True, True, False, False]
+    assert pareto_front([], []).tolist() == []
+
+
+def test_plot_pareto_colours_names_and_joins_the_front():
+    fig, ax = plt.subplots()
+    front = plot_pareto(ax, ["a", "b", "c"], [3.0, 1.0, 2.0], [0.9, 0.5, 0.4], groups=["float", "int8", "int8"])
+    assert front.tolist() == [True, True, False]
+    assert len(ax.collections) == 2  # one scatter per group
+    assert [t.get_text() for t in ax.texts] == ["a", "b", "c"]
+    (line,) = ax.lines
+    assert line.get_xdata().tolist() == [1.0, 3.0] and line.get_ydata().tolist() == [0.5, 0.9]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["float", "int8", "Pareto front"]
+    plt.close(fig)
+
+
+def test_course_checkpoints_lists_the_baseline_finished_runs_and_pruned_models(tmp_path, monkeypatch):
+    monkeypatch.setitem(course.PROFILES, "here", {"root": str(tmp_path)})
+    for name in ("plain_sparse/model_final.pt", "plain_sparse/lesson04.pt", "plain_sparse/model_000500.pt",
+                 "plain_quant_iao_w8a8/model_final.pt", "plain_unfinished/model_000100.pt",
+                 "residual/model_final.pt", "plain/model_final.pt"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "plain_notes.txt").write_text("not a run")
+    found = course.course_checkpoints("here")
+    assert found == {"baseline": course.baseline("plain"), "plain": tmp_path / "plain/model_final.pt",
+                     "plain_quant_iao_w8a8": tmp_path / "plain_quant_iao_w8a8/model_final.pt",
+                     "plain_sparse": tmp_path / "plain_sparse/model_final.pt",
+                     "plain_sparse/lesson04": tmp_path / "plain_sparse/lesson04.pt"}
+    assert list(course.course_checkpoints("here", "residual")) == ["baseline", "residual"]
+
+
+def test_measure_checkpoints_reuses_a_stored_map_only_from_the_same_test_set(tiny_cfg, tmp_path):
+    cfg = tiny_cfg()
+    model = build_model(cfg).eval()
+    same = ckpt.save_checkpoint(ckpt.make_checkpoint(model, metrics={"voc_map": 0.123, "coco_ap": 0.045}),
+                                tmp_path / "same.pt")
+    elsewhere = build_model(tiny_cfg("DATASETS.TEST", "['elsewhere:val']")).eval()
+    elsewhere.load_state_dict(model.state_dict())
+    other = ckpt.save_checkpoint(ckpt.make_checkpoint(elsewhere, metrics={"voc_map": 0.9}), tmp_path / "other.pt")
+    quantized = build_model(tiny_cfg("MODEL.BACKBONE.CFG", str(TESTS / "data" / "tiny_quan.cfg"),
+                                     "QUANTIZATION.TYPE", "IAO")).eval()
+    iao = ckpt.save_checkpoint(ckpt.make_checkpoint(quantized), tmp_path / "iao.pt")
+    val = datasets(cfg, is_train=False)
+    rows = course.measure_checkpoints({"same": same, "other": other, "iao": iao}, val, cfg, latency=False)
+
+    assert [r["model"] for r in rows] == ["same", "other", "iao"]
+    assert (rows[0]["voc_map"], rows[0]["coco_ap"], rows[0]["map_from"]) == (0.123, 0.045, "checkpoint")
+    expected = evaluate_model(ckpt.load(other), val, cfg)
+    assert rows[1]["map_from"] == "evaluated" and rows[1]["voc_map"] == pytest.approx(expected["voc_map"])
+    assert rows[2]["map_from"] == "evaluated"  # no stored metrics
+    params = sum(p.numel() for p in model.parameters())
+    assert rows[0]["params"] == params and rows[0]["size_mib"] == pytest.approx(params * 4 / 2 ** 20)
+    assert rows[0]["latency_ms"] is None and rows[0]["checkpoint"] == str(same)
+    assert [r["quantization"] for r in rows] == ["float", "float", "IAO W8A8"]
+    assert rows[2]["size_mib"] < rows[0]["size_mib"]  # 8-bit weights
+
+
+class _Session:
+    """An onnxruntime-like session on a fake clock: each run takes the next duration (ms)."""
+
+    def __init__(self, durations, clock):
+        self.durations, self.clock, self.inputs = list(durations), clock, []
+
+    def run(self, outputs, feeds):
+        self.inputs.append(feeds)
+        self.clock[0] += self.durations.pop(0) / 1000
+
+    def get_session_options(self):
+        return type("Options", (), {"intra_op_num_threads": 2})()
+
+
+def test_session_latency_drops_the_warmup_and_takes_the_median(monkeypatch):
+    clock = [10.0]
+    monkeypatch.setattr(profile.time, "perf_counter", lambda: clock[0])
+    session = _Session([100, 100, 3, 1, 2, 5, 4], clock)
+    result = profile.session_latency(session, 16, runs=5, warmup=2)
+    assert result["median_ms"] == pytest.approx(3) and result["min_ms"] == pytest.approx(1)
+    assert result["max_ms"] == pytest.approx(5) and (result["runs"], result["threads"]) == (5, 2)
+    assert len(session.inputs) == 7
+    images = session.inputs[0]["images"]
+    assert images.shape == (1, 3, 16, 16) and images.dtype == np.float32
