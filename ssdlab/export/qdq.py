@@ -52,6 +52,7 @@ class QDQConv(nn.Module):
         scales = torch.from_numpy(layer["weight_scales"]).float()
         self.register_buffer("weight", torch.from_numpy(layer["codes"]).float() * scales.view(-1, 1, 1, 1))
         self.register_buffer("weight_scales", scales)
+        self.register_buffer("weight_zeros", torch.zeros(len(scales), dtype=torch.int32))
         self.register_buffer("bias", conv.act_quant.bias(conv.bias, conv.weight).detach())
         self.input_scale, self.input_zero = layer["input_scale"], layer["input_zero_point"]
         self.unsigned = float(conv.act_quant.low) >= 0 and self.input_zero == 0
@@ -59,8 +60,7 @@ class QDQConv(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """conv(Q/DQ(x), DQ(int8 W)) + bias."""
         x = torch.fake_quantize_per_tensor_affine(x, self.input_scale, self.input_zero, *_range(self.unsigned))
-        zeros = torch.zeros(len(self.weight_scales), dtype=torch.int32)
-        weight = torch.fake_quantize_per_channel_affine(self.weight, self.weight_scales, zeros, 0, -128, 127)
+        weight = torch.fake_quantize_per_channel_affine(self.weight, self.weight_scales, self.weight_zeros, 0, -128, 127)
         return F.conv2d(x, weight, self.bias, *self.geometry)
 
 
