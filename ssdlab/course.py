@@ -24,7 +24,8 @@ from ssdlab.prune.surgery import make_plan
 
 COURSE_MODELS = ("plain", "residual")
 COURSE_PRUNE_PERCENT = 0.5  # the tour's prune ratio (lowered to the highest safe ratio when needed)
-QAT_FREEZE = (0.8, 0.9)  # fractions of a QAT run after which BN statistics / activation ranges stop moving
+QAT_FREEZE = (0.8, 0.9)
+TOUR_QAT_ITERS = {"smoke": 4}  # QAT iterations of the tour's quantized rows (500 otherwise)  # fractions of a QAT run after which BN statistics / activation ranges stop moving
 BASELINES = Path(__file__).resolve().parent / "checkpoints"
 PROFILES = {
     "full": {"root": "runs", "data": "datasets/shapes", "train": 4000, "val": 500, "overrides": []},
@@ -77,18 +78,33 @@ def train_course_model(model: str, profile: str | None = None) -> dict:
     start = time.perf_counter()
     result = train(cfg)
     net = ckpt.load(result.checkpoint)
-    size = cfg.INPUT.IMAGE_SIZE
     demo_dir = Path(settings["data"]) / "images" / "val"
     demo_in = Path(cfg.OUTPUT_DIR) / "demo_inputs"
     demo_in.mkdir(parents=True, exist_ok=True)
     for path in sorted(demo_dir.glob("*.png"))[:4]:
         (demo_in / path.name).write_bytes(path.read_bytes())
     run_demo(net, cfg, demo_in, Path(cfg.OUTPUT_DIR) / "demo", score_threshold=0.4)
-    return {"model": model, "params": count_params(net), "macs": count_macs(net, size),
+    return summary_row(model, net, result, time.perf_counter() - start)
+
+
+def summary_row(name: str, net, result, seconds: float) -> dict:
+    """One row of the tour's summary: size, cost, latency and the run's final metrics."""
+    size = net.cfg.INPUT.IMAGE_SIZE
+    return {"model": name, "params": count_params(net), "macs": count_macs(net, size),
             "size_mib": size_mib(net), "latency_ms": measure_latency(net, size, runs=10)["median_ms"],
             "voc_map": result.metrics.get("voc_map", float("nan")),
             "coco_ap": result.metrics.get("coco_ap", float("nan")),
-            "seconds": time.perf_counter() - start, "checkpoint": str(result.checkpoint)}
+            "seconds": seconds, "checkpoint": str(result.checkpoint)}
+
+
+def quantize_row(name: str, start: str | Path, profile: str | None = None, extra: tuple[str, ...] = ()) -> dict:
+    """IAO W8A8 QAT of a plain tour checkpoint (TOUR_QAT_ITERS iterations), measured."""
+    began = time.perf_counter()
+    profile = profile or current_profile()
+    cfg = quant_config("IAO", 8, 8, TOUR_QAT_ITERS.get(profile, 500), profile, start,
+                       ["OUTPUT_DIR", f"{PROFILES[profile]['root']}/tour_{name}", *extra])
+    result = train(cfg)
+    return summary_row(name, ckpt.load(result.checkpoint), result, time.perf_counter() - began)
 
 
 def sparse_and_prune(model: str, dense: str | Path, profile: str | None = None) -> list[dict]:
@@ -123,6 +139,10 @@ def run_tour(profile: str | None = None) -> str:
     for model in COURSE_MODELS:
         rows.append(train_course_model(model, profile))
         rows += sparse_and_prune(model, rows[-1]["checkpoint"], profile)
+        if model == "plain":  # the course's quantization cfg is the plain model's
+            trained, pruned = rows[-3]["checkpoint"], rows[-1]["checkpoint"]
+            rows.append(quantize_row("plain-quantized", trained, profile))
+            rows.append(quantize_row("plain-pruned+q", pruned, profile, ("QUANTIZATION.FINAL", "True")))
     return f"ssdlab tour ({profile} profile; VOC mAP = area AP at IoU 0.5)\n" + format_summary(rows)
 
 
