@@ -104,9 +104,10 @@ def cmd_eval(args: argparse.Namespace) -> None:
 def _eval_integer(model, cfg: CfgNode) -> None:
     """The integer-only reference next to the fake-quantized model: mAP and detection agreement."""
     from ssdlab.engine.train import datasets
-    from ssdlab.export.intref import compare_integer
+    from ssdlab.export.intref import IntegerReference, compare_integer
 
-    result = compare_integer(model.cpu(), datasets(cfg, is_train=False), cfg)
+    reference = IntegerReference(model.cpu())  # refuses a model without integer arithmetic before any data is read
+    result = compare_integer(model, datasets(cfg, is_train=False), cfg, reference)
     agree = result["agreement"]
     print(f"fake-quantized model:    VOC mAP@0.5 {result['fake_quant']['voc_map']:.4f}  "
           f"COCO AP {result['fake_quant']['coco_ap']:.4f}")

@@ -134,9 +134,9 @@ def test_agreement_counts_label_and_iou():
     assert intref.agreement(moved, want, iou=0.8)["agreed"] == 1
 
 
-def test_eval_integer_cli_refuses_a_float_checkpoint():
+def test_eval_integer_cli_refuses_a_float_checkpoint(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ssdlab", "eval", "--ckpt", str(baseline("plain")), "--integer"],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, cwd=tmp_path)  # no data there: refused before reading any
     assert result.returncode != 0 and "IAO model" in result.stderr and "Traceback" not in result.stderr
 
 

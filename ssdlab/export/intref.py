@@ -299,11 +299,11 @@ def agreement(reference: dict[int, dict], expected: dict[int, dict], min_score: 
     return {"agreed": agreed, "total": total, "fraction": agreed / total if total else 1.0}
 
 
-def compare_integer(model: nn.Module, dataset, cfg) -> dict:
+def compare_integer(model: nn.Module, dataset, cfg, reference: IntegerReference | None = None) -> dict:
     """mAP of the fake-quantized model and of its integer reference on a dataset, and their agreement."""
     from ssdlab.engine.inference import predict, score
 
-    reference = IntegerReference(model)
+    reference = reference or IntegerReference(model)
     fake, integer = predict(model, dataset, cfg), predict(reference, dataset, cfg)
     return {"fake_quant": score(dataset, fake, cfg), "integer": score(dataset, integer, cfg),
             "agreement": agreement(integer, fake), "integer_share": reference.integer_share()}
