@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.axes import Axes  # noqa: E402
 
+from ssdlab.viz import plots as viz_plots  # noqa: E402
+
 MARKERS = {"plain": "o", "residual": "s", "mobilenet": "^"}
 
 
@@ -19,13 +21,9 @@ def label(row: dict) -> str:
 
 
 def pareto_front(rows: list[dict], x: str = "size_mib", y: str = "voc_map") -> list[dict]:
-    """Rows no other row beats on both axes (smaller x and higher y), by increasing x."""
-    front, best = [], -math.inf
-    for row in sorted(rows, key=lambda r: (r[x], -r[y])):
-        if row[y] > best:
-            front.append(row)
-            best = row[y]
-    return front
+    """Rows no other row beats on both axes (smaller x and higher y), by increasing x (ssdlab.viz.plots.pareto_front)."""
+    mask = viz_plots.pareto_front([r[x] for r in rows], [r[y] for r in rows])
+    return sorted((r for r, keep in zip(rows, mask) if keep), key=lambda r: r[x])
 
 
 def _scatter(ax: Axes, rows: list[dict], x: str, y: str) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
@@ -25,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torchvision
 from torch import Tensor, nn
@@ -35,7 +33,7 @@ from ssdlab.course import baseline, course_config
 from ssdlab.data.transforms import build_target_transform
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import evaluate_model
-from ssdlab.engine.profile import measure_latency
+from ssdlab.engine.profile import count_params, measure_latency, session_latency
 from ssdlab.engine.train import datasets
 from ssdlab.export.onnx import onnx_session, write_onnx
 from ssdlab.export.qdq import OnnxDetector
@@ -152,7 +150,7 @@ def training_speed(trainee: Trainee, size: int, batch: int, steps: int, warmup: 
     return {"images_per_s": batch * steps / total, "step_ms": 1000 * total / steps,
             "matching_ms": 1000 * clock.seconds["matching"] / steps, "loss_ms": 1000 * clock.seconds["loss"] / steps,
             "overhead_share": (clock.seconds["matching"] + clock.seconds["loss"]) / total,
-            "params": sum(p.numel() for p in model.parameters())}
+            "params": count_params(model)}
 
 
 def compare_training(profile: BenchProfile = FULL) -> list[dict]:
@@ -170,15 +168,7 @@ def compare_training(profile: BenchProfile = FULL) -> list[dict]:
 
 def onnx_latency(path: Path, size: int, runs: int, threads: int) -> float:
     """Median ONNX Runtime time (ms) of one batch-1 image after 3 warm-up runs."""
-    session = onnx_session(path, threads)
-    images = np.random.default_rng(0).standard_normal((1, 3, size, size)).astype(np.float32)
-    times = []
-    for i in range(runs + 3):
-        start = time.perf_counter()
-        session.run(None, {"images": images})
-        if i >= 3:
-            times.append(1000 * (time.perf_counter() - start))
-    return statistics.median(times)
+    return session_latency(onnx_session(path, threads), size, runs=runs)["median_ms"]
 
 
 def onnx_row(name: str, checkpoint: Path, out: Path, profile: BenchProfile, threads: int) -> dict:

@@ -16,7 +16,6 @@ from ssdlab.data.shapes import generate_shapes
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.demo import run_demo
 from ssdlab.engine.checkpoint import release_copy
-from ssdlab.engine.profile import count_macs, count_params, measure_latency, size_mib
 from ssdlab.engine.train import datasets, train
 from ssdlab.errors import ConfigError
 from ssdlab.prune.report import measure, prune_checkpoint
@@ -24,8 +23,8 @@ from ssdlab.prune.surgery import make_plan
 
 COURSE_MODELS = ("plain", "residual")
 COURSE_PRUNE_PERCENT = 0.5  # the tour's prune ratio (lowered to the highest safe ratio when needed)
-QAT_FREEZE = (0.8, 0.9)
-TOUR_QAT_ITERS = {"smoke": 4}  # QAT iterations of the tour's quantized rows (500 otherwise)  # fractions of a QAT run after which BN statistics / activation ranges stop moving
+QAT_FREEZE = (0.8, 0.9)  # fractions of a QAT run after which BN statistics / activation ranges stop moving
+TOUR_QAT_ITERS = {"smoke": 4}  # QAT iterations of the tour's quantized rows (500 otherwise)
 BASELINES = Path(__file__).resolve().parent / "checkpoints"
 PROFILES = {
     "full": {"root": "runs", "data": "datasets/shapes", "train": 4000, "val": 500, "overrides": []},
@@ -89,12 +88,9 @@ def train_course_model(model: str, profile: str | None = None) -> dict:
 
 def summary_row(name: str, net, result, seconds: float) -> dict:
     """One row of the tour's summary: size, cost, latency and the run's final metrics."""
-    size = net.cfg.INPUT.IMAGE_SIZE
-    return {"model": name, "params": count_params(net), "macs": count_macs(net, size),
-            "size_mib": size_mib(net), "latency_ms": measure_latency(net, size, runs=10)["median_ms"],
-            "voc_map": result.metrics.get("voc_map", float("nan")),
-            "coco_ap": result.metrics.get("coco_ap", float("nan")),
-            "seconds": seconds, "checkpoint": str(result.checkpoint)}
+    return {**measure(name, net, None, net.cfg), "voc_map": result.metrics.get("voc_map", float("nan")),
+            "coco_ap": result.metrics.get("coco_ap", float("nan")), "seconds": seconds,
+            "checkpoint": str(result.checkpoint)}
 
 
 def quantize_row(name: str, start: str | Path, profile: str | None = None, extra: tuple[str, ...] = ()) -> dict:
@@ -137,12 +133,12 @@ def run_tour(profile: str | None = None) -> str:
     profile = profile or current_profile()
     rows = []
     for model in COURSE_MODELS:
-        rows.append(train_course_model(model, profile))
-        rows += sparse_and_prune(model, rows[-1]["checkpoint"], profile)
+        dense = train_course_model(model, profile)
+        sparse, pruned = sparse_and_prune(model, dense["checkpoint"], profile)
+        rows += [dense, sparse, pruned]
         if model == "plain":  # the course's quantization cfg is the plain model's
-            trained, pruned = rows[-3]["checkpoint"], rows[-1]["checkpoint"]
-            rows.append(quantize_row("plain-quantized", trained, profile))
-            rows.append(quantize_row("plain-pruned+q", pruned, profile, ("QUANTIZATION.FINAL", "True")))
+            rows.append(quantize_row("plain-quantized", dense["checkpoint"], profile))
+            rows.append(quantize_row("plain-pruned+q", pruned["checkpoint"], profile, ("QUANTIZATION.FINAL", "True")))
     return f"ssdlab tour ({profile} profile; VOC mAP = area AP at IoU 0.5)\n" + format_summary(rows)
 
 

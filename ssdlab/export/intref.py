@@ -222,7 +222,8 @@ class IntegerReference(nn.Module):
         self.layers = [module if isinstance(module, (Shortcut, nn.MaxPool2d)) else layer_ops(module)
                        for module in fused.backbone.module_list]
         self.l2norms: dict[int, L2Norm] = {int(i): m for i, m in fused.backbone.l2norms.items()}
-        self.feature_layers, self.kept = fused.backbone.feature_layers, fused.backbone._kept
+        self.feature_layers = fused.backbone.feature_layers
+        self.shortcut_sources = fused.backbone.shortcut_sources
         head = fused.box_head
         self.num_classes = head.num_classes
         self.heads = [(layer_ops(c), layer_ops(r)) for c, r in zip(head.cls_headers, head.reg_headers)]
@@ -240,7 +241,7 @@ class IntegerReference(nn.Module):
             else:
                 for op in layer:
                     value = op(value, self.macs)
-            if index in self.kept:
+            if index in self.shortcut_sources:
                 kept[index] = value
             if index in self.l2norms:
                 with torch.no_grad():

@@ -53,8 +53,9 @@ class QDQConv(nn.Module):
         self.register_buffer("weight", torch.from_numpy(layer["codes"]).float() * scales.view(-1, 1, 1, 1))
         self.register_buffer("weight_scales", scales)
         self.register_buffer("weight_zeros", torch.zeros(len(scales), dtype=torch.int32))
-        self.register_buffer("bias", conv.act_quant.bias(conv.bias, conv.weight).detach())
         self.input_scale, self.input_zero = layer["input_scale"], layer["input_zero_point"]
+        self.register_buffer("bias", torch.from_numpy(layer["bias_int32"]).double().mul(
+            torch.from_numpy(layer["weight_scales"]).double() * self.input_scale).float())
         self.unsigned = float(conv.act_quant.low) >= 0 and self.input_zero == 0
 
     def forward(self, x: Tensor) -> Tensor:
@@ -105,7 +106,7 @@ def qdq_model(model: nn.Module) -> nn.Module:
     fused = fuse_model(model).cpu()
     _swap_convs(fused)
     layers = fused.backbone.module_list
-    shortcut_sources = fused.backbone._kept
+    shortcut_sources = fused.backbone.shortcut_sources
     for index, layer in enumerate(layers):
         consumer = _consumer(layers, index)
         if isinstance(getattr(layer, "conv", None), QDQConv) and consumer and index not in shortcut_sources:

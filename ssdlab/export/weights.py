@@ -220,7 +220,14 @@ def load_weights(model: nn.Module, folder: str | Path) -> nn.Module:
             if entry["name"] not in params or list(params[entry["name"]].shape) != entry["shape"]:
                 raise ExportError(f"{path}: tensor {entry['name']} {entry['shape']} does not fit this model; "
                                   "load the weights into the model they were exported from")
-            data = np.fromfile(folder / entry["file"], dtype="<f4", count=entry["length"] // 4,
-                               offset=entry["offset"])
-            params[entry["name"]].copy_(torch.from_numpy(data.reshape(entry["shape"])))
+            params[entry["name"]].copy_(torch.from_numpy(read_tensor(folder, entry)))
     return fused
+
+
+def read_tensor(folder: str | Path, entry: dict, part: str | None = None) -> np.ndarray:
+    """One manifest tensor read by its byte offset: the float32 values, or entry[part] (e.g. 'codes')."""
+    where = entry[part] if part else {**entry, "dtype": "<f4"}
+    dtype = np.dtype(where["dtype"])
+    data = np.fromfile(Path(folder) / where["file"], dtype=dtype, count=where["length"] // dtype.itemsize,
+                       offset=where["offset"])
+    return data.reshape(entry["shape"])

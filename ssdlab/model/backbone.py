@@ -107,7 +107,7 @@ class CfgBackbone(nn.Module):
         self.feature_layers: list[int] = feature_layers(layers, source)
         self.out_channels: list[int] = [self.channels[i] for i in self.feature_layers]
         self.backbone_end: int = backbone_end(layers)
-        self._kept = {m.source for m in self.module_list if isinstance(m, Shortcut)}
+        self.shortcut_sources: set[int] = {m.source for m in self.module_list if isinstance(m, Shortcut)}
         init_weights(self.module_list)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -116,7 +116,7 @@ class CfgBackbone(nn.Module):
         features: dict[int, torch.Tensor] = {}
         for index, module in enumerate(self.module_list):
             x = module(x, kept[module.source]) if isinstance(module, Shortcut) else module(x)
-            if index in self._kept:
+            if index in self.shortcut_sources:
                 kept[index] = x
             if str(index) in self.l2norms:
                 features[index] = self.l2norms[str(index)](x)
