@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ssdlab.config import load_config
 from ssdlab.course import baseline
+from ssdlab.engine.evaluate import agreement
 from ssdlab.engine.inference import predict
 from ssdlab.errors import ExportError
 from ssdlab.export import intref
@@ -80,9 +81,9 @@ def test_integer_reference_agrees_with_fake_quant(calibrated_course_model):
     model, cfg, val = calibrated_course_model
     reference = intref.IntegerReference(model)
     fake, integer = predict(model, val, cfg, progress=False), predict(reference, val, cfg, progress=False)
-    result = intref.agreement(integer, fake)
+    result = agreement(integer, fake)
     assert result["total"] > 100 and result["fraction"] >= 0.99, result
-    assert intref.agreement(integer, fake, min_score=0.5)["fraction"] >= 0.99
+    assert agreement(integer, fake, min_score=0.5)["fraction"] >= 0.99
     assert reference.integer_share() > 0.95  # all but the float input layer
 
 
@@ -129,9 +130,9 @@ def test_agreement_counts_label_and_iou():
     same = {0: {"boxes": box.clone(), "labels": torch.tensor([1, 2]), "scores": torch.tensor([0.9, 0.8])}}
     moved = {0: {"boxes": box + torch.tensor([[2.0, 0, 2, 0], [0, 0, 0, 0]]), "labels": torch.tensor([1, 3]),
                  "scores": torch.tensor([0.9, 0.8])}}
-    assert intref.agreement(same, want) == {"agreed": 2, "total": 2, "fraction": 1.0}
-    assert intref.agreement(moved, want)["agreed"] == 0  # IoU 0.9 < 0.99, and a changed label
-    assert intref.agreement(moved, want, iou=0.8)["agreed"] == 1
+    assert agreement(same, want) == {"agreed": 2, "total": 2, "fraction": 1.0}
+    assert agreement(moved, want)["agreed"] == 0  # IoU 0.9 < 0.99, and a changed label
+    assert agreement(moved, want, iou=0.8)["agreed"] == 1
 
 
 def test_eval_integer_cli_refuses_a_float_checkpoint(tmp_path):

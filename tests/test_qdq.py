@@ -4,7 +4,7 @@ import torch
 
 from ssdlab.engine.inference import predict
 from ssdlab.errors import ExportError
-from ssdlab.export.intref import agreement
+from ssdlab.engine.evaluate import agreement
 from ssdlab.export.qdq import QDQConv, qdq_model
 from ssdlab.export.weights import export_weights
 from ssdlab.model.ssd import build_model

@@ -14,6 +14,9 @@ VOC algorithm (the devkit's, which the seed's numbers use), per class:
      seed's choice) or the mean of the envelope at recall 0, 0.1, ..., 1 ("11-point", VOC2007).
 Boxes use continuous coordinates (area = (x2 - x1) * (y2 - y1)), not the devkit's "+1 pixel".
 A class with no (non-difficult) ground truth has AP nan and is left out of the mean.
+
+``agreement`` compares two detectors instead of one detector with the ground truth (a quantized model
+against its float or integer twin).
 """
 from __future__ import annotations
 
@@ -225,6 +228,27 @@ def evaluate_coco(dataset, predictions: Predictions, results_json: str | Path | 
         evaluator.summarize()
     stats = [float("nan") if s < 0 else float(s) for s in evaluator.stats[:len(COCO_KEYS)]]
     return {**result, **dict(zip(COCO_KEYS, stats)), "summary": summary.getvalue()}
+
+
+def agreement(reference: dict[int, dict], expected: dict[int, dict], min_score: float = 0.0,
+              iou: float = 0.99) -> dict[str, float]:
+    """How many detections (score ≥ min_score) two detectors share: same label and box IoU ≥ iou, one-to-one.
+
+    `agreed / total`, where total counts each image's larger detection list.
+    """
+    agreed = total = 0
+    for index, want in expected.items():
+        got = reference.get(index, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0), "scores": torch.zeros(0)})
+        a, b = (want["scores"] >= min_score), (got["scores"] >= min_score)
+        total += max(int(a.sum()), int(b.sum()))
+        ious = box_iou(want["boxes"][a], got["boxes"][b])
+        ious[want["labels"][a].view(-1, 1) != got["labels"][b].view(1, -1)] = 0
+        for row in ious:  # expected detections in score order: each takes its best free partner
+            best = int(row.argmax()) if len(row) else -1
+            if best >= 0 and row[best] >= iou:
+                agreed += 1
+                ious[:, best] = 0
+    return {"agreed": agreed, "total": total, "fraction": agreed / total if total else 1.0}
 
 
 def format_ap_table(result: dict) -> str:

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 from torch import Tensor, nn
-from torchvision.ops import box_iou
 
+from ssdlab.engine.evaluate import agreement
 from ssdlab.errors import ExportError
 from ssdlab.export.fuse import fuse_model
 from ssdlab.export.weights import integer_layer
@@ -277,27 +277,6 @@ class IntegerReference(nn.Module):
                            cfg.MODEL.SIZE_VARIANCE, score_threshold=cfg.TEST.CONFIDENCE_THRESHOLD,
                            nms_threshold=cfg.TEST.NMS_THRESHOLD, max_per_image=cfg.TEST.MAX_PER_IMAGE,
                            pre_nms_top_k=cfg.TEST.PRE_NMS_TOP_K)
-
-
-def agreement(reference: dict[int, dict], expected: dict[int, dict], min_score: float = 0.0,
-              iou: float = 0.99) -> dict[str, float]:
-    """How many detections (score ≥ min_score) two detectors share: same label and box IoU ≥ iou, one-to-one.
-
-    `agreed / total`, where total counts each image's larger detection list.
-    """
-    agreed = total = 0
-    for index, want in expected.items():
-        got = reference.get(index, {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0), "scores": torch.zeros(0)})
-        a, b = (want["scores"] >= min_score), (got["scores"] >= min_score)
-        total += max(int(a.sum()), int(b.sum()))
-        ious = box_iou(want["boxes"][a], got["boxes"][b])
-        ious[want["labels"][a].view(-1, 1) != got["labels"][b].view(1, -1)] = 0
-        for row in ious:  # expected detections in score order: each takes its best free partner
-            best = int(row.argmax()) if len(row) else -1
-            if best >= 0 and row[best] >= iou:
-                agreed += 1
-                ious[:, best] = 0
-    return {"agreed": agreed, "total": total, "fraction": agreed / total if total else 1.0}
 
 
 def compare_integer(model: nn.Module, dataset, cfg, reference: IntegerReference | None = None) -> dict:

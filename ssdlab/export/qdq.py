@@ -11,7 +11,7 @@ max-pools only), so onnxruntime fuses DQ → Conv → (ReLU) → Q into one QLin
 int8. Layers the cfg leaves in float stay float. The graph computes what the fake-quantized model
 computes except where a quantized output also feeds a float head (the head then sees it at the
 next layer's scale) and that uint8 keeps post-ReLU values up to 255·s where the model clamps at
-127·s; `ssdlab.export.intref.agreement` measures the difference on a dataset.
+127·s; `ssdlab.engine.evaluate.agreement` measures the difference on a dataset.
 
     path = write_int8_onnx(model, out, "model")            # an IAO model
     detections = OnnxDetector(path, model)(images)         # like model.eval()(images)
