@@ -10,7 +10,7 @@ import torch
 import ssdlab
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.schedule import WarmupSchedule
-from ssdlab.engine.train import train
+from ssdlab.engine.train import read_metrics, train
 from ssdlab.errors import CheckpointError, ConfigError
 
 
@@ -26,8 +26,8 @@ def test_short_training_lowers_the_loss(tiny_cfg):
     cfg = tiny_cfg("SOLVER.MAX_ITER", "60", "SOLVER.LR_STEPS", "[50]", "SOLVER.LOG_PERIOD", "5")
     result = train(cfg, progress=False)
     assert result.finished and result.iteration == 60
-    losses = [r["loss"] for r in read_log(Path(cfg.OUTPUT_DIR) / "metrics.jsonl") if "loss" in r]
-    assert len(losses) == 12
+    losses = [r["loss"] for r in read_metrics(cfg.OUTPUT_DIR, "loss")]
+    assert len(losses) == 12 and read_metrics(result.checkpoint, "loss")[-1]["iter"] == 60
     assert sum(losses[-3:]) / 3 < 0.8 * sum(losses[:3]) / 3
     assert 0.0 <= result.metrics["voc_map"] <= 1.0 and "area" in result.metrics["voc_metric"]
     log = (Path(cfg.OUTPUT_DIR) / "metrics.jsonl").read_text()
@@ -35,6 +35,15 @@ def test_short_training_lowers_the_loss(tiny_cfg):
     assert again.checkpoint == result.checkpoint and again.metrics["voc_map"] == result.metrics["voc_map"]
     assert again.train_seconds == pytest.approx(result.train_seconds)
     assert (Path(cfg.OUTPUT_DIR) / "metrics.jsonl").read_text() == log
+
+
+def test_read_metrics_keeps_the_last_record_per_iteration(tmp_path):
+    lines = [{"iter": 5, "loss": 2.0}, {"iter": 5, "loss": 1.5}, {"iter": 10, "voc_map": 0.4}, {"iter": 10, "loss": 1.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert read_metrics(tmp_path, "loss") == [{"iter": 5, "loss": 1.5}, {"iter": 10, "loss": 1.0}]
+    assert read_metrics(tmp_path / "model_final.pt", "voc_map") == [{"iter": 10, "voc_map": 0.4}]
+    with pytest.raises(FileNotFoundError, match="not a training run"):
+        read_metrics(tmp_path / "elsewhere" / "model_final.pt")
 
 
 def test_warmup_multistep_factors_by_hand():

@@ -388,3 +388,15 @@ class TrainClock:
 def train(cfg: CfgNode, **options) -> TrainResult:
     """Train cfg (see Trainer for the options); the Python entry point behind `ssdlab train`."""
     return Trainer(cfg, **options).run()
+
+
+def read_metrics(run: str | Path, key: str | None = None) -> list[dict]:
+    """The records of a run's metrics.jsonl (run: its OUTPUT_DIR or a file in it), only those holding `key`;
+    one record per iteration, the last written."""
+    folder = Path(run) if Path(run).is_dir() else Path(run).parent
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: {run} is not a training run's folder (or a file in it)")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    chosen = {r.get("iter"): r for r in records if key is None or key in r}
+    return list(chosen.values())
