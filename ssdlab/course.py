@@ -45,6 +45,12 @@ def current_profile() -> str:
     return name
 
 
+def prepare_data(profile: str | None = None) -> Path:
+    """The profile's shapes dataset, generated the first time (the same bytes every time)."""
+    settings = PROFILES[profile or current_profile()]
+    return generate_shapes(Path(settings["data"]), n_train=settings["train"], n_val=settings["val"])
+
+
 def course_config(model: str, profile: str | None = None, extra: list[str] | None = None, step: str = "shapes"):
     """A course recipe (`<model>_<step>.yaml`: step shapes, sparse or quant) under a profile, with data and output."""
     settings = PROFILES[profile or current_profile()]
@@ -71,13 +77,12 @@ def quant_config(kind: str, wbits: int, abits: int, iterations: int, profile: st
 
 def train_course_model(model: str, profile: str | None = None) -> dict:
     """Generate data if needed, train (or resume/reuse) one course model, and measure it."""
-    settings = PROFILES[profile or current_profile()]
-    generate_shapes(Path(settings["data"]), n_train=settings["train"], n_val=settings["val"])
+    data = prepare_data(profile)
     cfg = course_config(model, profile)
     start = time.perf_counter()
     result = train(cfg)
     net = ckpt.load(result.checkpoint)
-    demo_dir = Path(settings["data"]) / "images" / "val"
+    demo_dir = data / "images" / "val"
     demo_in = Path(cfg.OUTPUT_DIR) / "demo_inputs"
     demo_in.mkdir(parents=True, exist_ok=True)
     for path in sorted(demo_dir.glob("*.png"))[:4]:

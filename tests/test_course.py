@@ -1,5 +1,7 @@
 """The course helpers that build recipes: QAT of the plain model from the committed baseline."""
-from ssdlab.course import PROFILES, baseline, quant_config
+import json
+
+from ssdlab.course import PROFILES, baseline, prepare_data, quant_config
 
 
 def test_quant_config_scales_the_freeze_iterations_and_names_the_run():
@@ -21,3 +23,12 @@ def test_quant_config_in_the_smoke_profile_and_with_overrides(tmp_path):
     assert cfg.MODEL.WEIGHTS == str(tmp_path / "pruned.pt") and cfg.QUANTIZATION.FINAL
     assert cfg.OUTPUT_DIR == str(tmp_path / "out")
     assert cfg.DATASETS.TRAIN == ["runs/smoke/shapes:train"]
+
+
+def test_prepare_data_generates_the_profile_split_once(tmp_path, monkeypatch):
+    monkeypatch.setitem(PROFILES, "smoke", {**PROFILES["smoke"], "data": str(tmp_path / "shapes"), "train": 6, "val": 2})
+    root = prepare_data("smoke")
+    manifest = json.loads((root / "MANIFEST.json").read_text())
+    assert root == tmp_path / "shapes" and (manifest["n_train"], manifest["n_val"]) == (6, 2)
+    stamp = (root / "MANIFEST.json").stat().st_mtime_ns
+    assert prepare_data("smoke") == root and (root / "MANIFEST.json").stat().st_mtime_ns == stamp  # reused
