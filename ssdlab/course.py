@@ -24,7 +24,7 @@ from ssdlab.prune.surgery import make_plan
 COURSE_MODELS = ("plain", "residual")
 COURSE_PRUNE_PERCENT = 0.5  # the tour's prune ratio (lowered to the highest safe ratio when needed)
 QAT_FREEZE = (0.8, 0.9)  # fractions of a QAT run after which BN statistics / activation ranges stop moving
-TOUR_QAT_ITERS = {"smoke": 4}  # QAT iterations of the tour's quantized rows (500 otherwise)
+QAT_ITERS = {"full": 500, "pretrained": 500, "smoke": 4}  # QAT iterations: the tour, notebooks 05 and 07
 BASELINES = Path(__file__).resolve().parent / "checkpoints"
 PROFILES = {
     "full": {"root": "runs", "data": "datasets/shapes", "train": 4000, "val": 500, "overrides": []},
@@ -99,10 +99,10 @@ def summary_row(name: str, net, result, seconds: float) -> dict:
 
 
 def quantize_row(name: str, start: str | Path, profile: str | None = None, extra: tuple[str, ...] = ()) -> dict:
-    """IAO W8A8 QAT of a plain tour checkpoint (TOUR_QAT_ITERS iterations), measured."""
+    """IAO W8A8 QAT of a plain tour checkpoint (QAT_ITERS iterations), measured."""
     began = time.perf_counter()
     profile = profile or current_profile()
-    cfg = quant_config("IAO", 8, 8, TOUR_QAT_ITERS.get(profile, 500), profile, start,
+    cfg = quant_config("IAO", 8, 8, QAT_ITERS[profile], profile, start,
                        ["OUTPUT_DIR", f"{PROFILES[profile]['root']}/tour_{name}", *extra])
     result = train(cfg)
     return summary_row(name, ckpt.load(result.checkpoint), result, time.perf_counter() - began)
