@@ -37,6 +37,8 @@ class BenchProfile:
     speed_steps: int
     speed_warmup: int
     onnx_runs: int
+    int8_configs: tuple[str, ...]  # IAO configs timed fp32 vs int8 in ONNX Runtime with random weights
+    int8_runs: int
     solver: tuple[str, ...] = ()  # overrides after the recipe's (and the course profile's) own
     threads: int | None = None  # torch threads for everything (None: every core, as ssdlab trains)
 
@@ -61,13 +63,15 @@ FULL = BenchProfile(
     percents=(0.3, 0.4, 0.5, 0.55, 0.6, 0.7, 0.8), tune_percent={"plain": 0.6, "residual": 0.5},
     pruning_runs=(("plain", None), ("plain", 0.01), ("residual", None)),
     mobilenet_iters=(2500, 1000), mobilenet_size=192, mobilenet_percents=(0.3, 0.5, 0.7),
-    latency_runs=30, speed_batch=8, speed_steps=3, speed_warmup=1, onnx_runs=50)
+    latency_runs=30, speed_batch=8, speed_steps=10, speed_warmup=2, onnx_runs=50,
+    int8_configs=("vgg_bn_ssd300_hand_fpga_sparse_quan_w8a8_IAO.yaml",), int8_runs=10)
 
 SMOKE = BenchProfile(
     course="smoke", data=ROOT / "build" / "bench-smoke" / "shapes", n_train=32, n_val=8, course_iters=3,
     sparse_iters=3, tune_iters=2, qat_iters=2, percents=(0.3, 0.6), tune_percent={"plain": 0.6, "residual": 0.6},
     pruning_runs=(("plain", None), ("residual", None)), mobilenet_iters=(2, 2), mobilenet_size=128,
     mobilenet_percents=(0.5,), latency_runs=3, speed_batch=2, speed_steps=1, speed_warmup=0, onnx_runs=3,
+    int8_configs=("course/plain_quant.yaml",), int8_runs=2,
     solver=("SOLVER.BATCH_SIZE", "4", "SOLVER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PERIOD", "0",
             "DATA_LOADER.NUM_WORKERS", "0"), threads=1)  # one thread: robust on a machine shared with other jobs
 

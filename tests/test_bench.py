@@ -98,8 +98,12 @@ def test_smoke_bench_side_by_side_and_plots(smoke_bench):
         for side in (r["mine"], r["theirs"]):
             assert side["images_per_s"] > 0 and 0 <= side["overhead_share"] < 1
     assert [r["model"] for r in result["onnx"]] == ["fp32", "int8"]
-    assert all(r["ort_ms"] > 0 and 0 <= r["voc_map"] <= 1 for r in result["onnx"])
-    assert "fp32 vs int8" in section((smoke_bench / "RESULTS.md").read_text(), "side-by-side")
+    assert all(min(r["ort_ms"].values()) > 0 and 0 <= r["voc_map"] <= 1 for r in result["onnx"])
+    [full_size] = result["full_size"]
+    assert full_size["config"] == "course/plain_quant.yaml" and full_size["file_mib"]["int8"] < full_size["file_mib"]["fp32"]
+    assert all(ms > 0 for side in full_size["ort_ms"].values() for ms in side.values())
+    text = section((smoke_bench / "RESULTS.md").read_text(), "side-by-side")
+    assert "fp32 vs int8" in text and "`course/plain_quant.yaml` | 128 |" in text
     for name in ("pareto.png", "latency_params.png"):
         assert (smoke_bench / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
