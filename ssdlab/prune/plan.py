@@ -348,6 +348,19 @@ def _head_cost(spec: ModelSpec, channels: list[int], sizes: list[int]) -> tuple[
     return params, macs
 
 
+def channel_params(spec: ModelSpec, mode: str) -> dict[int, int]:
+    """Parameters one channel of each prunable group carries (removing it from every member of the group),
+    keyed by the group's producer layers."""
+    widths = infer_channels(spec.layers, spec.in_channels)
+    levels = len(feature_layers(spec.layers))
+    full = model_cost(spec, widths, levels)[0]
+    saved = {}
+    for group in prunable_groups(spec.layers, mode, spec.in_channels):
+        narrower = [w - 1 if i in group.members else w for i, w in enumerate(widths)]
+        saved.update(dict.fromkeys(group.producers, full - model_cost(spec, narrower, levels)[0]))
+    return saved
+
+
 def model_cost(spec: ModelSpec, widths: list[int], levels: int) -> tuple[int, int]:
     """(params, MACs) of the detector whose cfg layers 0..len(widths)-1 have these output widths."""
     layers = spec.layers[:len(widths)]

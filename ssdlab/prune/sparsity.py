@@ -4,7 +4,10 @@ After `loss.backward()` and before `optimizer.step()` the trainer calls the hook
 the L1 subgradient `SR · sign(γ)` to the gradient of every prunable γ (PRUNE.TYPE picks the
 layers: normal | shortcut | coupled; see ssdlab.prune.plan). With PRUNE.SR_SCHEDULE `step`,
 SR is multiplied by PRUNE.SR_STEP_FACTOR once PRUNE.SR_STEP_AT of SOLVER.MAX_ITER is done,
-so the network can recover accuracy at the end while the small γ stay small.
+so the network can recover accuracy at the end while the small γ stay small. With
+PRUNE.SR_WEIGHT `params`, each layer's SR is scaled by the parameters one of its channels carries
+(relative to the mean over all prunable channels), so the global threshold of the plan meets the
+expensive channels first: the same share of channels then removes more parameters.
 """
 from __future__ import annotations
 
@@ -14,9 +17,10 @@ from torch import nn
 
 from ssdlab.config import CfgNode
 from ssdlab.errors import ConfigError
-from ssdlab.prune.plan import MODES, prunable_layers
+from ssdlab.prune.plan import MODES, ModelSpec, channel_params, prunable_layers
 
 SCHEDULES = ("constant", "step")
+WEIGHTS = ("none", "params")
 
 
 def sparsity_enabled(cfg: CfgNode) -> bool:
@@ -44,22 +48,38 @@ def prunable_bns(model: nn.Module, mode: str) -> dict[int, nn.BatchNorm2d]:
             for i in prunable_layers(model.backbone.defs, mode, model.cfg.INPUT.CHANNELS)}
 
 
+def sr_weights(model: nn.Module, mode: str, weight: str) -> dict[int, float]:
+    """Per prunable layer, the factor on SR: 1 for `none`; for `params`, the parameters one of its channels
+    carries over their mean across all prunable channels."""
+    if weight not in WEIGHTS:
+        raise ConfigError(f"PRUNE.SR_WEIGHT = {weight!r} is unknown; use one of {', '.join(WEIGHTS)}")
+    bns = prunable_bns(model, mode)
+    if weight == "none":
+        return dict.fromkeys(bns, 1.0)
+    net = getattr(model, "module", model)
+    cost = channel_params(ModelSpec.from_model(net), mode)
+    widths = {i: bn.num_features for i, bn in bns.items()}
+    mean = sum(cost[i] * widths[i] for i in bns) / sum(widths.values())
+    return {i: cost[i] / mean for i in bns}
+
+
 class SparsityHook:
-    """The after-backward hook that adds SR · sign(γ) to the prunable γ gradients."""
+    """The after-backward hook that adds SR · w · sign(γ) to the prunable γ gradients (w: PRUNE.SR_WEIGHT)."""
 
     def __init__(self, cfg: CfgNode, model: nn.Module):
         sparsity_enabled(cfg)
         sr_at(cfg, 0)  # validates the schedule now rather than mid-run
         self.cfg = cfg
         self.bns = prunable_bns(model, cfg.PRUNE.TYPE)
+        self.weights = sr_weights(model, cfg.PRUNE.TYPE, cfg.PRUNE.SR_WEIGHT)
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, iteration: int) -> None:
-        """γ.grad += SR · sign(γ) for every prunable BN."""
+        """γ.grad += SR · w · sign(γ) for every prunable BN."""
         rate = sr_at(self.cfg, iteration)
-        for bn in self.bns.values():
+        for i, bn in self.bns.items():
             if bn.weight.grad is not None:
-                bn.weight.grad.add_(torch.sign(bn.weight), alpha=rate)
+                bn.weight.grad.add_(torch.sign(bn.weight), alpha=rate * self.weights[i])
 
 
 def sparsity_hooks(cfg: CfgNode, model: nn.Module) -> list[SparsityHook]:
