@@ -311,13 +311,23 @@ class Trainer:
         self.scheduler.step()
         return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}
 
+    def finished(self) -> TrainResult | None:
+        """The run already finished in OUTPUT_DIR (model_final.pt at SOLVER.MAX_ITER), reused as it is; else None."""
+        final = self.output_dir / "model_final.pt"
+        if not (self.resume and final.is_file()):
+            return None
+        state = ckpt.read_checkpoint(final)
+        if state["iteration"] < self.cfg.SOLVER.MAX_ITER:
+            return None
+        metrics = dict(state.get("metrics", {}))
+        return TrainResult(final, state["iteration"], True, metrics, metrics.pop("train_seconds", 0.0))
+
     def run(self) -> TrainResult:
         """Train from the resume point to SOLVER.MAX_ITER; Ctrl-C saves and stops cleanly."""
+        done = self.finished()  # not rebuilt, not re-evaluated
+        if done is not None:
+            return done
         start = self.setup()
-        final = self.output_dir / "model_final.pt"
-        if start >= self.cfg.SOLVER.MAX_ITER and final.is_file():  # a finished run is reused, not re-evaluated
-            metrics = dict(ckpt.read_checkpoint(final).get("metrics", {}))
-            return TrainResult(final, start, True, metrics, metrics.pop("train_seconds", 0.0))
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if dist.is_main():
             (self.output_dir / "config.yaml").write_text(self.cfg.dump())
@@ -347,7 +357,7 @@ class Trainer:
                     return TrainResult(path, iteration, False, metrics, clock.total)
         bar.close()
         metrics = self.evaluate(iteration)
-        self.save(iteration, name=final.name, metrics={**metrics, "train_seconds": clock.total})
+        final = self.save(iteration, name="model_final.pt", metrics={**metrics, "train_seconds": clock.total})
         return TrainResult(final, iteration, True, metrics, clock.total)
 
     def _log_step(self, iteration: int, losses: dict, clock: "TrainClock", bar) -> None:
