@@ -116,9 +116,8 @@ def evaluate_baseline(model: str, start: Path, profile: BenchProfile = FULL) -> 
 
 
 def run_model(model: str, percents: list[float], tune_percent: float, tune_iters: int, runs: Path,
-              start: Path, sr: float | None, profile: BenchProfile = FULL, resume: bool = True) -> dict:
-    """Every step for one course model."""
-    base = evaluate_baseline(model, start, profile)
+              start: Path, base: dict, sr: float | None, profile: BenchProfile = FULL, resume: bool = True) -> dict:
+    """Every step for one course model from its dense start (whose metrics are `base`)."""
     trained, cfg = sparse_train(model, runs, start, sr, profile, resume)
     sparse = trained.checkpoint
     safe = make_plan(ckpt.load(sparse), 0.0, cfg.PRUNE.TYPE).highest_safe
@@ -180,11 +179,12 @@ def run_all(runs_wanted: list[tuple[str, float | None]], starts: dict[str, Path]
     one after the other); rewrite the RESULTS.md section and return it."""
     profile.prepare_data()
     results_json = json.loads(store.read_text()) if store.exists() else {}
+    bases = {model: evaluate_baseline(model, starts[model], profile) for model in dict(runs_wanted)}
     for model, sr in runs_wanted:
         tune = tune_percent if tune_percent is not None else profile.tune_percent[model]
         key = run_key(model, sr)
         results_json[key] = run_model(model, list(percents or profile.percents), tune, profile.tune_iters, runs,
-                                      starts[model], sr, profile, resume)
+                                      starts[model], bases[model], sr, profile, resume)
         results_json[key]["command"] = command
         store.write_text(json.dumps(results_json, indent=1) + "\n")
     if remeasure:
