@@ -158,7 +158,8 @@ def pruning_rows(results: dict) -> list[dict]:
         rows.append(row("baseline", key.split()[0], "dense start", base, r["baseline"], command, base))
         sparse = r.get("sparse") or {"voc_map": first["voc_before"], "coco_ap": first.get("coco_before")}
         sc = r["sparse_config"]
-        rows.append(row("sparse", key, f"{sc['TYPE']} SR {sc['SR']:g}, {sc['MAX_ITER']} it", r["sparse_checkpoint"],
+        weighted = f" {sc['SR_WEIGHT']}-weighted" if sc.get("SR_WEIGHT", "none") != "none" else ""
+        rows.append(row("sparse", key, f"{sc['TYPE']} SR {sc['SR']:g}{weighted}, {sc['MAX_ITER']} it", r["sparse_checkpoint"],
                         sparse, command, base))
         rows += [row("pruned", key, prune_variant(p), p["checkpoint"], p, command, base) for p in r["prune"]]
         rows += [row("pruned + fine-tuned", key, f"{r['sparse_config']['TYPE']} p{r['tune_percent']:g} + "

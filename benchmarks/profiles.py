@@ -28,7 +28,7 @@ class BenchProfile:
     qat_iters: int
     percents: tuple[float, ...]
     tune_percent: dict[str, float]
-    pruning_runs: tuple[tuple[str, float | None], ...]  # (course model, PRUNE.SR or None for the recipe's)
+    pruning_runs: tuple[tuple[str, float | None, str], ...]  # (course model, PRUNE.SR or None, PRUNE.SR_WEIGHT)
     mobilenet_iters: tuple[int, int]  # dense training, coupled sparse training
     mobilenet_size: int
     mobilenet_percents: tuple[float, ...]
@@ -61,7 +61,7 @@ FULL = BenchProfile(
     course="full", data=ROOT / PROFILES["full"]["data"], n_train=PROFILES["full"]["train"],
     n_val=PROFILES["full"]["val"], course_iters=None, sparse_iters=None, tune_iters=500, qat_iters=500,
     percents=(0.3, 0.4, 0.5, 0.55, 0.6, 0.7, 0.8), tune_percent={"plain": 0.6, "residual": 0.5},
-    pruning_runs=(("plain", None), ("plain", 0.01), ("residual", None)),
+    pruning_runs=(("plain", None, "none"), ("plain", 0.01, "none"), ("residual", None, "none")),
     mobilenet_iters=(2500, 1000), mobilenet_size=192, mobilenet_percents=(0.3, 0.5, 0.7),
     latency_runs=30, speed_batch=8, speed_steps=10, speed_warmup=2, onnx_runs=50,
     int8_configs=("vgg_bn_ssd300_hand_fpga_sparse_quan_w8a8_IAO.yaml",), int8_runs=10)
@@ -69,7 +69,7 @@ FULL = BenchProfile(
 SMOKE = BenchProfile(
     course="smoke", data=ROOT / "build" / "bench-smoke" / "shapes", n_train=32, n_val=8, course_iters=3,
     sparse_iters=3, tune_iters=2, qat_iters=2, percents=(0.3, 0.6), tune_percent={"plain": 0.6, "residual": 0.6},
-    pruning_runs=(("plain", None), ("residual", None)), mobilenet_iters=(2, 2), mobilenet_size=128,
+    pruning_runs=(("plain", None, "none"), ("residual", None, "none")), mobilenet_iters=(2, 2), mobilenet_size=128,
     mobilenet_percents=(0.5,), latency_runs=3, speed_batch=2, speed_steps=1, speed_warmup=0, onnx_runs=3,
     int8_configs=("course/plain_quant.yaml",), int8_runs=2,
     solver=("SOLVER.BATCH_SIZE", "4", "SOLVER.WARMUP_ITERS", "0", "SOLVER.CHECKPOINT_PERIOD", "0",

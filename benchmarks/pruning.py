@@ -40,16 +40,17 @@ HERE = Path(__file__).resolve().parent
 START, END = "<!-- pruning:start -->", "<!-- pruning:end -->"
 
 
-def run_key(model: str, sr: float | None) -> str:
-    """The store key of one sparse run: the model, and the SR when it is not the recipe's."""
-    return model + (f" (SR {sr:g})" if sr else "")
+def run_key(model: str, sr: float | None, weight: str = "none") -> str:
+    """The store key of one sparse run: the model, and the SR and its weighting when not the recipe's."""
+    changes = ([f"SR {sr:g}"] if sr else []) + ([f"{weight}-weighted"] if weight != "none" else [])
+    return model + (f" ({', '.join(changes)})" if changes else "")
 
 
-def sparse_train(model: str, runs: Path, start: Path, sr: float | None, profile: BenchProfile = FULL,
-                 resume: bool = True):
+def sparse_train(model: str, runs: Path, start: Path, sr: float | None, weight: str = "none",
+                 profile: BenchProfile = FULL, resume: bool = True):
     """Sparse-train from `start` (resumes a stopped run unless resume=False); the TrainResult and its config."""
-    extra = ["PRUNE.SR", str(sr)] if sr else []
-    name = f"{model}_sparse" + (f"_sr{sr:g}" if sr else "")
+    extra = (["PRUNE.SR", str(sr)] if sr else []) + ["PRUNE.SR_WEIGHT", weight]
+    name = f"{model}_sparse" + (f"_sr{sr:g}" if sr else "") + (f"_{weight}" if weight != "none" else "")
     cfg = course_config(model, profile.course, ["MODEL.WEIGHTS", str(start),
                                                 *profile.overrides(runs / name, profile.sparse_iters), *extra],
                         step="sparse")
@@ -116,9 +117,10 @@ def evaluate_baseline(model: str, start: Path, profile: BenchProfile = FULL) -> 
 
 
 def run_model(model: str, percents: list[float], tune_percent: float, tune_iters: int, runs: Path,
-              start: Path, base: dict, sr: float | None, profile: BenchProfile = FULL, resume: bool = True) -> dict:
+              start: Path, base: dict, sr: float | None, weight: str = "none", profile: BenchProfile = FULL,
+              resume: bool = True) -> dict:
     """Every step for one course model from its dense start (whose metrics are `base`)."""
-    trained, cfg = sparse_train(model, runs, start, sr, profile, resume)
+    trained, cfg = sparse_train(model, runs, start, sr, weight, profile, resume)
     sparse = trained.checkpoint
     safe = make_plan(ckpt.load(sparse), 0.0, cfg.PRUNE.TYPE).highest_safe
     rows = [prune_row(model, sparse, cfg, p, False, runs, p > safe) for p in percents]  # --max 1 past the safe ratio
@@ -131,8 +133,8 @@ def run_model(model: str, percents: list[float], tune_percent: float, tune_iters
             "sparse": {"voc_map": trained.metrics.get("voc_map"), "coco_ap": trained.metrics.get("coco_ap"),
                        "minutes": trained.train_seconds / 60},
             "prune": rows, "tuned": tuned, "tune_percent": chosen,
-            "sparse_config": {"SR": cfg.PRUNE.SR, "TYPE": cfg.PRUNE.TYPE, "MAX_ITER": cfg.SOLVER.MAX_ITER,
-                              "LR": cfg.SOLVER.LR}}
+            "sparse_config": {"SR": cfg.PRUNE.SR, "SR_WEIGHT": cfg.PRUNE.SR_WEIGHT, "TYPE": cfg.PRUNE.TYPE,
+                              "MAX_ITER": cfg.SOLVER.MAX_ITER, "LR": cfg.SOLVER.LR}}
 
 
 def table(results: dict, counts: dict, command: str, runs: int = 30) -> str:
@@ -145,7 +147,9 @@ def table(results: dict, counts: dict, command: str, runs: int = 30) -> str:
         lines += [f"### {model}", "", f"Command: `{r.get('command', '')}`", "",
                   f"Dense start `{r['start']}`: VOC mAP@0.5 {r['baseline']['voc_map']:.4f}, "
                   f"COCO AP {r['baseline']['coco_ap']:.4f}. "
-                  f"Sparse training: PRUNE.TYPE {sc['TYPE']}, SR {sc['SR']}, {sc['MAX_ITER']} iterations at "
+                  f"Sparse training: PRUNE.TYPE {sc['TYPE']}, SR {sc['SR']}"
+                  + (f" (SR_WEIGHT {sc['SR_WEIGHT']})" if sc.get("SR_WEIGHT", "none") != "none" else "")
+                  + f", {sc['MAX_ITER']} iterations at "
                   f"LR {sc['LR']} from the baseline; highest safe percent {r['highest_safe']:.3f}.", "",
                   "| percent | regular | max (levels kept) | params | removed | MACs (M) | CPU ms | "
                   "VOC mAP@0.5 (sparse → pruned) | COCO AP |",
@@ -172,19 +176,19 @@ def table(results: dict, counts: dict, command: str, runs: int = 30) -> str:
     return "\n".join(lines)
 
 
-def run_all(runs_wanted: list[tuple[str, float | None]], starts: dict[str, Path], store: Path, results: Path,
+def run_all(runs_wanted: list[tuple[str, float | None, str]], starts: dict[str, Path], store: Path, results: Path,
             runs: Path, command: str, profile: BenchProfile = FULL, percents: list[float] | None = None,
             tune_percent: float | None = None, resume: bool = True, remeasure: bool = False) -> str:
-    """Run each (model, SR) and keep it in the JSON store (remeasure: then time every stored model again,
+    """Run each (model, SR, SR weighting) and keep it in the JSON store (remeasure: then time every stored model again,
     one after the other); rewrite the RESULTS.md section and return it."""
     profile.prepare_data()
     results_json = json.loads(store.read_text()) if store.exists() else {}
-    bases = {model: evaluate_baseline(model, starts[model], profile) for model in dict(runs_wanted)}
-    for model, sr in runs_wanted:
+    bases = {model: evaluate_baseline(model, starts[model], profile) for model, *_ in runs_wanted}
+    for model, sr, weight in runs_wanted:
         tune = tune_percent if tune_percent is not None else profile.tune_percent[model]
-        key = run_key(model, sr)
+        key = run_key(model, sr, weight)
         results_json[key] = run_model(model, list(percents or profile.percents), tune, profile.tune_iters, runs,
-                                      starts[model], bases[model], sr, profile, resume)
+                                      starts[model], bases[model], sr, weight, profile, resume)
         results_json[key]["command"] = command
         store.write_text(json.dumps(results_json, indent=1) + "\n")
     if remeasure:
@@ -205,6 +209,8 @@ def main() -> None:
     parser.add_argument("--tune-iters", type=int, default=FULL.tune_iters)
     parser.add_argument("--start", type=Path, help="dense checkpoint to sparse-train (default: the committed baseline)")
     parser.add_argument("--sr", type=float, help="PRUNE.SR instead of the recipe's (the run is kept apart)")
+    parser.add_argument("--sr-weight", choices=("none", "params"), default="none",
+                        help="PRUNE.SR_WEIGHT (params: cost-aware sparsity; the run is kept apart)")
     parser.add_argument("--latency", action="store_true",
                         help="only re-measure the stored rows' CPU latency (run on an otherwise idle machine)")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
@@ -218,7 +224,7 @@ def main() -> None:
         args.models = []
     profile = replace(FULL, tune_iters=args.tune_iters)
     starts = {model: args.start or baseline(model) for model in args.models}
-    print(run_all([(model, args.sr) for model in args.models], starts, store, args.out, args.runs,
+    print(run_all([(model, args.sr, args.sr_weight) for model in args.models], starts, store, args.out, args.runs,
                   "python " + " ".join(sys.argv), profile, args.percents, args.tune_percent))
 
 
