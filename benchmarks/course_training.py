@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from ssdlab.course import COURSE_MODELS, course_config
-from ssdlab.engine.train import train
+from ssdlab.engine.train import read_metrics, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profiles import FULL, BenchProfile  # noqa: E402
@@ -31,8 +31,7 @@ def run(model: str, out_root: Path, profile: BenchProfile = FULL) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cfg = course_config(model, profile.course, profile.overrides(out, profile.course_iters))
     result = train(cfg, resume=False)
-    log = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["images_per_s"] for r in log if "images_per_s" in r]
+    rates = [r["images_per_s"] for r in read_metrics(out, "images_per_s")]
     return {"model": model, "iterations": result.iteration, "train_seconds": result.train_seconds,
             "images_per_s": sum(rates) / len(rates), "voc_map": result.metrics["voc_map"],
             "coco_ap": result.metrics["coco_ap"], "coco_ap50": result.metrics["coco"]["AP50"],
