@@ -271,17 +271,22 @@ def training_table(rows: list[dict]) -> list[str]:
                     "runs from the ground-truth boxes to the optimizer update. " + TRAINING_NOTE]
 
 
+def threads_text(threads: str) -> str:
+    """'1 thread' or 'N threads'."""
+    return f"{threads} thread" + ("" if threads == "1" else "s")
+
+
 def onnx_table(rows: list[dict], runs: int) -> list[str]:
     """The fp32 vs int8 ONNX Runtime table of the course model, and its note."""
     threads = list(rows[0]["ort_ms"])
-    lines = ["| model | checkpoint | .onnx file (MiB) | " + " | ".join(f"ONNX Runtime ms, {t} thread(s)" for t in threads)
+    lines = ["| model | checkpoint | .onnx file (MiB) | " + " | ".join(f"ONNX Runtime ms, {threads_text(t)}" for t in threads)
              + " | PyTorch ms | VOC mAP@0.5 | COCO AP |", "|---|---|---|" + "---|" * len(threads) + "---|---|---|"]
     for r in rows:
         lines.append(f"| {r['model']} | `{display(r['checkpoint'])}` | {r['file_mib']:.2f} | "
                      + " | ".join(f"{r['ort_ms'][t]:.2f}" for t in threads)
                      + f" | {r['torch_ms']:.2f} | {r['voc_map']:.4f} | {r['coco_ap']:.4f} |")
     fp32, int8 = rows
-    speed = ", ".join(f"{fp32['ort_ms'][t] / int8['ort_ms'][t]:.2f}x at {t} thread(s)" for t in threads)
+    speed = ", ".join(f"{fp32['ort_ms'][t] / int8['ort_ms'][t]:.2f}x at {threads_text(t)}" for t in threads)
     return lines + ["", f"Batch 1, median of {runs} runs; int8 against fp32 in ONNX Runtime: {speed}. " + ONNX_NOTE]
 
 
@@ -291,7 +296,7 @@ def full_size_table(rows: list[dict], runs: int) -> list[str]:
         return []
     threads = list(rows[0]["ort_ms"]["fp32"])
     lines = ["| config | input | params | .onnx fp32 / int8 (MiB) | "
-             + " | ".join(f"fp32 / int8 ms, {t} thread(s) | speed-up" for t in threads) + " |",
+             + " | ".join(f"fp32 / int8 ms, {threads_text(t)} | speed-up" for t in threads) + " |",
              "|---|---|---|---|" + "---|---|" * len(threads)]
     for r in rows:
         cells = [f"{r['ort_ms']['fp32'][t]:.1f} / {r['ort_ms']['int8'][t]:.1f} | "
