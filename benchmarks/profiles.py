@@ -60,8 +60,8 @@ class BenchProfile:
 FULL = BenchProfile(
     course="full", data=ROOT / PROFILES["full"]["data"], n_train=PROFILES["full"]["train"],
     n_val=PROFILES["full"]["val"], course_iters=None, sparse_iters=None, tune_iters=500, qat_iters=500,
-    percents=(0.3, 0.4, 0.5, 0.55, 0.6, 0.7, 0.8), tune_percent={"plain": 0.6, "residual": 0.5},
-    pruning_runs=(("plain", None, "none"), ("plain", 0.01, "none"), ("residual", None, "none")),
+    percents=(0.3, 0.4, 0.5, 0.53, 0.55, 0.6, 0.7, 0.8), tune_percent={"plain": 0.6, "residual": 0.5},
+    pruning_runs=(("plain", None, "none"), ("plain", 0.01, "none"), ("plain", 0.01, "params"), ("residual", None, "none")),
     mobilenet_iters=(2500, 1000), mobilenet_size=192, mobilenet_percents=(0.3, 0.5, 0.7),
     latency_runs=30, speed_batch=8, speed_steps=10, speed_warmup=2, onnx_runs=50,
     int8_configs=("vgg_bn_ssd300_hand_fpga_sparse_quan_w8a8_IAO.yaml",), int8_runs=10)

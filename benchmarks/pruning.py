@@ -34,7 +34,7 @@ from ssdlab.prune.surgery import make_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profiles import FULL, BenchProfile  # noqa: E402
-from results_md import machine, write_section  # noqa: E402
+from results_md import display, machine, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- pruning:start -->", "<!-- pruning:end -->"
@@ -145,7 +145,7 @@ def table(results: dict, counts: dict, command: str, runs: int = 30) -> str:
     for model, r in results.items():
         sc = r["sparse_config"]
         lines += [f"### {model}", "", f"Command: `{r.get('command', '')}`", "",
-                  f"Dense start `{r['start']}`: VOC mAP@0.5 {r['baseline']['voc_map']:.4f}, "
+                  f"Dense start `{display(r['start'])}`: VOC mAP@0.5 {r['baseline']['voc_map']:.4f}, "
                   f"COCO AP {r['baseline']['coco_ap']:.4f}. "
                   f"Sparse training: PRUNE.TYPE {sc['TYPE']}, SR {sc['SR']}"
                   + (f" (SR_WEIGHT {sc['SR_WEIGHT']})" if sc.get("SR_WEIGHT", "none") != "none" else "")
