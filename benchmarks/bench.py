@@ -29,7 +29,7 @@ import torch
 
 from ssdlab.course import COURSE_MODELS, baseline
 from ssdlab.engine import checkpoint as ckpt
-from ssdlab.engine.profile import count_macs, count_params, measure_latency, size_mib
+from ssdlab.prune.report import measure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import course_training  # noqa: E402
@@ -219,10 +219,9 @@ def collect_rows(bench: Bench) -> list[dict]:
 def cost(checkpoint: str, runs: int) -> dict:
     """Params, bit-width-aware size, MACs and CPU latency (batch 1, median of runs) of a checkpoint."""
     model = ckpt.load(checkpoint)
-    size = model.cfg.INPUT.IMAGE_SIZE
-    return {"params": count_params(model), "size_mib": size_mib(model), "macs": count_macs(model, size),
-            "ms": measure_latency(model, size, runs=runs)["median_ms"], "image_size": size,
-            "stored": {k: model.metrics.get(k) for k in ("voc_map", "coco_ap")}}
+    row = measure(checkpoint, model, None, model.cfg, runs=runs)
+    return {"params": row["params"], "size_mib": row["size_mib"], "macs": row["macs"], "ms": row["latency_ms"],
+            "image_size": model.cfg.INPUT.IMAGE_SIZE, "stored": {k: model.metrics.get(k) for k in ("voc_map", "coco_ap")}}
 
 
 def measure_rows(rows: list[dict], runs: int) -> tuple[list[dict], list[str]]:

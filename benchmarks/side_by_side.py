@@ -40,6 +40,7 @@ from ssdlab.engine.train import datasets
 from ssdlab.export.onnx import onnx_session, write_onnx
 from ssdlab.export.qdq import OnnxDetector
 from ssdlab.model.ssd import build_model
+from ssdlab.quant.apply import calibrate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profiles import FULL, BenchProfile  # noqa: E402
@@ -215,12 +216,8 @@ def calibrated_iao(config: str) -> tuple[nn.Module, nn.Module]:
     torch.manual_seed(0)
     quantized = build_model(load_config(PACKAGE_CONFIGS / config, overrides))
     size = quantized.cfg.INPUT.IMAGE_SIZE
-    quantized.train()
-    quantized.training = False  # the layers observe their input ranges; the SSD itself returns detections
-    with torch.no_grad():
-        for seed in range(2):
-            quantized(torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 50)
-    return float_model, quantized.eval()
+    batches = (torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed)) * 50 for seed in range(2))
+    return float_model, calibrate(quantized, batches)
 
 
 def full_size_int8(profile: BenchProfile = FULL) -> list[dict]:

@@ -35,7 +35,7 @@ def calibrated_course_model(shapes_dir):
     from ssdlab.data.catalog import build_dataset
     from ssdlab.data.transforms import build_transforms
     from ssdlab.engine.train import architecture_config, datasets, initial_model
-    from ssdlab.quant.apply import set_frozen
+    from ssdlab.quant.apply import calibrate
 
     cfg = load_config(TESTS.parent / "ssdlab" / "configs" / "course" / "plain_quant.yaml",
                       ["MODEL.WEIGHTS", str(baseline("plain")), "QUANTIZATION.FINAL", "True",
@@ -43,10 +43,6 @@ def calibrated_course_model(shapes_dir):
     cfg = architecture_config(cfg)
     val = datasets(cfg, is_train=False)
     model = initial_model(cfg, val.class_names)
-    set_frozen(model, bn=True)
     train = build_dataset(cfg.DATASETS.TRAIN, False, transform=build_transforms(cfg, False))
-    with torch.no_grad():
-        model.train()
-        for start in range(0, 48, 16):
-            model.forward_raw(torch.stack([train[i][0] for i in range(start, start + 16)]))
-    return model.eval(), cfg, val
+    batches = (torch.stack([train[i][0] for i in range(start, start + 16)]) for start in range(0, 48, 16))
+    return calibrate(model, batches), cfg, val

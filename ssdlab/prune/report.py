@@ -46,12 +46,12 @@ class PruneReport:
 
 
 def measure(name: str, model: SSD, dataset, cfg: CfgNode, params: int | None = None,
-            latency: bool = True) -> dict:
-    """One report row: params, size, MACs, CPU latency (batch 1) and the VOC/COCO metrics."""
+            latency: bool = True, runs: int = 10) -> dict:
+    """One report row: params, size, MACs, CPU latency (batch 1, median of runs) and the VOC/COCO metrics."""
     size = cfg.INPUT.IMAGE_SIZE
     row = {"model": name, "params": params if params is not None else count_params(model),
            "size_mib": size_mib(model), "macs": count_macs(model, size),
-           "latency_ms": measure_latency(model, size, runs=10)["median_ms"] if latency else None,
+           "latency_ms": measure_latency(model, size, runs=runs)["median_ms"] if latency else None,
            "voc_map": None, "coco_ap": None}
     if dataset is not None:
         result = evaluate_model(model, dataset, cfg)

@@ -7,6 +7,9 @@ BN in float). Weights and BN state are kept, so a float checkpoint continues as 
 """
 from __future__ import annotations
 
+from typing import Iterable
+
+import torch
 from torch import nn
 
 from ssdlab.config import CfgNode
@@ -94,6 +97,16 @@ def set_frozen(model: nn.Module, observers: bool | None = None, bn: bool | None 
             module.frozen = observers
         if bn is not None and isinstance(module, IAOConvBN):
             module.bn_frozen = bn
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
+    """Observe the activation ranges of a quantized SSD on image batches, BN statistics frozen; the model in eval mode."""
+    set_frozen(model, bn=True)
+    model.train()
+    for images in batches:
+        model.forward_raw(images)
+    return model.eval()
 
 
 class FreezeHook:
