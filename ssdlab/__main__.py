@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--ckpt", help="checkpoint (default: OUTPUT_DIR/last_checkpoint)")
     evaluate.add_argument("--integer", action="store_true",
                           help="IAO models: also run the integer-only reference and report its agreement")
+    evaluate.add_argument("--errors", action="store_true",
+                          help="also say what became of each object by size, and what each confident detection was")
+    evaluate.add_argument("--score-threshold", type=float, default=0.3, help="confident detections for --errors")
     _config_args(evaluate, required=False)
 
     demo = sub.add_parser("demo", help="draw detections on images and time them")

@@ -80,8 +80,9 @@ def maybe_fused(model, cfg: CfgNode):
 
 def cmd_eval(args: argparse.Namespace) -> None:
     """Evaluate a checkpoint on DATASETS.TEST (VOC and COCO metrics)."""
+    from ssdlab.engine.diagnose import diagnose, format_diagnosis
     from ssdlab.engine.evaluate import format_ap_table
-    from ssdlab.engine.inference import evaluate_model
+    from ssdlab.engine.inference import predict, score
     from ssdlab.engine.train import datasets
 
     path, state, cfg = checkpoint_and_config(args)
@@ -91,13 +92,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
     if args.integer:
         _eval_integer(model, cfg)
     else:
-        result = evaluate_model(model, datasets(cfg, is_train=False), cfg, device,
-                                coco_json=path.with_suffix(".coco_results.json"))
+        dataset = datasets(cfg, is_train=False)
+        predictions = predict(model, dataset, cfg, device)  # every rank's share, gathered on every rank
         if dist.is_main():
+            result = score(dataset, predictions, cfg, coco_json=path.with_suffix(".coco_results.json"))
             print(format_ap_table(result["voc"]))
             print(result["coco"]["summary"])
             _print_metrics({"voc_map": result["voc_map"], "voc_metric": result["voc"]["metric"],
                             "coco": {k: result["coco"][k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}})
+            if args.errors:
+                print(format_diagnosis(diagnose(dataset, predictions, args.score_threshold)))
     dist.cleanup()
 
 

@@ -34,10 +34,11 @@ def test_train_eval_demo_detect_the_shapes(shapes_dir, tmp_path):
 
     # 160 images are far too few to generalise (benchmarks/RESULTS.md has the course-size numbers),
     # but a detector that trains must find the shapes it was trained on: chance is about 0.01
-    seen = ssdlab_cli("eval", "--ckpt", str(out / "model_final.pt"), "DATASETS.TEST", f"['{shapes_dir}:train']",
-                      cwd=tmp_path)
+    seen = ssdlab_cli("eval", "--ckpt", str(out / "model_final.pt"), "--errors", "DATASETS.TEST",
+                      f"['{shapes_dir}:train']", cwd=tmp_path)
     assert seen.returncode == 0, seen.stderr[-3000:]
     assert voc_map(seen.stdout) > 0.5, seen.stdout
+    assert "objects at detections scoring >= 0.3" in seen.stdout and "detections: correct" in seen.stdout
     evaluated = ssdlab_cli("eval", "--ckpt", str(out / "model_final.pt"), *data, cwd=tmp_path)
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert 0.0 <= voc_map(evaluated.stdout) <= 1.0
