@@ -5,27 +5,7 @@ import numpy as np
 
 from ssdlab.engine.diagnose import diagnose, format_diagnosis, size_label
 from ssdlab.engine.evaluate import evaluate_voc
-
-
-class Images:
-    """A stand-in DetectionDataset: fixed annotations on 120x100 images (shorter side 100)."""
-
-    class_names = ("__background__", "cat", "dog")
-
-    def __init__(self, annotations: list[tuple[list, list, list]]):
-        self.annotations = annotations
-
-    def __len__(self) -> int:
-        return len(self.annotations)
-
-    def get_annotation(self, i: int):
-        """(boxes [K, 4], labels [K], difficult [K]) of image i."""
-        boxes, labels, difficult = self.annotations[i]
-        return np.array(boxes, np.float32).reshape(-1, 4), np.array(labels, np.int64), np.array(difficult, bool)
-
-    def get_img_info(self, i: int) -> dict:
-        """Image size."""
-        return {"width": 120, "height": 100}
+from test_evaluate import TinyDataset as Images  # 120x100 images: shorter side 100
 
 
 CAT_A, DOG_B, CAT_C, CAT_D = [10, 10, 50, 50], [60, 20, 110, 90], [0, 60, 20, 95], [80, 0, 90, 8]
