@@ -227,7 +227,10 @@ def cost(checkpoint: str, runs: int) -> dict:
 def measure_rows(rows: list[dict], runs: int) -> tuple[list[dict], list[str]]:
     """Rows with their cost and compression against their dense reference; the checkpoints that are missing."""
     costs, missing = {}, []
-    for path in dict.fromkeys([r["checkpoint"] for r in rows] + [r["base"] for r in rows]):
+    paths = list(dict.fromkeys([r["checkpoint"] for r in rows] + [r["base"] for r in rows]))
+    if paths and Path(paths[0]).is_file():
+        cost(paths[0], runs)  # warm-up: the first model measured in a process runs slower (threads, kernel caches)
+    for path in paths:
         if Path(path).is_file():
             costs[path] = cost(path, runs)
         else:
