@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ssdlab.engine.diagnose import diagnose, format_diagnosis, size_label
+from ssdlab.engine.diagnose import diagnose, format_diagnosis, found_percent, size_label
 from ssdlab.engine.evaluate import evaluate_voc
 from test_evaluate import TinyDataset as Images  # 120x100 images: shorter side 100
 
@@ -34,6 +34,7 @@ def test_hand_worked_image():
     # with every detection counted, D is found and the sixth detection is correct
     everything = diagnose(data, dets, score_threshold=0.0)
     assert everything["objects"]["< 0.12"]["found"] == 1 and everything["detections"]["correct"] == 2
+    assert found_percent(result)[">= 0.35"] == 100 / 3 and found_percent(result)["0.12-0.2"] is None
     text = format_diagnosis(result)
     assert "scoring >= 0.3" in text and "duplicate 1" in text
 

@@ -56,10 +56,9 @@ def detection_kinds(iou: np.ndarray, same_class: np.ndarray, difficult: np.ndarr
             if not difficult[best]:
                 kinds.append("duplicate" if taken[best] else "correct")
                 taken[best] = True
-        elif iou.shape[1] and iou[d].max() >= MATCH_IOU:
-            kinds.append("wrong class")
         else:
-            kinds.append("poor box" if iou.shape[1] and iou[d].max() >= TOUCH_IOU else "background")
+            overlap = iou[d].max() if iou.shape[1] else 0.0
+            kinds.append("wrong class" if overlap >= MATCH_IOU else "poor box" if overlap >= TOUCH_IOU else "background")
     return kinds
 
 
@@ -87,14 +86,20 @@ def diagnose(dataset, predictions: Predictions, score_threshold: float = 0.3,
     return {"objects": objects, "detections": kinds, "score_threshold": score_threshold}
 
 
+def found_percent(result: dict) -> dict[str, float | None]:
+    """Per size bin, the share of objects found (%), None for an empty bin."""
+    return {label: 100 * counts["found"] / sum(counts.values()) if sum(counts.values()) else None
+            for label, counts in result["objects"].items()}
+
+
 def format_diagnosis(result: dict) -> str:
     """The diagnosis as two text tables: objects by size and outcome, then detections by kind."""
     width = max(len(o) for o in OUTCOMES) + 2
     lines = [f"objects at detections scoring >= {result['score_threshold']:g} (size: longer box side / "
              "shorter image side)", "size".ljust(10) + "".join(o.rjust(width) for o in OUTCOMES) + "found %".rjust(10)]
+    shares = found_percent(result)
     for label, counts in result["objects"].items():
-        total = sum(counts.values())
-        share = f"{100 * counts['found'] / total:.1f}" if total else "-"
+        share = "-" if shares[label] is None else f"{shares[label]:.1f}"
         lines.append(label.ljust(10) + "".join(str(counts[o]).rjust(width) for o in OUTCOMES) + share.rjust(10))
     lines.append("detections: " + ", ".join(f"{k} {n}" for k, n in result["detections"].items()))
     return "\n".join(lines)
