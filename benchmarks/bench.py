@@ -8,8 +8,8 @@ Families, each run by its script's functions on the profile's settings (benchmar
 course (the course recipes from scratch, course_training.py), pruning (baseline, sparse, pruned at
 several ratios, regular, max, fine-tuned with and without distillation, pruning.py), mobilenet
 (depthwise-coupled vs shortcut vs normal on MobileNetV2-SSDLite, mobilenet_pruning.py),
-quantization (QAT: DoReFa, IAO at W8A8 and W4A4, BWN binary and ternary, quantization.py),
-combined (prune-then-quantize and quantize-then-prune) and side_by_side (training speed against
+quantization (QAT of each course model: DoReFa, IAO at W8A8 and W4A4, BWN binary and ternary,
+quantization.py), combined (prune-then-quantize and quantize-then-prune of each course model) and side_by_side (training speed against
 torchvision, fp32 vs int8 in ONNX Runtime, side_by_side.py). Each family keeps its rows in a JSON
 file next to RESULTS.md and rewrites its own section; the summary then loads every stored
 checkpoint once more to measure params, size, MACs and CPU latency the same way for all rows,
@@ -110,31 +110,37 @@ def run_family(bench: Bench, family: str) -> str:
     if family == "mobilenet":
         return mobilenet_pruning.run_all(bench.store(family), bench.results, bench.runs, command, p)
     if family == "quantization":
-        return quantization.run_all(quantization.QAT_ROWS, bench.store(family), bench.results, bench.runs, command, p)
+        return "\n".join(quantization.run_all(model, quantization.QAT_ROWS, bench.store(family), bench.results,
+                                               bench.runs, command, p) for model in COURSE_MODELS)
     if family == "combined":
-        pruned, sparse, percent = combined_starts(bench)
-        return quantization.run_all(quantization.COMBINED_ROWS, bench.store("quantization"), bench.results, bench.runs,
-                                    command, p, starts={"pruned-iao-w8a8": pruned, "iao-w8a8-pruned": sparse},
-                                    percent=percent)
+        return "\n".join(run_combined(bench, model, command) for model in COURSE_MODELS)
     if family == "side_by_side":
         return side_by_side.run_all(bench.store(family), bench.results, iao_checkpoint(bench), command, p)
     raise ValueError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
 
 
-def combined_starts(bench: Bench) -> tuple[Path, Path, float]:
-    """The plain model pruned at its fine-tune percent, its sparse model, and that percent (from pruning.json)."""
-    plain = bench.load("pruning").get("plain")
-    if plain is None:
-        raise FileNotFoundError(f"{bench.store('pruning')} has no plain run; run the pruning family first")
-    percent = plain["tune_percent"]
-    pruned = next(r["checkpoint"] for r in plain["prune"] if r["percent"] == percent and not r["regular"])
-    return Path(pruned), Path(plain["sparse_checkpoint"]), percent
+def run_combined(bench: Bench, model: str, command: str) -> str:
+    """Prune-then-quantize and quantize-then-prune of one course model at its pruning run's fine-tune percent."""
+    pruned, sparse, percent = combined_starts(bench, model)
+    return quantization.run_all(model, quantization.COMBINED_ROWS, bench.store("quantization"), bench.results,
+                                bench.runs, command, bench.profile, percent=percent,
+                                starts={"pruned-iao-w8a8": pruned, "iao-w8a8-pruned": sparse})
+
+
+def combined_starts(bench: Bench, model: str) -> tuple[Path, Path, float]:
+    """A course model pruned at its fine-tune percent, its sparse model, and that percent (from pruning.json)."""
+    run = bench.load("pruning").get(model)
+    if run is None:
+        raise FileNotFoundError(f"{bench.store('pruning')} has no {model} run; run the pruning family first")
+    percent = run["tune_percent"]
+    pruned = next(r["checkpoint"] for r in run["prune"] if r["percent"] == percent and not r["regular"])
+    return Path(pruned), Path(run["sparse_checkpoint"]), percent
 
 
 def iao_checkpoint(bench: Bench) -> Path:
-    """The IAO W8A8 QAT checkpoint of the quantization family (for the int8 ONNX row)."""
-    stored = bench.load("quantization").get("iao-w8a8", {})
-    return Path(stored.get("checkpoint", bench.runs / "quant_iao-w8a8" / "model_final.pt"))
+    """The plain model's IAO W8A8 QAT checkpoint of the quantization family (for the int8 ONNX row)."""
+    stored = bench.load("quantization").get("plain", {}).get("iao-w8a8", {})
+    return Path(stored.get("checkpoint", bench.runs / "plain_quant_iao-w8a8" / "model_final.pt"))
 
 
 def row(family: str, model: str, variant: str, checkpoint: str | Path, metrics: dict, command: str,
@@ -181,15 +187,17 @@ def mobilenet_rows(result: dict) -> list[dict]:
 
 
 def quantization_rows(results: dict, runs: Path) -> list[dict]:
-    """QAT rows and the pruned + quantized rows, all relative to the plain float baseline."""
+    """QAT rows and the pruned + quantized rows of each course model, relative to its float baseline."""
     families = {"pruned-iao-w8a8": "prune → quantize", "iao-w8a8-pruned": "quantize → prune"}
     rows = []
-    for name, r in results.items():
-        if name in quantization.ROWS:
-            variant = f"{name} W{r['wbits']}A{r['abits']}" + (f" p{r['percent']:g}" if "percent" in r else "")
-            checkpoint = r.get("checkpoint", runs / f"quant_{name}" / "model_final.pt")
-            command = r.get("command", f"python benchmarks/quantization.py --rows {name} --iters {r['iterations']}")
-            rows.append(row(families.get(name, "QAT"), "plain", variant, checkpoint, r, command, baseline("plain")))
+    for model, stored in results.items():
+        for name, r in stored.items():
+            if name in quantization.ROWS:
+                variant = f"{name} W{r['wbits']}A{r['abits']}" + (f" p{r['percent']:g}" if "percent" in r else "")
+                checkpoint = r.get("checkpoint", runs / f"{model}_quant_{name}" / "model_final.pt")
+                command = r.get("command", f"python benchmarks/quantization.py --model {model} --rows {name} "
+                                           f"--iters {r['iterations']}")
+                rows.append(row(families.get(name, "QAT"), model, variant, checkpoint, r, command, baseline(model)))
     return rows
 
 

@@ -1,7 +1,7 @@
 """The integer-only reference against the fake-quantized model, for IAO checkpoints.
 
-    python benchmarks/integer.py --ckpt benchmarks/runs/quant_iao-w8a8/model_final.pt \
-        benchmarks/runs/quant_pruned-iao-w8a8-final/model_final.pt
+    python benchmarks/integer.py --ckpt benchmarks/runs/plain_quant_iao-w8a8/model_final.pt \
+        benchmarks/runs/plain_quant_pruned-iao-w8a8-final/model_final.pt
 
 For each checkpoint: mAP of the fake-quantized PyTorch model and of the NumPy integer pipeline
 (ssdlab.export.intref) on the shapes val split, how many of their detections agree (same label,

@@ -1,17 +1,18 @@
-"""Quantization-aware training of the plain course model: every quantizer, and pruned + quantized in both orders.
+"""Quantization-aware training of the course models: every quantizer, and pruned + quantized in both orders.
 
-    python benchmarks/quantization.py                      # all QAT rows, writes RESULTS.md
-    python benchmarks/quantization.py --rows iao-w8a8 dorefa-w8a8 --iters 500
+    python benchmarks/quantization.py                      # all QAT rows of the plain model, writes RESULTS.md
+    python benchmarks/quantization.py --model residual --rows iao-w8a8 dorefa-w8a8 --iters 500
     python benchmarks/quantization.py --rows pruned-iao-w8a8 --pruned benchmarks/runs/pruned/plain_sparse/P.pt
     python benchmarks/quantization.py --rows iao-w8a8-pruned --sparse benchmarks/runs/plain_sparse/model_final.pt
 
-Each row continues the committed float baseline (ssdlab/checkpoints/plain_shapes.pt) with the
-QAT recipe course/plain_quant.yaml and the row's QUANTIZATION settings. `pruned-iao-w8a8`
-starts from a pruned checkpoint instead (--pruned, e.g. one written by benchmarks/pruning.py:
-prune-then-quantize); `iao-w8a8-pruned` continues a sparse model (--sparse) with IAO QAT that
-keeps the L1 penalty on BN γ, then prunes the quantized model at --percent (quantize-then-prune).
-Rows are kept in benchmarks/quantization.json; the section between the quantization markers of
-benchmarks/RESULTS.md is rewritten.
+Each row continues the model's committed float baseline (ssdlab/checkpoints/<model>_shapes.pt)
+with its QAT recipe course/<model>_quant.yaml and the row's QUANTIZATION settings.
+`pruned-iao-w8a8` starts from a pruned checkpoint instead (--pruned, e.g. one written by
+benchmarks/pruning.py: prune-then-quantize); `iao-w8a8-pruned` continues a sparse model
+(--sparse) with IAO QAT that keeps the L1 penalty of the model's sparse recipe on BN γ, then
+prunes the quantized model at --percent (quantize-then-prune). Rows are kept per model in
+benchmarks/quantization.json; the section between the quantization markers of
+benchmarks/RESULTS.md is rewritten with a table per model.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ssdlab.config import CfgNode
-from ssdlab.course import baseline, quant_config
+from ssdlab.course import COURSE_MODELS, baseline, course_config, quant_config
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import evaluate_model
 from ssdlab.engine.profile import count_params, measure_latency, size_mib
@@ -46,10 +47,11 @@ QAT_ROWS = ["iao-w8a8", "dorefa-w8a8", "iao-w4a4", "dorefa-w4a4", "bwn-binary", 
 COMBINED_ROWS = ["pruned-iao-w8a8", "iao-w8a8-pruned"]
 
 
-def recipe(start: Path, kind: str, wbits: int, abits: int, iters: int, out: Path, profile: BenchProfile = FULL,
-           extra: list[str] | None = None) -> CfgNode:
-    """The QAT recipe for one row."""
-    return quant_config(kind, wbits, abits, iters, profile.course, start, [*profile.overrides(out), *(extra or [])])
+def recipe(model: str, start: Path, kind: str, wbits: int, abits: int, iters: int, out: Path,
+           profile: BenchProfile = FULL, extra: list[str] | None = None) -> CfgNode:
+    """The QAT recipe of one row of a course model."""
+    return quant_config(kind, wbits, abits, iters, profile.course, start, [*profile.overrides(out), *(extra or [])],
+                        model)
 
 
 def measure(model, cfg: CfgNode, metrics: dict | None = None, runs: int = 10) -> dict:
@@ -59,56 +61,54 @@ def measure(model, cfg: CfgNode, metrics: dict | None = None, runs: int = 10) ->
             "coco_ap": metrics["coco_ap"], "ms": measure_latency(model, cfg.INPUT.IMAGE_SIZE, runs=runs)["median_ms"]}
 
 
-def qat_row(name: str, start: Path, iters: int, runs: Path, profile: BenchProfile = FULL) -> dict:
+def qat_row(model: str, name: str, start: Path, iters: int, runs: Path, profile: BenchProfile = FULL) -> dict:
     """QAT of one row from `start`; its numbers."""
     kind, wbits, abits = ROWS[name]
-    cfg = recipe(start, kind, wbits, abits, iters, runs / f"quant_{name}", profile)
+    cfg = recipe(model, start, kind, wbits, abits, iters, runs / f"{model}_quant_{name}", profile)
     result = train(cfg, resume=False)
     return {"row": name, "type": kind, "wbits": wbits, "abits": abits, "iterations": iters,
             "start": str(start), "minutes": result.train_seconds / 60, "checkpoint": str(result.checkpoint),
             **measure(ckpt.load(result.checkpoint), cfg, result.metrics, profile.latency_runs)}
 
 
-def quantize_then_prune(sparse: Path, percent: float, iters: int, runs: Path, profile: BenchProfile = FULL) -> dict:
-    """Sparse IAO W8A8 QAT from a sparse float model, then prune the quantized model (no fine-tune)."""
+def quantize_then_prune(model: str, sparse: Path, percent: float, iters: int, runs: Path,
+                        profile: BenchProfile = FULL) -> dict:
+    """Sparse IAO W8A8 QAT from a sparse float model (the sparse recipe's PRUNE.TYPE and SR), then prune the
+    quantized model (no fine-tune)."""
     name = "iao-w8a8-pruned"
-    cfg = recipe(sparse, "IAO", 8, 8, iters, runs / f"quant_{name}", profile,
-                 ["PRUNE.TYPE", "normal", "PRUNE.SR", "0.005"])
+    sparse_recipe = course_config(model, profile.course, step="sparse").PRUNE
+    mode = sparse_recipe.TYPE
+    cfg = recipe(model, sparse, "IAO", 8, 8, iters, runs / f"{model}_quant_{name}", profile,
+                 ["PRUNE.TYPE", mode, "PRUNE.SR", str(sparse_recipe.SR)])
     result = train(cfg, resume=False)
-    safe = make_plan(ckpt.load(result.checkpoint), 0.0, "normal").highest_safe
-    report = prune_checkpoint(result.checkpoint, cfg, percent, "normal", drop_levels=percent > safe, quick=True,
+    safe = make_plan(ckpt.load(result.checkpoint), 0.0, mode).highest_safe
+    report = prune_checkpoint(result.checkpoint, cfg, percent, mode, drop_levels=percent > safe, quick=True,
                               dataset=datasets(cfg, False))
     compact = report.rows[-1]
     return {"row": name, "type": "IAO", "wbits": 8, "abits": 8, "iterations": iters, "start": str(sparse),
-            "percent": percent, "max": percent > safe, "minutes": result.train_seconds / 60,
+            "prune_type": mode, "percent": percent, "max": percent > safe, "minutes": result.train_seconds / 60,
             "checkpoint": str(report.files["checkpoint"]), "qat_checkpoint": str(result.checkpoint),
             "qat_voc_map": result.metrics["voc_map"],
             **measure(report.model, cfg, {k: compact[k] for k in ("voc_map", "coco_ap")}, profile.latency_runs)}
 
 
-def run_row(name: str, start: Path | None, iters: int, runs: Path, profile: BenchProfile = FULL,
+def run_row(model: str, name: str, start: Path | None, iters: int, runs: Path, profile: BenchProfile = FULL,
             percent: float = 0.6) -> dict:
     """One row: QAT from the float baseline, from a pruned model (pruned-*) or quantize-then-prune (*-pruned)."""
     if name.endswith("-pruned"):
-        return quantize_then_prune(start, percent, iters, runs, profile)
-    return qat_row(name, start if name.startswith("pruned") else baseline("plain"), iters, runs, profile)
+        return quantize_then_prune(model, start, percent, iters, runs, profile)
+    return qat_row(model, name, start if name.startswith("pruned") else baseline(model), iters, runs, profile)
 
 
-def table(rows: list[dict], float_row: dict, command: str) -> str:
-    """The RESULTS.md section."""
-    lines = [START, "## Quantization-aware training of the plain course model", "",
+def section(results: dict[str, dict], command: str) -> str:
+    """The RESULTS.md section: a table per course model."""
+    rows = [r for model in results.values() for n, r in model.items() if n in ROWS]
+    lines = [START, "## Quantization-aware training of the course models", "",
              f"Machine: {machine()}; latency: batch 1, {torch.get_num_threads()} threads, fake quantization "
              "in PyTorch (so not faster than float).",
-             "Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", command) for r in rows)), "",
-             "| model | W/A bits | params | size (MiB) | smaller than float | VOC mAP@0.5 | vs float | COCO AP | "
-             "QAT time |",
-             "|---|---|---|---|---|---|---|---|---|",
-             f"| float baseline | 32/32 | {float_row['params']:,} | {float_row['size_mib']:.2f} | - | "
-             f"{float_row['voc_map']:.4f} | - | {float_row['coco_ap']:.4f} | - |"]
-    for r in rows:
-        lines.append(f"| {r['row']} | {r['wbits']}/{r['abits']} | {r['params']:,} | {r['size_mib']:.2f} | "
-                     f"{1 - r['size_mib'] / float_row['size_mib']:.1%} | {r['voc_map']:.4f} | "
-                     f"{r['voc_map'] - float_row['voc_map']:+.4f} | {r['coco_ap']:.4f} | {r['minutes']:.1f} min |")
+             "Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", command) for r in rows))]
+    for model, stored in results.items():
+        lines += ["", f"### {model}", "", *table([stored[n] for n in ROWS if n in stored], stored["float"])]
     lines += ["", "BWN WBITS 2 = binary (1 bit per weight), 3 = ternary (2 bits); float layers (the first conv "
               "and the heads unless QUANTIZATION.FINAL) count 32 bits."]
     if any(r["row"] in COMBINED_ROWS for r in rows):
@@ -119,27 +119,45 @@ def table(rows: list[dict], float_row: dict, command: str) -> str:
     return "\n".join(lines)
 
 
-def run_all(names: list[str], store: Path, results: Path, runs: Path, command: str, profile: BenchProfile = FULL,
-            iters: int | None = None, starts: dict[str, Path] | None = None, percent: float = 0.6) -> str:
-    """Run each row (starts: the checkpoint of pruned-* and *-pruned rows), keep it in the JSON store,
-    rewrite the RESULTS.md section and return it."""
+def table(rows: list[dict], float_row: dict) -> list[str]:
+    """One model's rows against its float baseline."""
+    lines = ["| model | W/A bits | params | size (MiB) | smaller than float | VOC mAP@0.5 | vs float | COCO AP | "
+             "QAT time |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| float baseline | 32/32 | {float_row['params']:,} | {float_row['size_mib']:.2f} | - | "
+             f"{float_row['voc_map']:.4f} | - | {float_row['coco_ap']:.4f} | - |"]
+    for r in rows:
+        lines.append(f"| {r['row']} | {r['wbits']}/{r['abits']} | {r['params']:,} | {r['size_mib']:.2f} | "
+                     f"{1 - r['size_mib'] / float_row['size_mib']:.1%} | {r['voc_map']:.4f} | "
+                     f"{r['voc_map'] - float_row['voc_map']:+.4f} | {r['coco_ap']:.4f} | {r['minutes']:.1f} min |")
+    return lines
+
+
+def run_all(model: str, names: list[str], store: Path, results: Path, runs: Path, command: str,
+            profile: BenchProfile = FULL, iters: int | None = None, starts: dict[str, Path] | None = None,
+            percent: float = 0.6) -> str:
+    """Run each row of a course model (starts: the checkpoint of pruned-* and *-pruned rows), keep it in the JSON
+    store under the model, rewrite the RESULTS.md section and return it."""
     profile.prepare_data()
     iters = iters or profile.qat_iters
-    rows = json.loads(store.read_text()) if store.exists() else {}
-    float_cfg = recipe(baseline("plain"), "no", 32, 32, iters, runs / "unused", profile)
-    rows["float"] = measure(ckpt.load(baseline("plain")), float_cfg, runs=profile.latency_runs)
+    stored = json.loads(store.read_text()) if store.exists() else {}
+    rows = stored.setdefault(model, {})
+    float_cfg = recipe(model, baseline(model), "no", 32, 32, iters, runs / "unused", profile)
+    rows["float"] = measure(ckpt.load(baseline(model)), float_cfg, runs=profile.latency_runs)
     for name in names:
-        rows[name] = {**run_row(name, (starts or {}).get(name), iters, runs, profile, percent), "command": command}
-        store.write_text(json.dumps(rows, indent=1) + "\n")
-    store.write_text(json.dumps(rows, indent=1) + "\n")
-    section = table([rows[n] for n in ROWS if n in rows], rows["float"], command)
-    write_section(section, results, START, END)
-    return section
+        rows[name] = {**run_row(model, name, (starts or {}).get(name), iters, runs, profile, percent),
+                      "command": command}
+        store.write_text(json.dumps(stored, indent=1) + "\n")
+    store.write_text(json.dumps(stored, indent=1) + "\n")
+    text = section({m: stored[m] for m in COURSE_MODELS if m in stored}, command)
+    write_section(text, results, START, END)
+    return text
 
 
 def main() -> None:
     """Parse arguments, run, write RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="plain", choices=COURSE_MODELS, help="the course model")
     parser.add_argument("--rows", nargs="+", default=QAT_ROWS, choices=list(ROWS))
     parser.add_argument("--pruned", type=Path, help="pruned checkpoint for the pruned-* rows")
     parser.add_argument("--sparse", type=Path, help="sparse float checkpoint for the *-pruned rows")
@@ -153,7 +171,7 @@ def main() -> None:
     if any(r.endswith("-pruned") for r in args.rows) and args.sparse is None:
         parser.error("the *-pruned rows need --sparse CHECKPOINT")
     starts = {name: args.pruned if name.startswith("pruned") else args.sparse for name in COMBINED_ROWS}
-    print(run_all(args.rows, HERE / "quantization.json", args.out, args.runs, "python " + " ".join(sys.argv),
+    print(run_all(args.model, args.rows, HERE / "quantization.json", args.out, args.runs, "python " + " ".join(sys.argv),
                   iters=args.iters, starts=starts, percent=args.percent))
 
 

@@ -330,7 +330,7 @@ def run_all(store: Path, results: Path, iao_checkpoint: Path, command: str, prof
 def main() -> None:
     """Parse arguments, run, write RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iao", type=Path, default=HERE / "runs" / "quant_iao-w8a8" / "model_final.pt",
+    parser.add_argument("--iao", type=Path, default=HERE / "runs" / "plain_quant_iao-w8a8" / "model_final.pt",
                         help="IAO W8A8 checkpoint for the int8 row (benchmarks/quantization.py --rows iao-w8a8)")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()

@@ -62,16 +62,16 @@ def course_config(model: str, profile: str | None = None, extra: list[str] | Non
 
 
 def quant_config(kind: str, wbits: int, abits: int, iterations: int, profile: str | None = None,
-                 start: str | Path | None = None, extra: list[str] | None = None):
-    """The plain model's QAT recipe (plain_quant.yaml) for one quantizer, from `start` (the float baseline)."""
+                 start: str | Path | None = None, extra: list[str] | None = None, model: str = "plain"):
+    """A course model's QAT recipe (<model>_quant.yaml) for one quantizer, from `start` (its float baseline)."""
     name = f"{kind.lower()}_w{wbits}a{abits}"
     freeze_bn, freeze_observer = (int(iterations * f) for f in QAT_FREEZE)
-    return course_config("plain", profile, [
-        "MODEL.WEIGHTS", str(start or baseline("plain")), "QUANTIZATION.TYPE", kind,
+    return course_config(model, profile, [
+        "MODEL.WEIGHTS", str(start or baseline(model)), "QUANTIZATION.TYPE", kind,
         "QUANTIZATION.WBITS", str(wbits), "QUANTIZATION.ABITS", str(abits), "SOLVER.MAX_ITER", str(iterations),
         "SOLVER.WARMUP_ITERS", str(min(20, iterations // 4)), "QUANTIZATION.FREEZE_BN_ITER", str(freeze_bn),
         "QUANTIZATION.FREEZE_OBSERVER_ITER", str(freeze_observer),
-        "OUTPUT_DIR", f"{PROFILES[profile or current_profile()]['root']}/plain_quant_{name}", *(extra or [])],
+        "OUTPUT_DIR", f"{PROFILES[profile or current_profile()]['root']}/{model}_quant_{name}", *(extra or [])],
         step="quant")
 
 
@@ -98,12 +98,13 @@ def summary_row(name: str, net, result, seconds: float) -> dict:
             "checkpoint": str(result.checkpoint)}
 
 
-def quantize_row(name: str, start: str | Path, profile: str | None = None, extra: tuple[str, ...] = ()) -> dict:
-    """IAO W8A8 QAT of a plain tour checkpoint (QAT_ITERS iterations), measured."""
+def quantize_row(model: str, name: str, start: str | Path, profile: str | None = None,
+                 extra: tuple[str, ...] = ()) -> dict:
+    """IAO W8A8 QAT of a tour checkpoint of `model` (QAT_ITERS iterations), measured."""
     began = time.perf_counter()
     profile = profile or current_profile()
     cfg = quant_config("IAO", 8, 8, QAT_ITERS[profile], profile, start,
-                       ["OUTPUT_DIR", f"{PROFILES[profile]['root']}/tour_{name}", *extra])
+                       ["OUTPUT_DIR", f"{PROFILES[profile]['root']}/tour_{name}", *extra], model)
     result = train(cfg)
     return summary_row(name, ckpt.load(result.checkpoint), result, time.perf_counter() - began)
 
@@ -140,10 +141,8 @@ def run_tour(profile: str | None = None) -> str:
     for model in COURSE_MODELS:
         dense = train_course_model(model, profile)
         sparse, pruned = sparse_and_prune(model, dense["checkpoint"], profile)
-        rows += [dense, sparse, pruned]
-        if model == "plain":  # the course's quantization cfg is the plain model's
-            rows.append(quantize_row("plain-quantized", dense["checkpoint"], profile))
-            rows.append(quantize_row("plain-pruned+q", pruned["checkpoint"], profile, ("QUANTIZATION.FINAL", "True")))
+        rows += [dense, sparse, pruned, quantize_row(model, f"{model}-quantized", dense["checkpoint"], profile),
+                 quantize_row(model, f"{model}-pruned+q", pruned["checkpoint"], profile, ("QUANTIZATION.FINAL", "True"))]
     return f"ssdlab tour ({profile} profile; VOC mAP = area AP at IoU 0.5)\n" + format_summary(rows)
 
 

@@ -19,6 +19,7 @@ RECIPES = sorted(CONFIGS.glob("*.yaml")) + sorted((CONFIGS / "course").glob("*.y
 
 VGG300 = (300, [38, 19, 10, 5, 3, 1], [512, 1024, 512, 256, 256, 256])
 PLAIN = (128, [32, 16, 8, 4, 2, 1], [64, 96, 192, 192, 128, 128])
+RESIDUAL = (128, [32, 16, 8, 4, 2, 1], [32, 48, 96, 128, 128, 128])
 # cfg file -> (input size, feature-map sizes, head channels), from REFERENCE §1-2 and the course design
 EXPECTED = {
     "vgg_bn_ssd300.cfg": VGG300,
@@ -30,7 +31,8 @@ EXPECTED = {
     "mini_ssd_fpga.cfg": (416, [52], [128]),
     "course_plain.cfg": PLAIN,
     "course_plain_quan.cfg": PLAIN,
-    "course_residual.cfg": (128, [32, 16, 8, 4, 2, 1], [32, 48, 96, 128, 128, 128]),
+    "course_residual.cfg": RESIDUAL,
+    "course_residual_quan.cfg": RESIDUAL,
 }
 MINI_304 = (304, [38], [128])
 

@@ -61,8 +61,11 @@ def test_smoke_bench_writes_every_section_and_row_family(smoke_bench):
     assert mobilenet == {"normal", "shortcut", "coupled"}
     assert {r[2].split()[0] for r in rows if r[0] == "pruned" and r[1] != "mobilenet"} == {"normal", "shortcut"}
     assert any("regular" in r[2] for r in rows) and len({r[2] for r in rows if r[0] == "pruned"}) >= 4
-    assert {r[2].split()[0] for r in rows if r[0] == "QAT"} == {"iao-w8a8", "dorefa-w8a8", "iao-w4a4", "dorefa-w4a4",
-                                                               "bwn-binary", "bwn-ternary"}
+    assert {(r[1], r[2].split()[0]) for r in rows if r[0] == "QAT"} == {
+        (model, name) for model in ("plain", "residual")
+        for name in ("iao-w8a8", "dorefa-w8a8", "iao-w4a4", "dorefa-w4a4", "bwn-binary", "bwn-ternary")}
+    assert {(r[0], r[1]) for r in rows if "→" in r[0]} == {
+        (family, model) for family in ("prune → quantize", "quantize → prune") for model in ("plain", "residual")}
     assert {r[2].split()[-1] for r in rows if r[0] == "pruned + fine-tuned"} == {"plain", "distilled"}
     assert all(r[-1].startswith("`python benchmarks/bench.py --profile smoke") for r in rows)
 
@@ -102,6 +105,8 @@ def test_smoke_bench_side_by_side_and_plots(smoke_bench):
     [full_size] = result["full_size"]
     assert full_size["config"] == "course/plain_quant.yaml" and full_size["file_mib"]["int8"] < full_size["file_mib"]["fp32"]
     assert all(ms > 0 for side in full_size["ort_ms"].values() for ms in side.values())
+    quantized = section((smoke_bench / "RESULTS.md").read_text(), "quantization")
+    assert "### plain" in quantized and "### residual" in quantized
     text = section((smoke_bench / "RESULTS.md").read_text(), "side-by-side")
     assert "fp32 vs int8" in text and "`course/plain_quant.yaml` | 128 |" in text
     for name in ("pareto.png", "latency_params.png"):

@@ -31,7 +31,7 @@ def test_expected_shipped_cfgs_exist():
     assert set(SHIPPED) >= {
         "vgg_bn_ssd300.cfg", "vgg_bn_ssd300_fpga.cfg", "vgg_bn_ssd300_quan.cfg", "vgg_bn_ssd300_fpga_quan.cfg",
         "vgg_bn_ssd512.cfg", "mobilenet_v2_ssd.cfg", "mini_ssd_fpga.cfg",
-        "course_plain.cfg", "course_plain_quan.cfg", "course_residual.cfg"}
+        "course_plain.cfg", "course_plain_quan.cfg", "course_residual.cfg", "course_residual_quan.cfg"}
 
 
 def test_defaults_and_types_filled_in():
@@ -202,7 +202,8 @@ def test_vgg_ssd512_adds_a_seventh_level():
 
 @pytest.mark.parametrize("base,quan", [("vgg_bn_ssd300.cfg", "vgg_bn_ssd300_quan.cfg"),
                                        ("vgg_bn_ssd300_fpga.cfg", "vgg_bn_ssd300_fpga_quan.cfg"),
-                                       ("course_plain.cfg", "course_plain_quan.cfg")])
+                                       ("course_plain.cfg", "course_plain_quan.cfg"),
+                                       ("course_residual.cfg", "course_residual_quan.cfg")])
 def test_quan_variants_quantize_every_conv_but_the_first(base, quan):
     plain, quantized = read_cfg(BACKBONES / base), read_cfg(BACKBONES / quan)
     expected = without_lines(plain)

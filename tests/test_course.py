@@ -1,4 +1,4 @@
-"""The course helpers that build recipes: QAT of the plain model from the committed baseline."""
+"""The course helpers that build recipes: QAT of each course model from its committed baseline."""
 import json
 
 from ssdlab.course import PROFILES, baseline, prepare_data, quant_config
@@ -13,6 +13,14 @@ def test_quant_config_scales_the_freeze_iterations_and_names_the_run():
     assert cfg.MODEL.BACKBONE.CFG.endswith("course_plain_quan.cfg") and cfg.SOLVER.LR == 0.0005  # plain_quant.yaml
     assert cfg.OUTPUT_DIR == "runs/plain_quant_dorefa_w4a4"
     assert cfg.DATASETS.TEST == [f"{PROFILES['full']['data']}:val"]
+
+
+def test_quant_config_of_the_residual_model_uses_its_own_recipe_and_baseline():
+    cfg = quant_config("IAO", 8, 8, 500, "full", model="residual")
+    assert cfg.MODEL.WEIGHTS == str(baseline("residual"))
+    assert cfg.MODEL.BACKBONE.CFG.endswith("course_residual_quan.cfg")
+    assert cfg.MODEL.BACKBONE.OUT_CHANNELS == [32, 48, 96, 128, 128, 128]
+    assert cfg.OUTPUT_DIR == "runs/residual_quant_iao_w8a8"
 
 
 def test_quant_config_in_the_smoke_profile_and_with_overrides(tmp_path):

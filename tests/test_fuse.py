@@ -13,7 +13,8 @@ CASES = [("course/plain_shapes.yaml", "course_plain.cfg", None),
          ("mini_ssd_hand_fpga.yaml", "mini_ssd_fpga.cfg", None),
          ("course/plain_shapes.yaml", "course_plain_quan.cfg", ("IAO", 8)),
          ("course/plain_shapes.yaml", "course_plain_quan.cfg", ("dorefa", 4)),
-         ("course/plain_shapes.yaml", "course_plain_quan.cfg", ("BWN", 2))]
+         ("course/plain_shapes.yaml", "course_plain_quan.cfg", ("BWN", 2)),
+         ("course/residual_shapes.yaml", "course_residual_quan.cfg", ("IAO", 8))]
 
 
 def randomized(model: nn.Module) -> nn.Module:
