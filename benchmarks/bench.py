@@ -7,20 +7,22 @@
 Families, each run by its script's functions on the profile's settings (benchmarks/profiles.py):
 course (the course recipes from scratch, course_training.py), pruning (baseline, sparse, pruned at
 several ratios, regular, max, fine-tuned with and without distillation, pruning.py), mobilenet
-(depthwise-coupled vs shortcut vs normal on MobileNetV2-SSDLite, mobilenet_pruning.py),
-quantization (QAT of each course model: DoReFa, IAO at W8A8 and W4A4, BWN binary and ternary,
-quantization.py), combined (prune-then-quantize and quantize-then-prune of each course model) and side_by_side (training speed against
-torchvision, fp32 vs int8 in ONNX Runtime, side_by_side.py). Each family keeps its rows in a JSON
-file next to RESULTS.md and rewrites its own section; the summary then loads every stored
-checkpoint once more to measure params, size, MACs and CPU latency the same way for all rows,
-writes the summary section and the plots pareto.png (VOC mAP vs size, Pareto front) and
-latency_params.png (latency vs params). The profile defaults to SSDLAB_PROFILE (full otherwise).
+(depthwise-coupled vs shortcut vs normal on MobileNetV2-SSDLite, mobilenet_pruning.py), quantization
+(QAT of each course model: DoReFa, IAO at W8A8 and W4A4, BWN binary and ternary, quantization.py),
+combined (prune-then-quantize and quantize-then-prune of each course model) and side_by_side
+(training speed against torchvision, fp32 vs int8 in ONNX Runtime, side_by_side.py). Each family
+keeps its rows in a JSON file next to RESULTS.md and rewrites its own section; the summary then
+loads every stored checkpoint once more, in a fresh process, to measure params, size, MACs and CPU
+latency the same way for all rows, writes the summary section and the plots pareto.png (VOC mAP vs
+size, Pareto front) and latency_params.png (latency vs params). The profile defaults to
+SSDLAB_PROFILE (full otherwise).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -265,7 +267,7 @@ def summary_table(bench: Bench, rows: list[dict], missing: list[str], timings: d
     lines = [START, "## Every model side by side (`make bench`)", "",
              f"Machine: {machine()}. CPU latency: batch 1, torch threads: {torch.get_num_threads()}, median of "
              f"{bench.profile.latency_runs} runs of the network (no post-processing) in PyTorch eager mode, every row "
-             "re-measured one after the other at the end of the run; QAT rows run fake quantization, so they are not "
+             "re-measured one after the other in a fresh process at the end of the run; QAT rows run fake quantization, so they are not "
              "faster than float (int8 in ONNX Runtime: see the side-by-side section).", "",
              f"Profile `{bench.name}` (shapes data: {bench.profile.n_train} train / {bench.profile.n_val} val images). "
              "VOC mAP@0.5 (area) and COCO AP on the val split. Size counts each quantized weight at its bit width. "
@@ -287,11 +289,10 @@ def summary_table(bench: Bench, rows: list[dict], missing: list[str], timings: d
     return "\n".join(lines)
 
 
-def summarize(bench: Bench, timings: dict) -> str:
+def summarize(bench: Bench) -> str:
     """Measure every stored row, write the summary section, bench.json and the two plots; the section."""
     rows, missing = measure_rows(collect_rows(bench), bench.profile.latency_runs)
-    stored = bench.load("summary").get("timings", {})
-    timings = {**stored, **timings}
+    timings = bench.load("summary").get("timings", {})
     bench.store("summary").write_text(json.dumps({"profile": bench.name, "machine": machine(),
                                                   "threads": torch.get_num_threads(), "timings": timings,
                                                   "rows": rows, "missing": missing}, indent=1) + "\n")
@@ -304,7 +305,7 @@ def summarize(bench: Bench, timings: dict) -> str:
 
 
 def run(bench: Bench, families: list[str]) -> dict[str, float]:
-    """Run the families in order, then the summary; seconds per family."""
+    """Run the families in order, then the summary in a fresh process; seconds per family."""
     bench.out.mkdir(parents=True, exist_ok=True)
     if bench.profile.threads:
         torch.set_num_threads(bench.profile.threads)
@@ -315,9 +316,21 @@ def run(bench: Bench, families: list[str]) -> dict[str, float]:
         timings[family] = time.perf_counter() - start
         print(f"bench: {family} done in {timings[family] / 60:.1f} min", flush=True)
     start = time.perf_counter()
-    summarize(bench, timings)
+    if families:  # latency measured after hours of training in one process is inconsistent (RESULTS.md)
+        keep_timings(bench, timings)
+        subprocess.run([sys.executable, __file__, "--profile", bench.name, "--out", str(bench.out), "--only", "summary"],
+                       check=True)
+    else:
+        summarize(bench)
     print(f"bench: summary done in {(time.perf_counter() - start) / 60:.1f} min; see {display(bench.results)}")
     return timings
+
+
+def keep_timings(bench: Bench, timings: dict) -> None:
+    """Add this run's seconds per family to the summary store, for the summary process to report."""
+    stored = bench.load("summary")
+    stored["timings"] = {**stored.get("timings", {}), **timings}
+    bench.store("summary").write_text(json.dumps(stored, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> None:

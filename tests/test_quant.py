@@ -158,7 +158,14 @@ def test_iao_folded_conv_bn_equals_conv_then_bn_without_quantization(training):
     x = torch.randn(4, 3, 10, 10)
     reference.train(training)
     folded.train(training)
-    assert torch.allclose(folded(x), reference(x), atol=1e-5)
+    target = torch.randn(4, 8, 10, 10)  # a loss whose gradient reaches every weight
+    out, expected = folded(x), reference(x)
+    assert torch.allclose(out, expected, atol=1e-5)
+    ((out - target) ** 2).sum().backward()
+    ((expected - target) ** 2).sum().backward()
+    for name in ("conv.weight", "bn.weight", "bn.bias"):  # in training, also through the batch mean and variance
+        mine, theirs = folded.get_parameter(name).grad, reference.get_parameter(name).grad
+        assert torch.allclose(mine, theirs, rtol=1e-4, atol=1e-4), name
 
 
 def test_bad_quantization_settings_name_the_key(tiny_cfg):

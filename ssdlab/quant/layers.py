@@ -127,7 +127,7 @@ class IAOConvBN(nn.Module):
 
     Training: W_fold = W·γ/√(σ²_run+ε) is quantized, the conv output is rescaled per channel by
     √(σ²_run+ε)/√(σ²_B+ε) and shifted by β − μ_B·γ/√(σ²_B+ε), with batch statistics μ_B, σ²_B
-    (which also update the running ones, BN momentum 0.01). Eval, or once `bn_frozen`
+    that the gradient flows through as in BN (which also update the running ones, BN momentum 0.01). Eval, or once `bn_frozen`
     (QUANTIZATION.FREEZE_BN_ITER): running statistics only, i.e. conv(x, q(W_fold)) + b_fold, with b_fold on the int32 grid
     s_input·s_weight[o] as integer hardware adds it.
     """
@@ -168,9 +168,9 @@ class IAOConvBN(nn.Module):
     def _batch_folded(self, x: Tensor) -> Tensor:
         """The training forward with batch-statistics correction; updates the running statistics."""
         bn, c = self.bn, self.conv
+        raw = self._conv(x, c.weight)
+        mean, var = raw.mean(dim=(0, 2, 3)), raw.var(dim=(0, 2, 3), unbiased=False)
         with torch.no_grad():
-            raw = self._conv(x, c.weight)
-            mean, var = raw.mean(dim=(0, 2, 3)), raw.var(dim=(0, 2, 3), unbiased=False)
             count = raw.numel() / raw.shape[1]
             offset = c.bias if c.bias is not None else 0.0
             bn.running_mean.lerp_(mean + offset, bn.momentum)
