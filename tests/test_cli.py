@@ -1,4 +1,5 @@
 """The command line as a user runs it: train, eval, demo (subprocesses) and info (every recipe)."""
+import json
 import re
 import shutil
 import subprocess
@@ -62,6 +63,18 @@ def test_info_for_every_shipped_recipe(recipe, capsys):
     assert main(["info", "--config-file", str(recipe)]) == 0
     out = capsys.readouterr().out
     assert re.search(r"params [\d,]+ .* MACs [\d.]+ M .* priors \d+", out), out
+
+
+def test_info_macs_per_layer_add_up_and_match_a_hand_count(capsys):
+    main(["info", "--config-file", str(PACKAGE_CONFIGS / "course" / "plain_shapes.yaml")])
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split() for line in out.splitlines()[1:] if line.split()[0].isdigit()
+            or line.startswith("head")}
+    assert int(rows["0"][-1].replace(",", "")) == 16 * 3 * 3 * 3 * 64 * 64  # 3->16 3x3 conv, 64x64 output
+    assert int(rows["1"][-1].replace(",", "")) == 24 * 16 * 3 * 3 * 64 * 64
+    assert int(rows["2"][-1]) == 0  # max-pool: no multiply-accumulates
+    total = json.loads(out.splitlines()[-1])["macs"]
+    assert sum(int(r[-1].replace(",", "")) for r in rows.values()) == total
 
 
 def test_info_prior_counts_of_seed_recipes(capsys):
