@@ -315,13 +315,13 @@ def run(bench: Bench, families: list[str]) -> dict[str, float]:
         run_family(bench, family)
         timings[family] = time.perf_counter() - start
         print(f"bench: {family} done in {timings[family] / 60:.1f} min", flush=True)
-    start = time.perf_counter()
     if families:  # latency measured after hours of training in one process is inconsistent (RESULTS.md)
         keep_timings(bench, timings)
         subprocess.run([sys.executable, __file__, "--profile", bench.name, "--out", str(bench.out), "--only", "summary"],
                        check=True)
-    else:
-        summarize(bench)
+        return timings
+    start = time.perf_counter()
+    summarize(bench)
     print(f"bench: summary done in {(time.perf_counter() - start) / 60:.1f} min; see {display(bench.results)}")
     return timings
 
