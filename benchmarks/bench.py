@@ -111,18 +111,19 @@ def run_family(bench: Bench, family: str) -> str:
                                command, p, resume=False, remeasure=True)
     if family == "mobilenet":
         return mobilenet_pruning.run_all(bench.store(family), bench.results, bench.runs, command, p)
-    if family == "quantization":
-        return "\n".join(quantization.run_all(model, quantization.QAT_ROWS, bench.store(family), bench.results,
-                                               bench.runs, command, p) for model in COURSE_MODELS)
-    if family == "combined":
-        return "\n".join(run_combined(bench, model, command) for model in COURSE_MODELS)
+    if family in ("quantization", "combined"):  # each model's run rewrites the whole section: keep the last
+        return [run_quantized(bench, family, model, command) for model in COURSE_MODELS][-1]
     if family == "side_by_side":
         return side_by_side.run_all(bench.store(family), bench.results, iao_checkpoint(bench), command, p)
     raise ValueError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
 
 
-def run_combined(bench: Bench, model: str, command: str) -> str:
-    """Prune-then-quantize and quantize-then-prune of one course model at its pruning run's fine-tune percent."""
+def run_quantized(bench: Bench, family: str, model: str, command: str) -> str:
+    """One course model's QAT rows, or (combined) its prune-then-quantize and quantize-then-prune rows at its
+    pruning run's fine-tune percent."""
+    if family == "quantization":
+        return quantization.run_all(model, quantization.QAT_ROWS, bench.store(family), bench.results, bench.runs,
+                                    command, bench.profile)
     pruned, sparse, percent = combined_starts(bench, model)
     return quantization.run_all(model, quantization.COMBINED_ROWS, bench.store("quantization"), bench.results,
                                 bench.runs, command, bench.profile, percent=percent,
