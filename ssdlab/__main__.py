@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from ssdlab.data.shapes import TRAIN_IMAGES
 from ssdlab.errors import SSDLabError
 
 
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="generate the built-in synthetic dataset")
     data.add_argument("kind", choices=["shapes"])
     data.add_argument("--out", required=True, type=Path, help="folder to write")
-    data.add_argument("--train", type=int, default=4000, help="training images")
+    data.add_argument("--train", type=int, default=TRAIN_IMAGES, help="training images")
     data.add_argument("--val", type=int, default=500, help="validation images")
     data.add_argument("--seed", type=int, default=0)
 

@@ -69,8 +69,12 @@ def checkpoint_and_config(args: argparse.Namespace) -> tuple[Path, dict, CfgNode
     return path, state, cfg.freeze()
 
 
-def maybe_fused(model, cfg: CfgNode):
-    """The model with every conv+BN fused when TEST.BN_FUSE is true (ssdlab.export.fuse)."""
+def model_for_testing(state: dict, path: Path, cfg: CfgNode):
+    """The checkpoint's model detecting with cfg.TEST (NMS, thresholds), fused when TEST.BN_FUSE is true."""
+    model = ckpt.model_from_checkpoint(state, str(path))
+    settings = model.cfg.clone()
+    settings.TEST = cfg.TEST.clone()
+    model.cfg = settings.freeze()
     if not cfg.TEST.BN_FUSE:
         return model
     from ssdlab.export.fuse import fuse_model
@@ -88,7 +92,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     path, state, cfg = checkpoint_and_config(args)
     device = dist.local_device(cfg.MODEL.DEVICE)
     dist.init_distributed(device)
-    model = maybe_fused(ckpt.model_from_checkpoint(state, str(path)), cfg).to(device)
+    model = model_for_testing(state, path, cfg).to(device)
     if args.integer:
         _eval_integer(model, cfg)
     else:
@@ -126,7 +130,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from ssdlab.engine.demo import run_demo
 
     path, state, cfg = checkpoint_and_config(args)
-    model = maybe_fused(ckpt.model_from_checkpoint(state, str(path)), cfg)
+    model = model_for_testing(state, path, cfg)
     for row in run_demo(model, cfg, args.images, args.out, args.score_threshold):
         print(f"{row['image']}: {row['objects']} objects, {row['ms']:.1f} ms ({row['fps']:.1f} FPS) "
               f"-> {row['out']}")

@@ -7,19 +7,22 @@ runs/; `smoke` shrinks data and iterations to finish in about a minute (runs/smo
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
 
 from ssdlab.config import PACKAGE_CONFIGS, load_config
-from ssdlab.data.shapes import generate_shapes
+from ssdlab.data.shapes import TRAIN_IMAGES as SHAPES_TRAIN, generate_shapes
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.demo import run_demo
 from ssdlab.engine.checkpoint import release_copy
-from ssdlab.engine.train import datasets, train
+from ssdlab.engine.train import TrainResult, datasets, run_changed, train
 from ssdlab.errors import ConfigError
 from ssdlab.prune.report import measure, prune_checkpoint
 from ssdlab.prune.surgery import make_plan
+
+log = logging.getLogger(__name__)
 
 COURSE_MODELS = ("plain", "residual")
 COURSE_PRUNE_PERCENT = 0.5  # the tour's prune ratio (lowered to the highest safe ratio when needed)
@@ -27,12 +30,12 @@ QAT_FREEZE = (0.8, 0.9)  # fractions of a QAT run after which BN statistics / ac
 QAT_ITERS = {"full": 500, "pretrained": 500, "smoke": 4}  # QAT iterations: the tour, notebooks 05 and 07
 BASELINES = Path(__file__).resolve().parent / "checkpoints"
 PROFILES = {
-    "full": {"root": "runs", "data": "datasets/shapes", "train": 4000, "val": 500, "overrides": []},
+    "full": {"root": "runs", "data": "datasets/shapes", "train": SHAPES_TRAIN, "val": 500, "overrides": []},
     "smoke": {"root": "runs/smoke", "data": "runs/smoke/shapes", "train": 96, "val": 24,
               "overrides": ["SOLVER.MAX_ITER", "12", "SOLVER.BATCH_SIZE", "8", "SOLVER.WARMUP_ITERS", "4",
                             "SOLVER.LR_STEPS", "[8]", "SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.EVAL_PERIOD", "0",
                             "DATA_LOADER.NUM_WORKERS", "0"]},
-    "pretrained": {"root": "runs/pretrained", "data": "datasets/shapes", "train": 4000, "val": 500,
+    "pretrained": {"root": "runs/pretrained", "data": "datasets/shapes", "train": SHAPES_TRAIN, "val": 500,
                    "overrides": ["SOLVER.MAX_ITER", "7500"]},
 }
 
@@ -75,12 +78,20 @@ def quant_config(kind: str, wbits: int, abits: int, iterations: int, profile: st
         step="quant")
 
 
+def train_recipe(cfg) -> TrainResult:
+    """Train cfg: reuse or resume its run in OUTPUT_DIR, or start over when that run had other settings."""
+    if run_changed(cfg):
+        log.warning("%s holds a run of an older recipe: training again from the start", cfg.OUTPUT_DIR)
+        return train(cfg, resume=False)
+    return train(cfg)
+
+
 def train_course_model(model: str, profile: str | None = None) -> dict:
     """Generate data if needed, train (or resume/reuse) one course model, and measure it."""
     data = prepare_data(profile)
     cfg = course_config(model, profile)
     start = time.perf_counter()
-    result = train(cfg)
+    result = train_recipe(cfg)
     net = ckpt.load(result.checkpoint)
     demo_dir = data / "images" / "val"
     demo_in = Path(cfg.OUTPUT_DIR) / "demo_inputs"
@@ -105,7 +116,7 @@ def quantize_row(model: str, name: str, start: str | Path, profile: str | None =
     profile = profile or current_profile()
     cfg = quant_config("IAO", 8, 8, QAT_ITERS[profile], profile, start,
                        ["OUTPUT_DIR", f"{PROFILES[profile]['root']}/tour_{name}", *extra], model)
-    result = train(cfg)
+    result = train_recipe(cfg)
     return summary_row(name, ckpt.load(result.checkpoint), result, time.perf_counter() - began)
 
 
@@ -113,7 +124,7 @@ def sparse_and_prune(model: str, dense: str | Path, profile: str | None = None) 
     """Sparse-train a trained course model, prune it (no fine-tune), and measure both."""
     start = time.perf_counter()
     cfg = course_config(model, profile, ["MODEL.WEIGHTS", str(dense)], step="sparse")
-    sparse = train(cfg).checkpoint
+    sparse = train_recipe(cfg).checkpoint
     seconds = time.perf_counter() - start
     percent = min(COURSE_PRUNE_PERCENT, make_plan(ckpt.load(sparse), 0.0, cfg.PRUNE.TYPE).highest_safe)
     report = prune_checkpoint(sparse, cfg, percent, cfg.PRUNE.TYPE, quick=True, dataset=datasets(cfg, False))

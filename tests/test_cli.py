@@ -4,6 +4,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -45,6 +46,12 @@ def test_train_eval_demo_detect_the_shapes(shapes_dir, tmp_path):
     assert 0.0 <= voc_map(evaluated.stdout) <= 1.0
     assert "circle" in evaluated.stdout and "AP50" in evaluated.stdout
     assert (out / "model_final.coco_results.json").is_file()
+    # TEST.* overrides reach the model's post-processing (it was built with the stored config)
+    capped = ssdlab_cli("eval", "--ckpt", str(out / "model_final.pt"), *data, "TEST.MAX_PER_IMAGE", "1",
+                        cwd=tmp_path)
+    assert capped.returncode == 0, capped.stderr[-3000:]
+    per_image = Counter(d["image_id"] for d in json.loads((out / "model_final.coco_results.json").read_text()))
+    assert per_image and max(per_image.values()) == 1
 
     images, drawn = tmp_path / "images", tmp_path / "drawn"
     images.mkdir()

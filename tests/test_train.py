@@ -8,9 +8,11 @@ import pytest
 import torch
 
 import ssdlab
+from ssdlab import course
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.schedule import WarmupSchedule
 from ssdlab.engine.train import read_metrics, train
+from ssdlab.errors import CheckpointError
 from ssdlab.errors import CheckpointError, ConfigError
 
 
@@ -77,6 +79,24 @@ def test_interrupt_then_resume_gives_identical_weights(tiny_cfg):
     assert same_weights(a, b)
     iters = [r["iter"] for r in read_log(Path(cfg.OUTPUT_DIR) / "metrics.jsonl") if "loss" in r]
     assert iters == sorted(set(iters))  # the resumed run did not log an iteration twice
+
+
+def test_a_run_of_other_settings_is_not_reused_or_resumed(tiny_cfg):
+    first = train(tiny_cfg("SOLVER.MAX_ITER", "2", "DATASETS.TEST", "[]"), progress=False)
+    # logging, checkpointing and test settings may change between a run and its resume
+    again = train(tiny_cfg("SOLVER.MAX_ITER", "2", "DATASETS.TEST", "[]", "SOLVER.LOG_PERIOD", "7"), progress=False)
+    assert again.checkpoint == first.checkpoint and again.finished
+    changed = tiny_cfg("SOLVER.MAX_ITER", "2", "DATASETS.TEST", "[]", "MODEL.THRESHOLD", "0.4")
+    with pytest.raises(CheckpointError, match=r"MODEL.THRESHOLD: 0.5 -> 0.4.*--fresh"):
+        train(changed, progress=False)
+    with pytest.raises(CheckpointError, match=r"SOLVER.MAX_ITER: 2 -> 3"):  # an unfinished run is checked too
+        train(tiny_cfg("SOLVER.MAX_ITER", "3", "DATASETS.TEST", "[]"), progress=False)
+    fresh = train(changed, resume=False, progress=False)
+    assert ckpt.read_checkpoint(fresh.checkpoint)["config"]["MODEL"]["THRESHOLD"] == 0.4
+    # the course starts over by itself when its recipe changed
+    assert course.run_changed(tiny_cfg("SOLVER.MAX_ITER", "2", "DATASETS.TEST", "[]"))
+    redone = course.train_recipe(tiny_cfg("SOLVER.MAX_ITER", "2", "DATASETS.TEST", "[]"))
+    assert ckpt.read_checkpoint(redone.checkpoint)["config"]["MODEL"]["THRESHOLD"] == 0.5
 
 
 def test_after_backward_runs_before_the_optimizer_step(tiny_cfg):

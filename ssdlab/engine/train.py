@@ -32,7 +32,7 @@ from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine import distributed as dist
 from ssdlab.engine.inference import evaluate_model
 from ssdlab.engine.schedule import build_optimizer, build_scheduler
-from ssdlab.errors import ConfigError
+from ssdlab.errors import CheckpointError, ConfigError
 from ssdlab.model.cfg import parse_cfg, write_cfg
 from ssdlab.model.ssd import SSD, build_model, read_backbone_text
 from ssdlab.prune.distill import teacher_from_config
@@ -146,6 +146,44 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
+RESUMABLE_CHANGES = ("OUTPUT_DIR", "TEST.", "DATASETS.TEST", "DATA_LOADER.", "MODEL.DEVICE", "SOLVER.LOG_PERIOD",
+                     "SOLVER.CHECKPOINT_PERIOD", "SOLVER.EVAL_PERIOD", "SOLVER.KEEP_LAST", "SOLVER.NUM_THREADS")
+
+
+def flat_settings(node: dict, prefix: str = "") -> dict:
+    """{"SOLVER.LR": 0.004, ...}: every leaf of a nested config dict under its dotted key."""
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            out.update(flat_settings(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def recipe_changes(stored: dict, cfg: CfgNode) -> list[str]:
+    """'KEY: stored -> now' for each training setting a run's checkpoint and cfg disagree on
+    (logging, checkpointing, loader and test settings may change between a run and its resume)."""
+    old, new = flat_settings(stored), flat_settings(cfg.to_dict())
+    keys = sorted(k for k in old.keys() | new.keys() if not k.startswith(RESUMABLE_CHANGES))
+    return [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in keys if old.get(k) != new.get(k)]
+
+
+def check_same_recipe(state: dict, cfg: CfgNode, path: Path) -> None:
+    """CheckpointError when the run in OUTPUT_DIR was trained with other settings than cfg."""
+    changes = recipe_changes(state.get("config", {}), cfg)
+    if changes:
+        listed = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+        raise CheckpointError(f"{path} belongs to a run with other settings ({listed}); to start over, train "
+                              "with --fresh (Python: resume=False) or choose another OUTPUT_DIR")
+
+
+def run_changed(cfg: CfgNode) -> bool:
+    """True when cfg.OUTPUT_DIR holds a run trained with other settings than cfg (see recipe_changes)."""
+    path = ckpt.last_checkpoint(cfg.OUTPUT_DIR)
+    return path is not None and bool(recipe_changes(ckpt.read_checkpoint(path).get("config", {}), cfg))
+
+
 class GracefulStop:
     """Turns the first Ctrl-C (SIGINT) into a request to stop after the current iteration."""
 
@@ -236,6 +274,7 @@ class Trainer:
         if path is None:
             return 0
         state = ckpt.read_checkpoint(path)
+        check_same_recipe(state, self.cfg, path)
         ckpt.load_state_checked(self.model, state["model"], where=str(path))
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -317,6 +356,7 @@ class Trainer:
         if not (self.resume and final.is_file()):
             return None
         state = ckpt.read_checkpoint(final)
+        check_same_recipe(state, self.cfg, final)
         if state["iteration"] < self.cfg.SOLVER.MAX_ITER:
             return None
         metrics = dict(state.get("metrics", {}))
