@@ -175,7 +175,8 @@ def check_same_recipe(state: dict, cfg: CfgNode, path: Path) -> None:
     if changes:
         listed = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
         raise CheckpointError(f"{path} belongs to a run with other settings ({listed}); to start over, train "
-                              "with --fresh (Python: resume=False) or choose another OUTPUT_DIR")
+                              "with --fresh (Python: resume=False) or choose another OUTPUT_DIR; to continue "
+                              f"from it, add MODEL.FINE_TUNE True MODEL.WEIGHTS {path} with another OUTPUT_DIR")
 
 
 def run_changed(cfg: CfgNode) -> bool:
