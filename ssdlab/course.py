@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from ssdlab.config import PACKAGE_CONFIGS, load_config
-from ssdlab.data.shapes import TRAIN_IMAGES as SHAPES_TRAIN, generate_shapes
+from ssdlab.data.shapes import TRAIN_IMAGES, generate_shapes
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.demo import run_demo
 from ssdlab.engine.checkpoint import release_copy
@@ -30,12 +30,12 @@ QAT_FREEZE = (0.8, 0.9)  # fractions of a QAT run after which BN statistics / ac
 QAT_ITERS = {"full": 500, "pretrained": 500, "smoke": 4}  # QAT iterations: the tour, notebooks 05 and 07
 BASELINES = Path(__file__).resolve().parent / "checkpoints"
 PROFILES = {
-    "full": {"root": "runs", "data": "datasets/shapes", "train": SHAPES_TRAIN, "val": 500, "overrides": []},
+    "full": {"root": "runs", "data": "datasets/shapes", "train": TRAIN_IMAGES, "val": 500, "overrides": []},
     "smoke": {"root": "runs/smoke", "data": "runs/smoke/shapes", "train": 96, "val": 24,
               "overrides": ["SOLVER.MAX_ITER", "12", "SOLVER.BATCH_SIZE", "8", "SOLVER.WARMUP_ITERS", "4",
                             "SOLVER.LR_STEPS", "[8]", "SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.EVAL_PERIOD", "0",
                             "DATA_LOADER.NUM_WORKERS", "0"]},
-    "pretrained": {"root": "runs/pretrained", "data": "datasets/shapes", "train": SHAPES_TRAIN, "val": 500,
+    "pretrained": {"root": "runs/pretrained", "data": "datasets/shapes", "train": TRAIN_IMAGES, "val": 500,
                    "overrides": ["SOLVER.MAX_ITER", "7500"]},
 }
 

@@ -99,6 +99,18 @@ def test_a_run_of_other_settings_is_not_reused_or_resumed(tiny_cfg):
     assert ckpt.read_checkpoint(redone.checkpoint)["config"]["MODEL"]["THRESHOLD"] == 0.5
 
 
+def test_a_fine_tuned_run_with_the_starts_architecture_is_reused(tiny_cfg):
+    base = train(tiny_cfg("SOLVER.MAX_ITER", "1", "DATASETS.TEST", "[]", "MODEL.PRIORS.MIN_SIZES", "[12, 28]",
+                          out="base"), progress=False)
+    # the run takes MODEL.PRIORS from its start (architecture_config), not from the recipe it was given
+    tune = tiny_cfg("SOLVER.MAX_ITER", "1", "DATASETS.TEST", "[]", "MODEL.FINE_TUNE", "True",
+                    "MODEL.WEIGHTS", str(base.checkpoint), out="tune")
+    first = train(tune, progress=False)
+    assert ckpt.read_checkpoint(first.checkpoint)["config"]["MODEL"]["PRIORS"]["MIN_SIZES"] == [12, 28]
+    assert not course.run_changed(tune)
+    assert train(tune, progress=False).checkpoint == first.checkpoint
+
+
 def test_after_backward_runs_before_the_optimizer_step(tiny_cfg):
     cfg = tiny_cfg("SOLVER.MAX_ITER", "3", "SOLVER.WEIGHT_DECAY", "0.0", "SOLVER.OPTIMIZER", "SGD",
                    "DATASETS.TEST", "[]")

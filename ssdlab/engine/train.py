@@ -161,17 +161,17 @@ def flat_settings(node: dict, prefix: str = "") -> dict:
     return out
 
 
-def recipe_changes(stored: dict, cfg: CfgNode) -> list[str]:
-    """'KEY: stored -> now' for each training setting a run's checkpoint and cfg disagree on
-    (logging, checkpointing, loader and test settings may change between a run and its resume)."""
-    old, new = flat_settings(stored), flat_settings(cfg.to_dict())
+def recipe_changes(stored: CfgNode, cfg: CfgNode) -> list[str]:
+    """'KEY: stored -> now' for each training setting on which a run's stored config and cfg disagree; cfg as
+    architecture_config leaves it (logging, checkpointing, loader and test settings may change on resume)."""
+    old, new = flat_settings(stored.to_dict()), flat_settings(cfg.to_dict())
     keys = sorted(k for k in old.keys() | new.keys() if not k.startswith(RESUMABLE_CHANGES))
     return [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in keys if old.get(k) != new.get(k)]
 
 
 def check_same_recipe(state: dict, cfg: CfgNode, path: Path) -> None:
     """CheckpointError when the run in OUTPUT_DIR was trained with other settings than cfg."""
-    changes = recipe_changes(state.get("config", {}), cfg)
+    changes = recipe_changes(ckpt.checkpoint_config(state, str(path)), cfg)
     if changes:
         listed = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
         raise CheckpointError(f"{path} belongs to a run with other settings ({listed}); to start over, train "
@@ -182,7 +182,10 @@ def check_same_recipe(state: dict, cfg: CfgNode, path: Path) -> None:
 def run_changed(cfg: CfgNode) -> bool:
     """True when cfg.OUTPUT_DIR holds a run trained with other settings than cfg (see recipe_changes)."""
     path = ckpt.last_checkpoint(cfg.OUTPUT_DIR)
-    return path is not None and bool(recipe_changes(ckpt.read_checkpoint(path).get("config", {}), cfg))
+    if path is None:
+        return False
+    stored = ckpt.checkpoint_config(ckpt.read_checkpoint(path), str(path))
+    return bool(recipe_changes(stored, architecture_config(cfg)))
 
 
 class GracefulStop:
@@ -228,7 +231,7 @@ class Trainer:
                  model_transform: ModelTransform | None = None, resume: bool = True, progress: bool = True):
         self.device = dist.local_device(cfg.MODEL.DEVICE)
         dist.init_distributed(self.device)
-        self.cfg = scale_for_world(cfg, dist.world_size())
+        self.cfg = architecture_config(scale_for_world(cfg, dist.world_size()))  # as its checkpoints store it
         self.after_backward = list(after_backward)
         self.model_transform = model_transform
         self.resume, self.progress = resume, progress
@@ -240,7 +243,6 @@ class Trainer:
         if self.cfg.SOLVER.NUM_THREADS or self.device.type == "cpu":
             torch.set_num_threads(self.cfg.SOLVER.NUM_THREADS or default_threads())
         seed_everything(self.cfg.SOLVER.SEED)
-        self.cfg = architecture_config(self.cfg)
         self.train_set = datasets(self.cfg, is_train=True)
         names = self.train_set.class_names
         if len(names) != self.cfg.MODEL.NUM_CLASSES:
