@@ -19,7 +19,7 @@ RECIPES = sorted(CONFIGS.glob("*.yaml")) + sorted((CONFIGS / "course").glob("*.y
 
 VGG300 = (300, [38, 19, 10, 5, 3, 1], [512, 1024, 512, 256, 256, 256])
 PLAIN = (128, [32, 16, 8, 4, 2, 1], [64, 96, 192, 192, 128, 128])
-RESIDUAL = (128, [32, 16, 8, 4, 2, 1], [32, 48, 96, 128, 128, 128])
+RESIDUAL = (128, [32, 16, 8, 4, 2, 1], [64, 64, 128, 128, 128, 128])
 # cfg file -> (input size, feature-map sizes, head channels), from REFERENCE §1-2 and the course design
 EXPECTED = {
     "vgg_bn_ssd300.cfg": VGG300,
@@ -149,6 +149,21 @@ def test_forward_matches_hand_computation():
     assert level0.shape == (2, 3, 4, 4)
     torch.testing.assert_close(level0, expected0)
     torch.testing.assert_close(level1, b)
+
+
+def test_residual_blocks_start_as_the_identity():
+    net = CfgBackbone(parse_cfg((BACKBONES / "course_residual.cfg").read_text())).eval()
+    outputs, x = [], torch.randn(2, 3, 128, 128)
+    for module in net.module_list:
+        x = module(x, outputs[module.source]) if isinstance(module, Shortcut) else module(x)
+        outputs.append(x)
+    shortcuts = [i for i, m in enumerate(net.module_list) if isinstance(m, Shortcut)]
+    assert len(shortcuts) == 3
+    for i in shortcuts:  # branch end: zero γ, zero β, so the add returns the block input
+        assert torch.equal(net.module_list[i - 1].bn.weight, torch.zeros_like(net.module_list[i - 1].bn.weight))
+        torch.testing.assert_close(outputs[i], outputs[net.module_list[i].source])
+    others = [m.bn.weight for i, m in enumerate(net.module_list) if i + 1 not in shortcuts and hasattr(m, "bn")]
+    assert all(torch.equal(w, torch.ones_like(w)) for w in others)
 
 
 def test_l2norm_by_hand():

@@ -253,7 +253,7 @@ def test_course_models_are_hardware_friendly():
         assert len(feature_layers(layers)) == 6
     assert not any(layer["type"] == "shortcut" for layer in plain)
     shortcuts = [i for i, layer in enumerate(residual) if layer["type"] == "shortcut"]
-    assert len(shortcuts) == 6
+    assert len(shortcuts) == 3
     for i in shortcuts:  # conv ReLU -> conv linear -> add the block input
         assert residual[i]["from"] == -3
         assert (residual[i - 2]["activation"], residual[i - 1]["activation"]) == ("relu", "linear")

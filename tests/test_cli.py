@@ -84,6 +84,14 @@ def test_info_macs_per_layer_add_up_and_match_a_hand_count(capsys):
     assert sum(int(r[-1].replace(",", "")) for r in rows.values()) == total
 
 
+def test_info_piped_into_a_reader_that_stops_early_is_quiet(tmp_path):
+    recipe = PACKAGE_CONFIGS / "course" / "plain_shapes.yaml"
+    piped = subprocess.run(f"'{sys.executable}' -m ssdlab info --config-file '{recipe}' | head -n 1", shell=True,
+                           cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert piped.stdout.count("\n") == 1
+    assert "Traceback" not in piped.stderr and "BrokenPipeError" not in piped.stderr, piped.stderr
+
+
 def test_info_prior_counts_of_seed_recipes(capsys):
     for name, priors in [("vgg_bn_ssd300_voc0712", 8732), ("mobile_v2_ssd_voc0712", 3234),
                          ("vgg_bn_ssd512_voc0712", 24564)]:

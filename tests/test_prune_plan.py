@@ -307,7 +307,7 @@ def test_regular_mobilenet_1280_layer():
 
 # --- 6. union masks across residual chains ------------------------------------------------------
 
-RESIDUAL_CHAINS = [[1, 3, 4], [5, 7, 8, 10, 11], [12, 14, 15, 17, 18], [19, 21, 22]]  # from course_residual.cfg
+RESIDUAL_CHAINS = [[3, 4, 6, 7, 8], [9, 11, 12, 13, 15, 16]]  # from course_residual.cfg (maxpools pass through)
 
 
 def test_course_residual_groups():
@@ -317,9 +317,8 @@ def test_course_residual_groups():
     assert [g.members for g in chains] == RESIDUAL_CHAINS
     assert [g.producers for g in chains] == [[i for i in c if layers[i]["type"] == "convolutional"]
                                              for c in RESIDUAL_CHAINS]
-    assert prunable_layers(layers, "normal") == [0, 2, 6, 9, 13, 16, 20, 23, 24]
-    assert prunable_layers(layers, "shortcut") == sorted([0, 2, 6, 9, 13, 16, 20, 23, 24, 1, 3, 5, 7, 10,
-                                                          12, 14, 17, 19, 21])
+    assert prunable_layers(layers, "normal") == [0, 1, 5, 10, 14, 17, 18]
+    assert prunable_layers(layers, "shortcut") == sorted([0, 1, 5, 10, 14, 17, 18, 3, 6, 9, 11, 15])
     assert prunable_layers(layers, "coupled") == prunable_layers(layers, "shortcut")  # no depthwise convs
 
 
@@ -583,12 +582,12 @@ def test_drop_levels_vgg_and_shortcut_chain():
     # residual: an emptied chain cuts before its first producer
     _, spec = shipped("course/residual_shapes.yaml")
     gammas = random_gammas(spec.layers, seed=16)
-    for i in (12, 14, 17):  # the chain [12, 14, 15, 17, 18]; head level 2 is layer 18
+    for i in (9, 11, 15):  # the chain [9, 11, 12, 13, 15, 16]; head levels 2 and 3 are layers 12 and 16
         gammas[i] = gammas[i] * 1e-3
     safe = plan(spec, gammas, 0.0, "shortcut").highest_safe
     n = sum(gammas[i].size for i in prunable_layers(spec.layers, "shortcut"))
     result = plan(spec, gammas, safe + 1 / n + 1e-9, "shortcut", drop_levels=True)
-    assert result.emptied == [12] and (result.levels, result.cut) == (2, 11)
+    assert result.emptied == [9] and (result.levels, result.cut) == (2, 7)  # keeps layers 0..7 (levels 0, 1)
 
 
 def test_model_cost_of_truncated_widths_counts_only_kept_levels(hand_spec):
