@@ -31,7 +31,7 @@ SHIPPED = ["course/plain_shapes.yaml", "course/residual_shapes.yaml", "mobile_v2
            "mini_ssd_hand_fpga.yaml", "vgg_bn_ssd300_voc0712.yaml", "vgg_bn_ssd300_voc0712_fpga.yaml"]
 # --max: a layer whose γ we shrink, and the head levels that must survive (levels before that layer).
 # mini_ssd has a single head level at its last layer, so any emptied layer comes before it.
-WEAK = {"course/plain_shapes.yaml": (7, 2), "course/residual_shapes.yaml": (20, 3),
+WEAK = {"course/plain_shapes.yaml": (7, 2), "course/residual_shapes.yaml": (14, 3),
         "mobile_v2_ssd_voc0712.yaml": (64, 2), "mini_ssd_hand_fpga.yaml": None,
         "vgg_bn_ssd300_voc0712.yaml": (22, 3), "vgg_bn_ssd300_voc0712_fpga.yaml": (22, 3)}
 VARIANTS = {"normal": ("normal", False), "shortcut": ("shortcut", False), "coupled": ("coupled", False),
