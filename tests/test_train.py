@@ -1,6 +1,7 @@
 """Trainer: loss goes down, hooks run where promised, resume is exact, checkpoints are safe."""
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -109,6 +110,13 @@ def test_a_fine_tuned_run_with_the_starts_architecture_is_reused(tiny_cfg):
     assert ckpt.read_checkpoint(first.checkpoint)["config"]["MODEL"]["PRIORS"]["MIN_SIZES"] == [12, 28]
     assert not course.run_changed(tune)
     assert train(tune, progress=False).checkpoint == first.checkpoint
+    # the start retrained in place (same path, other weights): the run is not reused
+    other = train(tiny_cfg("SOLVER.MAX_ITER", "1", "DATASETS.TEST", "[]", "MODEL.PRIORS.MIN_SIZES", "[12, 28]",
+                           "SOLVER.SEED", "7", out="other"), progress=False)
+    shutil.copy(other.checkpoint, base.checkpoint)
+    assert course.run_changed(tune)
+    with pytest.raises(CheckpointError, match=r"MODEL.WEIGHTS: .*model_final.pt holds other weights"):
+        train(tune, progress=False)
 
 
 def test_after_backward_runs_before_the_optimizer_step(tiny_cfg):

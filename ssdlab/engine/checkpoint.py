@@ -6,6 +6,7 @@ A checkpoint is a dict of plain types and tensors (so `torch.load(weights_only=T
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
@@ -30,6 +31,15 @@ def make_checkpoint(model: nn.Module, iteration: int = 0, metrics: dict | None =
             "cfg_text": model.cfg_text, "config": model.cfg.to_dict(),
             "class_names": list(model.class_names), "iteration": int(iteration),
             "metrics": metrics or {}, **training_state}
+
+
+def weights_digest(checkpoint: dict) -> str:
+    """A short SHA-256 of a checkpoint's weights (names, shapes, values): equal only for the same weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(checkpoint["model"].items()):
+        digest.update(f"{name}{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:

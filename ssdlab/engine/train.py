@@ -169,9 +169,22 @@ def recipe_changes(stored: CfgNode, cfg: CfgNode) -> list[str]:
     return [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in keys if old.get(k) != new.get(k)]
 
 
-def check_same_recipe(state: dict, cfg: CfgNode, path: Path) -> None:
-    """CheckpointError when the run in OUTPUT_DIR was trained with other settings than cfg."""
+def start_digest(cfg: CfgNode) -> str | None:
+    """The weights digest of the MODEL.WEIGHTS checkpoint a fine-tune starts from; None when not fine-tuning."""
+    return ckpt.weights_digest(ckpt.read_checkpoint(cfg.MODEL.WEIGHTS)) if cfg.MODEL.FINE_TUNE else None
+
+
+def run_changes(state: dict, cfg: CfgNode, path: Path, start: str | None) -> list[str]:
+    """recipe_changes of a stored run, plus a note when its MODEL.WEIGHTS start now holds other weights."""
     changes = recipe_changes(ckpt.checkpoint_config(state, str(path)), cfg)
+    if state.get("start") not in (None, start):  # runs saved before starts were recorded pass
+        changes.append(f"MODEL.WEIGHTS: {cfg.MODEL.WEIGHTS} holds other weights than when this run started")
+    return changes
+
+
+def check_same_recipe(state: dict, cfg: CfgNode, path: Path, start: str | None) -> None:
+    """CheckpointError when the run in OUTPUT_DIR was trained with other settings or another start than cfg."""
+    changes = run_changes(state, cfg, path, start)
     if changes:
         listed = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
         raise CheckpointError(f"{path} belongs to a run with other settings ({listed}); to start over, train "
@@ -184,8 +197,7 @@ def run_changed(cfg: CfgNode) -> bool:
     path = ckpt.last_checkpoint(cfg.OUTPUT_DIR)
     if path is None:
         return False
-    stored = ckpt.checkpoint_config(ckpt.read_checkpoint(path), str(path))
-    return bool(recipe_changes(stored, architecture_config(cfg)))
+    return bool(run_changes(ckpt.read_checkpoint(path), architecture_config(cfg), path, start_digest(cfg)))
 
 
 class GracefulStop:
@@ -232,6 +244,7 @@ class Trainer:
         self.device = dist.local_device(cfg.MODEL.DEVICE)
         dist.init_distributed(self.device)
         self.cfg = architecture_config(scale_for_world(cfg, dist.world_size()))  # as its checkpoints store it
+        self.start = start_digest(self.cfg)  # stored, so a changed start is not taken for the same run
         self.after_backward = list(after_backward)
         self.model_transform = model_transform
         self.resume, self.progress = resume, progress
@@ -277,7 +290,7 @@ class Trainer:
         if path is None:
             return 0
         state = ckpt.read_checkpoint(path)
-        check_same_recipe(state, self.cfg, path)
+        check_same_recipe(state, self.cfg, path, self.start)
         ckpt.load_state_checked(self.model, state["model"], where=str(path))
         if "optimizer" in state:
             self.optimizer.load_state_dict(state["optimizer"])
@@ -294,6 +307,8 @@ class Trainer:
                                          optimizer=self.optimizer.state_dict(),
                                          scheduler=self.scheduler.state_dict(), rng=rng_state())
             state["config"] = self.cfg.to_dict()
+            if self.start:
+                state["start"] = self.start
             ckpt.save_checkpoint(state, path)
             ckpt.write_last_checkpoint(self.output_dir, path)
             self._prune_old_checkpoints()
@@ -359,7 +374,7 @@ class Trainer:
         if not (self.resume and final.is_file()):
             return None
         state = ckpt.read_checkpoint(final)
-        check_same_recipe(state, self.cfg, final)
+        check_same_recipe(state, self.cfg, final, self.start)
         if state["iteration"] < self.cfg.SOLVER.MAX_ITER:
             return None
         metrics = dict(state.get("metrics", {}))
