@@ -49,6 +49,10 @@ class Failure(Exception):
     """A check that did not hold; the message says which."""
 
 
+class ServerError(Failure):
+    """The Jupyter server answered 5xx (it does while a kernel is still starting)."""
+
+
 def log(message: str) -> None:
     print(f"[browser-test {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -79,7 +83,8 @@ def http(method: str, url: str, body: dict | None = None, timeout: float = 60.0)
             text = response.read().decode()
     except urllib.error.HTTPError as err:
         text = err.read().decode()
-        raise Failure(f"{method} {url} -> HTTP {err.code}: {text[:500]}") from None
+        kind = ServerError if err.code >= 500 else Failure
+        raise kind(f"{method} {url} -> HTTP {err.code}: {text[:500]}") from None
     return json.loads(text) if text else {}
 
 
@@ -278,7 +283,10 @@ def check(condition: bool, message: str) -> None:
 
 def kernel_idle(browser: Browser, lab_url: str, token: str) -> bool:
     """The server has started the notebook's kernel, it is idle, and the page shows it idle."""
-    kernels = http("GET", f"{lab_url}/api/kernels?token={token}")
+    try:
+        kernels = http("GET", f"{lab_url}/api/kernels?token={token}")
+    except ServerError:  # jupyter_server fails to list a kernel before its first activity: ask again
+        return False
     return bool(kernels) and all(k["execution_state"] == "idle" for k in kernels) \
         and browser.js(STATE_JS)["status"] == "idle"
 
