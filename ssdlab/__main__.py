@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--errors", action="store_true",
                           help="also say what became of each object by size, and what each confident detection was")
     evaluate.add_argument("--score-threshold", type=float, default=0.3, help="confident detections for --errors")
+    evaluate.add_argument("--detections", type=Path, metavar="FILE",
+                          help="also write the detections to FILE as COCO results JSON (pycocotools loadRes)")
     _config_args(evaluate, required=False)
 
     demo = sub.add_parser("demo", help="draw detections on images and time them")

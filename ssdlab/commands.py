@@ -99,7 +99,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         dataset = datasets(cfg, is_train=False)
         predictions = predict(model, dataset, cfg, device)  # every rank's share, gathered on every rank
         if dist.is_main():
-            result = score(dataset, predictions, cfg, coco_json=path.with_suffix(".coco_results.json"))
+            result = score(dataset, predictions, cfg, coco_json=args.detections)
             print(format_ap_table(result["voc"]))
             print(result["coco"]["summary"])
             _print_metrics({"voc_map": result["voc_map"], "voc_metric": result["voc"]["metric"],

@@ -42,15 +42,16 @@ def test_train_eval_demo_detect_the_shapes(shapes_dir, tmp_path):
     assert voc_map(seen.stdout) > 0.5, seen.stdout
     assert "objects at detections scoring >= 0.3" in seen.stdout and "detections: correct" in seen.stdout
     evaluated = ssdlab_cli("eval", "--ckpt", str(out / "model_final.pt"), *data, cwd=tmp_path)
+    assert not list(out.glob("*.json")), "eval writes no file unless asked (--detections)"
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert 0.0 <= voc_map(evaluated.stdout) <= 1.0
     assert "circle" in evaluated.stdout and "AP50" in evaluated.stdout
-    assert (out / "model_final.coco_results.json").is_file()
     # TEST.* overrides reach the model's post-processing (it was built with the stored config)
-    capped = ssdlab_cli("eval", "--ckpt", str(out / "model_final.pt"), *data, "TEST.MAX_PER_IMAGE", "1",
-                        cwd=tmp_path)
+    found = tmp_path / "detections.json"
+    capped = ssdlab_cli("eval", "--ckpt", str(out / "model_final.pt"), "--detections", str(found), *data,
+                        "TEST.MAX_PER_IMAGE", "1", cwd=tmp_path)
     assert capped.returncode == 0, capped.stderr[-3000:]
-    per_image = Counter(d["image_id"] for d in json.loads((out / "model_final.coco_results.json").read_text()))
+    per_image = Counter(d["image_id"] for d in json.loads(found.read_text()))
     assert per_image and max(per_image.values()) == 1
 
     images, drawn = tmp_path / "images", tmp_path / "drawn"

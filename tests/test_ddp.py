@@ -40,10 +40,10 @@ def test_two_process_training_and_gathered_evaluation(shapes_dir, tmp_path):
     assert model.cfg.SOLVER.MAX_ITER == 4 and model.cfg.SOLVER.LR == pytest.approx(2 * 0.003)
 
     ckpt = out / "model_final.pt"
-    run(torchrun("eval", "--ckpt", str(ckpt), *data), tmp_path)
-    two = detections(ckpt.with_suffix(".coco_results.json"))
-    ckpt.with_suffix(".coco_results.json").unlink()
-    run([sys.executable, "-m", "ssdlab", "eval", "--ckpt", str(ckpt), *data], tmp_path)
-    one = detections(ckpt.with_suffix(".coco_results.json"))
+    run(torchrun("eval", "--ckpt", str(ckpt), "--detections", str(tmp_path / "two.json"), *data), tmp_path)
+    two = detections(tmp_path / "two.json")
+    run([sys.executable, "-m", "ssdlab", "eval", "--ckpt", str(ckpt), "--detections", str(tmp_path / "one.json"),
+         *data], tmp_path)
+    one = detections(tmp_path / "one.json")
     assert len(one) > 0 and len({r[0] for r in two}) > 12  # images from both ranks are present
     assert one == two

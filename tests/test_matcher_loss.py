@@ -3,6 +3,7 @@ import math
 
 import pytest
 import torch
+from torchvision.ops import box_convert
 
 from ssdlab.model.box_coder import encode
 from ssdlab.model.loss import MultiBoxLoss, hard_negative_mining
@@ -141,5 +142,7 @@ def test_match_index_agrees_with_match():
     priors = torch.cat([torch.rand(200, 2), torch.rand(200, 2) * 0.5 + 0.05], dim=1)
     labels, boxes = match(gt, gt_labels, priors)
     index = match_index(gt, priors)
+    kept_corners = match(gt, gt_labels, priors, priors_xyxy=box_convert(priors, "cxcywh", "xyxy"))
+    assert torch.equal(kept_corners[0], labels) and torch.equal(kept_corners[1], boxes)
     assert torch.equal(labels, torch.where(index >= 0, gt_labels[index.clamp(min=0)], 0))
     torch.testing.assert_close(boxes[index >= 0], gt[index[index >= 0]])

@@ -25,7 +25,7 @@ def painted_image() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def geometric_pipeline(size: int) -> T.Compose:
     """Every geometric step of the training pipeline, without the colour changes."""
-    return T.Compose([T.ConvertFromInts(), T.Expand([123, 117, 104]), T.RandomSampleCrop(),
+    return T.Compose([T.AsArrays(), T.Expand([123, 117, 104]), T.RandomSampleCrop(),
                       T.RandomMirror(), T.ToPercentCoords(), T.Resize(size)])
 
 
@@ -79,6 +79,29 @@ def test_expand_fills_with_mean_and_shifts_boxes():
     border = np.ones(out.shape[:2], dtype=bool)
     border[top:top + 120, left:left + 160] = False
     assert np.all(out[border] == mean)
+
+
+def test_expand_keeps_a_uint8_image_uint8():
+    image, boxes, labels = painted_image()
+    out, _, _ = T.Expand([123.4, 117, 104], p=1.0)(image, boxes, labels, rng=np.random.default_rng(3))
+    assert out.dtype == np.uint8 and out.shape[0] > 120
+    assert np.array_equal(out[0, 0], [123, 117, 104])  # the mean, rounded
+
+
+def test_training_pipeline_distorts_colours_after_the_resize():
+    cfg = get_default_config()
+    cfg.INPUT.IMAGE_SIZE = 64
+    names = [type(t).__name__ for t in T.build_transforms(cfg, is_train=True).transforms]
+    assert names == ["AsArrays", "Expand", "RandomSampleCrop", "RandomMirror", "ToPercentCoords", "Resize",
+                     "PhotometricDistort", "SubtractMeans", "ToTensor"]
+    image, boxes, labels = painted_image()
+    for seed in range(5):  # a uint8 image goes through; the colour step sees size x size float pixels
+        tensor, out_boxes, _ = T.build_transforms(cfg, is_train=True)(image, boxes, labels,
+                                                                      rng=np.random.default_rng(seed))
+        assert tensor.shape == (3, 64, 64) and tensor.dtype == torch.float32
+        pixels = tensor + torch.tensor(cfg.INPUT.PIXEL_MEAN).view(3, 1, 1)
+        assert pixels.min() >= -1e-3 and pixels.max() <= 255 + 1e-3
+        assert np.all((out_boxes >= 0) & (out_boxes <= 1))
 
 
 def test_zero_area_boxes_are_dropped_with_their_labels():
@@ -173,7 +196,7 @@ def test_pipelines_output_shapes_and_mean():
     cfg.SOLVER.AUGMENT = False
     plain = T.build_transforms(cfg, is_train=True)
     assert [type(t).__name__ for t in plain.transforms] == [
-        "ConvertFromInts", "ToPercentCoords", "Resize", "SubtractMeans", "ToTensor"]
+        "AsArrays", "ToPercentCoords", "Resize", "SubtractMeans", "ToTensor"]
     _, boxes, _ = plain(image, np.array([[4, 3, 20, 15]]), np.array([1]))
     assert np.allclose(boxes, [[0.1, 0.1, 0.5, 0.5]])
 

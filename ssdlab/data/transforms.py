@@ -14,6 +14,14 @@ augmentation. Without one, a transform makes a fresh Generator seeded from torch
 seeds it in every worker with ``base_seed + worker_id``, so workers still get distinct,
 reproducible streams with no ``worker_init_fn``.
 
+Order of the training pipeline: the geometric steps (zoom-out, crop, mirror) first, on the image
+as decoded (uint8), then Resize, then the colour distortion on the size x size result. The seed
+distorts colours first, on the full image; colour changes act on each pixel alone, so their order
+with the geometric steps does not change what the network sees, except that the zoom-out canvas
+is now distorted too. Distorting after the resize costs size^2 pixels instead of the whole
+image (on the 128-192 px shapes at 128: 2.7 -> 1.5 ms per sample, with the matcher change in
+``ssdlab.model.matcher``; benchmarks/RESULTS.md).
+
 Resize uses ``torch.nn.functional.interpolate`` (bilinear, no antialias, like the seed's
 ``cv2.resize``): on one thread it was 2-8x faster than PIL for 128-300 px outputs
 (375x500 -> 300: 0.9 ms vs 1.9 ms; 1100x1500 -> 300: 1.8 ms vs 15.6 ms).
@@ -23,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.ops import box_convert
 
 from ssdlab.model.box_coder import encode
 from ssdlab.model.matcher import match
@@ -78,14 +87,18 @@ class Compose:
         return "Compose(" + ", ".join(type(t).__name__ for t in self.transforms) + ")"
 
 
-class ConvertFromInts:
-    """Cast the image and boxes to float32 (labels to int64)."""
+class AsArrays:
+    """Boxes as float32 [K, 4] and labels as int64 [K] arrays; the image keeps its dtype.
+
+    A uint8 image stays uint8 through the geometric steps (a quarter of the bytes to move);
+    Resize turns it into float32.
+    """
 
     def __call__(self, image: np.ndarray, boxes=None, labels=None) -> Sample:
-        """Return float32 copies."""
+        """Return the image and array copies of boxes and labels."""
         boxes = None if boxes is None else np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
         labels = None if labels is None else np.asarray(labels, dtype=np.int64).reshape(-1)
-        return image.astype(np.float32), boxes, labels
+        return image, boxes, labels
 
 
 def rgb_to_hsv(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -177,8 +190,9 @@ class Expand(RandomTransform):
         ratio = rng.uniform(1, self.max_ratio)
         left = int(rng.uniform(0, width * ratio - width))
         top = int(rng.uniform(0, height * ratio - height))
-        canvas = np.empty((int(height * ratio), int(width * ratio), channels), dtype=np.float32)
-        canvas[:] = np.tile(self.mean, (canvas.shape[1], 1))  # one row, copied down (fast)
+        canvas = np.empty((int(height * ratio), int(width * ratio), channels), dtype=image.dtype)
+        fill = np.round(self.mean) if image.dtype == np.uint8 else self.mean
+        canvas[:] = np.tile(fill.astype(image.dtype), (canvas.shape[1], 1))  # one row, copied down (fast)
         canvas[top:top + height, left:left + width] = image
         boxes = boxes + np.array([left, top, left, top], dtype=np.float32)
         return (canvas, *drop_empty(boxes, labels))
@@ -316,11 +330,13 @@ def build_transforms(cfg, is_train: bool) -> Compose:
     size, mean = cfg.INPUT.IMAGE_SIZE, cfg.INPUT.PIXEL_MEAN
     if not is_train:
         return Compose([Resize(size), SubtractMeans(mean), ToTensor()])
-    augment = [PhotometricDistort(),
-               *([Expand(mean, cfg.INPUT.EXPAND_MAX_RATIO)] if cfg.INPUT.EXPAND_MAX_RATIO > 1 else []),
-               *([RandomSampleCrop()] if cfg.INPUT.CROP else []),
-               RandomMirror()] if cfg.SOLVER.AUGMENT else []
-    return Compose([ConvertFromInts(), *augment, ToPercentCoords(), Resize(size), SubtractMeans(mean), ToTensor()])
+    augment = cfg.SOLVER.AUGMENT
+    geometric = [*([Expand(mean, cfg.INPUT.EXPAND_MAX_RATIO)] if cfg.INPUT.EXPAND_MAX_RATIO > 1 else []),
+                 *([RandomSampleCrop()] if cfg.INPUT.CROP else []),
+                 RandomMirror()] if augment else []
+    colour = [PhotometricDistort()] if augment else []
+    return Compose([AsArrays(), *geometric, ToPercentCoords(), Resize(size), *colour, SubtractMeans(mean),
+                    ToTensor()])
 
 
 class TargetTransform:
@@ -329,6 +345,7 @@ class TargetTransform:
     def __init__(self, priors: torch.Tensor, center_variance: float, size_variance: float,
                  iou_threshold: float):
         self.priors = priors
+        self.priors_xyxy = box_convert(priors, in_fmt="cxcywh", out_fmt="xyxy")  # once, not per sample
         self.center_variance = center_variance
         self.size_variance = size_variance
         self.iou_threshold = iou_threshold
@@ -337,7 +354,7 @@ class TargetTransform:
         """Return (encoded Tensor[N, 4], labels LongTensor[N]); no boxes -> all background."""
         boxes = torch.as_tensor(np.asarray(boxes, dtype=np.float32)).reshape(-1, 4)
         labels = torch.as_tensor(np.asarray(labels, dtype=np.int64)).reshape(-1)
-        prior_labels, prior_boxes = match(boxes, labels, self.priors, self.iou_threshold)
+        prior_labels, prior_boxes = match(boxes, labels, self.priors, self.iou_threshold, self.priors_xyxy)
         encoded = encode(prior_boxes, self.priors, self.center_variance, self.size_variance)
         return encoded, prior_labels
 

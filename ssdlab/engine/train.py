@@ -83,12 +83,18 @@ def datasets(cfg: CfgNode, is_train: bool, with_transforms: bool = True):
                          cache=cfg.DATASETS.CACHE)
 
 
-def architecture_config(cfg: CfgNode) -> CfgNode:
+def fine_tune_start(cfg: CfgNode) -> dict | None:
+    """The MODEL.WEIGHTS checkpoint a fine-tune starts from (read once, handed on); None when not fine-tuning."""
+    return ckpt.read_checkpoint(cfg.MODEL.WEIGHTS) if cfg.MODEL.FINE_TUNE else None
+
+
+def architecture_config(cfg: CfgNode, start: dict | None = None) -> CfgNode:
     """cfg with the MODEL.WEIGHTS checkpoint's architecture keys when MODEL.FINE_TUNE (a pruned model's
-    priors and head levels, say), so data targets and the model agree; cfg itself otherwise."""
+    priors and head levels, say), so data targets and the model agree; cfg itself otherwise.
+    start: that checkpoint when the caller has read it already."""
     if not cfg.MODEL.FINE_TUNE:
         return cfg
-    stored = ckpt.checkpoint_config(ckpt.read_checkpoint(cfg.MODEL.WEIGHTS), cfg.MODEL.WEIGHTS)
+    stored = ckpt.checkpoint_config(start or ckpt.read_checkpoint(cfg.MODEL.WEIGHTS), cfg.MODEL.WEIGHTS)
     cfg = cfg.clone()
     for dotted in ARCHITECTURE_KEYS:
         section, key = dotted.split(".")
@@ -96,11 +102,12 @@ def architecture_config(cfg: CfgNode) -> CfgNode:
     return cfg.freeze()
 
 
-def initial_model(cfg: CfgNode, class_names: Iterable[str]) -> nn.Module:
-    """A new model, or the MODEL.WEIGHTS checkpoint's when MODEL.FINE_TUNE (cfg from architecture_config)."""
+def initial_model(cfg: CfgNode, class_names: Iterable[str], start: dict | None = None) -> nn.Module:
+    """A new model, or the MODEL.WEIGHTS checkpoint's when MODEL.FINE_TUNE (cfg from architecture_config;
+    start: that checkpoint when the caller has read it already)."""
     if not cfg.MODEL.FINE_TUNE:
         return build_model(cfg, tuple(class_names))
-    source = ckpt.read_checkpoint(cfg.MODEL.WEIGHTS)
+    source = start or ckpt.read_checkpoint(cfg.MODEL.WEIGHTS)
     model = SSD(cfg, cfg_text=quantization_flags(source["cfg_text"], cfg), class_names=tuple(class_names))
     ckpt.load_state_checked(model, source["model"], where=cfg.MODEL.WEIGHTS)
     log.info("fine-tuning from %s", cfg.MODEL.WEIGHTS)
@@ -169,9 +176,6 @@ def recipe_changes(stored: CfgNode, cfg: CfgNode) -> list[str]:
     return [f"{k}: {old.get(k, '(unset)')} -> {new.get(k, '(unset)')}" for k in keys if old.get(k) != new.get(k)]
 
 
-def start_digest(cfg: CfgNode) -> str | None:
-    """The weights digest of the MODEL.WEIGHTS checkpoint a fine-tune starts from; None when not fine-tuning."""
-    return ckpt.weights_digest(ckpt.read_checkpoint(cfg.MODEL.WEIGHTS)) if cfg.MODEL.FINE_TUNE else None
 
 
 def run_changes(state: dict, cfg: CfgNode, path: Path, start: str | None) -> list[str]:
@@ -197,7 +201,9 @@ def run_changed(cfg: CfgNode) -> bool:
     path = ckpt.last_checkpoint(cfg.OUTPUT_DIR)
     if path is None:
         return False
-    return bool(run_changes(ckpt.read_checkpoint(path), architecture_config(cfg), path, start_digest(cfg)))
+    start = fine_tune_start(cfg)
+    digest = ckpt.weights_digest(start) if start else None
+    return bool(run_changes(ckpt.read_checkpoint(path), architecture_config(cfg, start), path, digest))
 
 
 class GracefulStop:
@@ -243,8 +249,9 @@ class Trainer:
                  model_transform: ModelTransform | None = None, resume: bool = True, progress: bool = True):
         self.device = dist.local_device(cfg.MODEL.DEVICE)
         dist.init_distributed(self.device)
-        self.cfg = architecture_config(scale_for_world(cfg, dist.world_size()))  # as its checkpoints store it
-        self.start = start_digest(self.cfg)  # stored, so a changed start is not taken for the same run
+        self.start_state = fine_tune_start(cfg)  # read once: architecture, digest and weights come from it
+        self.cfg = architecture_config(scale_for_world(cfg, dist.world_size()), self.start_state)  # as stored
+        self.start = ckpt.weights_digest(self.start_state) if self.start_state else None  # a changed start
         self.after_backward = list(after_backward)
         self.model_transform = model_transform
         self.resume, self.progress = resume, progress
@@ -263,7 +270,8 @@ class Trainer:
                               f"{len(names)} classes including background ({', '.join(names[1:])}); "
                               f"set MODEL.NUM_CLASSES {len(names)}")
         self.test_set = datasets(self.cfg, is_train=False) if self.cfg.DATASETS.TEST else None
-        model = initial_model(self.cfg, names)
+        model = initial_model(self.cfg, names, self.start_state)
+        self.start_state = None  # its weights are in the model now
         if self.model_transform:
             model = self.model_transform(model, self.cfg)
         self.model = model.to(self.device)

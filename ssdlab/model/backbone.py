@@ -96,12 +96,12 @@ def init_weights(module: nn.Module) -> None:
 def zero_residual_gammas(module_list: nn.ModuleList) -> None:
     """BN γ = 0 in the last layer of each residual branch, so every block starts as the identity.
 
-    Goyal et al. 2017 ("zero-γ"): the shortcut carries the signal while the branch learns; the course's
-    residual model reaches 0.65 VOC mAP in its 10-minute recipe instead of 0.58 (benchmarks/RESULTS.md).
+    Goyal et al. 2017 ("zero-γ"): the shortcut carries the signal while the branch learns, which speeds
+    up early training (the course's residual model: benchmarks/RESULTS.md).
     """
     for index, module in enumerate(module_list):
         branch_end = module_list[index - 1] if isinstance(module, Shortcut) else None
-        if isinstance(branch_end, nn.Sequential) and "bn" in branch_end._modules:
+        if isinstance(branch_end, nn.Sequential) and hasattr(branch_end, "bn"):
             nn.init.zeros_(branch_end.bn.weight)
 
 

@@ -17,7 +17,7 @@ from torchvision.ops import box_convert, box_iou
 
 def best_ground_truth(gt_boxes_xyxy: Tensor, priors_xyxy: Tensor) -> tuple[Tensor, Tensor]:
     """Steps 1-3 for G >= 1 boxes: per prior, (index of its ground truth, IoU with it; 2.0 when forced)."""
-    iou = box_iou(priors_xyxy, gt_boxes_xyxy)  # [N, G]
+    iou = box_iou(gt_boxes_xyxy, priors_xyxy).T  # [N, G]; G rows broadcast ~2x faster than N rows
     best_iou, best_gt = iou.max(dim=1)
     for gt_index, prior_index in enumerate(iou.argmax(dim=0).tolist()):
         best_gt[prior_index] = gt_index
@@ -26,14 +26,16 @@ def best_ground_truth(gt_boxes_xyxy: Tensor, priors_xyxy: Tensor) -> tuple[Tenso
 
 
 def match(gt_boxes_xyxy: Tensor, gt_labels: Tensor, priors_cxcywh: Tensor,
-          iou_threshold: float = 0.5) -> tuple[Tensor, Tensor]:
+          iou_threshold: float = 0.5, priors_xyxy: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-prior labels (LongTensor[N], 0 = background) and matched xyxy boxes (Tensor[N, 4]).
 
     Background priors keep the box of their best ground truth, so encoding all
     N boxes stays finite; the loss ignores them. With no ground truth at all,
     every prior is background and its box is the prior itself (which encodes to 0).
+    priors_xyxy: the priors' corners, when the caller keeps them (else computed here).
     """
-    priors_xyxy = box_convert(priors_cxcywh, in_fmt="cxcywh", out_fmt="xyxy")
+    if priors_xyxy is None:
+        priors_xyxy = box_convert(priors_cxcywh, in_fmt="cxcywh", out_fmt="xyxy")
     if gt_boxes_xyxy.numel() == 0:
         return torch.zeros(len(priors_cxcywh), dtype=torch.long, device=priors_cxcywh.device), priors_xyxy
     best_gt, best_iou = best_ground_truth(gt_boxes_xyxy, priors_xyxy)
