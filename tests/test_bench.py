@@ -132,3 +132,18 @@ def test_write_section_replaces_or_puts_a_new_section_first(tmp_path, monkeypatc
     assert path.read_text() == "# title\n\nintro\n\n<!-- s:start -->\nnew\n<!-- s:end -->\n\n## old\n\nkept\n"
     write_section("<!-- s:start -->\nagain\n<!-- s:end -->", path, "<!-- s:start -->", "<!-- s:end -->")
     assert "again" in path.read_text() and "new" not in path.read_text() and "kept" in path.read_text()
+
+
+def test_data_pipeline_bench_measures_both_loaders(shapes_dir, tmp_path):
+    out = tmp_path / "RESULTS.md"
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "data_pipeline.py"), "--data", str(shapes_dir),
+                           "--samples", "6", "--rounds", "1", "--steps", "2", "--out", str(out),
+                           "--runs", str(tmp_path / "runs")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = section(out.read_text(), "data-pipeline")
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
+    timings = {name: float(ms) for name, ms in rows if name in ("sample", "augmentation", "targets")}
+    assert set(timings) == {"sample", "augmentation", "targets"} and all(ms > 0 for ms in timings.values())
+    assert timings["sample"] >= 0.5 * (timings["augmentation"] + timings["targets"])  # a sample does both parts
+    rates = [float(value) for name, value in rows if "NUM_WORKERS" in name]
+    assert len(rates) == 2 and all(math.isfinite(r) and r > 0 for r in rates)

@@ -1,0 +1,111 @@
+"""What one training sample costs, and training images/s with the loader in the process or in a worker.
+
+    python benchmarks/data_pipeline.py                  # the plain course recipe, writes RESULTS.md
+    python benchmarks/data_pipeline.py --rounds 2 --steps 5 --samples 20 --data DIR --out R.md  # quick
+
+1. Per sample, on one thread with the images already decoded (the loader's cache): the whole
+   training sample, and its two parts, the augmentation (`dataset.transform`) and the
+   per-prior targets (`dataset.target_transform`: matching and encoding).
+2. Training steps of the course model fed by two loaders of the same recipe, one reading in the
+   training process (`DATA_LOADER.NUM_WORKERS 0`) and one with a worker process (`1`), in
+   alternating blocks of `--steps` steps, so that a machine whose speed drifts affects both alike.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ssdlab.config import load_config
+from ssdlab.data.loader import SeededSamples, make_train_loader
+from ssdlab.engine.profile import torch_threads
+from ssdlab.engine.train import Trainer, datasets
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_md import machine, write_section  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RECIPE = HERE.parent / "ssdlab" / "configs" / "course" / "plain_shapes.yaml"
+START, END = "<!-- data-pipeline:start -->", "<!-- data-pipeline:end -->"
+
+
+def recipe(data: Path, workers: int, out: Path) -> object:
+    """The plain course recipe on data's train split, with a loader of `workers` worker processes."""
+    return load_config(str(RECIPE), ["DATASETS.TRAIN", f"['{data}:train']", "DATASETS.TEST", "[]",
+                                     "DATA_LOADER.NUM_WORKERS", str(workers), "OUTPUT_DIR", str(out)])
+
+
+def per_sample_ms(dataset, samples: int) -> dict[str, float]:
+    """Milliseconds per training sample and per part, on one thread, images decoded beforehand."""
+    seeded = SeededSamples(dataset)
+    for index in range(samples):
+        dataset.get_image(index)  # fills the cache
+    parts = {"sample": lambda i: seeded[(i, i)],
+             "augmentation": lambda i: dataset.transform(dataset.get_image(i).copy(), *dataset.get_annotation(i)[:2],
+                                                         rng=np.random.default_rng(i)),
+             "targets": lambda i: dataset.target_transform(*dataset.get_annotation(i)[:2])}
+    timings = {}
+    with torch_threads(1):
+        for name, work in parts.items():
+            start = time.perf_counter()
+            for index in range(samples):
+                work(index)
+            timings[name] = 1000 * (time.perf_counter() - start) / samples
+    return timings
+
+
+def loader_rates(data: Path, rounds: int, steps: int, out: Path) -> dict[int, float]:
+    """Training images/s with 0 and 1 loader workers, in alternating blocks of steps."""
+    trainer = Trainer(recipe(data, 0, out), resume=False, progress=False)
+    trainer.setup()
+    trainer.model.train()
+    loaders = {workers: iter(make_train_loader(recipe(data, workers, out), trainer.train_set, 1000 * workers))
+               for workers in (0, 1)}
+    seconds, images = {0: 0.0, 1: 0.0}, {0: 0, 1: 0}
+    for _ in range(rounds):
+        for workers, loader in loaders.items():
+            start = time.perf_counter()
+            for step in range(steps):
+                batch, targets, _ = next(loader)
+                trainer.step(batch, targets, step)
+                images[workers] += batch.shape[0]
+            seconds[workers] += time.perf_counter() - start
+    return {workers: images[workers] / seconds[workers] for workers in loaders}
+
+
+def section(timings: dict[str, float], rates: dict[int, float], rounds: int, steps: int, command: str) -> str:
+    """The RESULTS.md section."""
+    return "\n".join([
+        START, "## Data pipeline: the cost of a training sample", "",
+        f"Machine: {machine()}", "",
+        "| per sample (one thread, images decoded) | ms |", "|---|---|",
+        *(f"| {name} | {ms:.2f} |" for name, ms in timings.items()), "",
+        f"Training the plain course model, {rounds} alternating blocks of {steps} steps each:", "",
+        "| loader | images/s |", "|---|---|",
+        f"| in the training process (`NUM_WORKERS 0`, the course recipes) | {rates[0]:.0f} |",
+        f"| one worker process (`NUM_WORKERS 1`) | {rates[1]:.0f} |", "",
+        f"Command: `{command}`", END])
+
+
+def main() -> None:
+    """Parse arguments, measure, write RESULTS.md."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("datasets/shapes"), help="a shapes folder")
+    parser.add_argument("--samples", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--runs", type=Path, default=HERE / "runs" / "data_pipeline")
+    args = parser.parse_args()
+    timings = per_sample_ms(datasets(recipe(args.data, 0, args.runs), is_train=True), args.samples)
+    rates = loader_rates(args.data, args.rounds, args.steps, args.runs)
+    text = section(timings, rates, args.rounds, args.steps, "python " + " ".join(sys.argv))
+    write_section(text, args.out, START, END, before=("\n<!-- course-training:start -->",))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
