@@ -5,7 +5,8 @@
 
 1. Per sample, on one thread with the images already decoded (the loader's cache): the whole
    training sample, and its two parts, the augmentation (`dataset.transform`) and the
-   per-prior targets (`dataset.target_transform`: matching and encoding).
+   per-prior targets (`dataset.target_transform`: matching and encoding); and the same
+   augmentation in the seed's order, with the colour distortion first on the full image.
 2. Training steps of the course model fed by two loaders of the same recipe, one reading in the
    training process (`DATA_LOADER.NUM_WORKERS 0`) and one with a worker process (`1`), in
    alternating blocks of `--steps` steps, so that a machine whose speed drifts affects both alike.
@@ -20,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ssdlab.config import load_config
+from ssdlab.data import transforms as T
 from ssdlab.data.loader import SeededSamples, make_train_loader
 from ssdlab.engine.profile import torch_threads
 from ssdlab.engine.train import Trainer, datasets
@@ -38,14 +40,28 @@ def recipe(data: Path, workers: int, out: Path) -> object:
                                      "DATA_LOADER.NUM_WORKERS", str(workers), "OUTPUT_DIR", str(out)])
 
 
+def seed_order(pipeline: T.Compose) -> T.Compose:
+    """The same steps in the seed's order: colour distortion first, on the image as decoded."""
+    steps = pipeline.transforms
+    colour = [t for t in steps if isinstance(t, T.PhotometricDistort)]
+    return T.Compose([steps[0], *colour, *(t for t in steps[1:] if t not in colour)])
+
+
 def per_sample_ms(dataset, samples: int) -> dict[str, float]:
     """Milliseconds per training sample and per part, on one thread, images decoded beforehand."""
     seeded = SeededSamples(dataset)
     for index in range(samples):
         dataset.get_image(index)  # fills the cache
+    seed_pipeline = seed_order(dataset.transform)
+
+    def augment(pipeline: T.Compose, index: int):
+        """One image and its boxes through pipeline."""
+        return pipeline(dataset.get_image(index).copy(), *dataset.get_annotation(index)[:2],
+                        rng=np.random.default_rng(index))
+
     parts = {"sample": lambda i: seeded[(i, i)],
-             "augmentation": lambda i: dataset.transform(dataset.get_image(i).copy(), *dataset.get_annotation(i)[:2],
-                                                         rng=np.random.default_rng(i)),
+             "augmentation": lambda i: augment(dataset.transform, i),
+             "augmentation in the seed's order (colour first, full image)": lambda i: augment(seed_pipeline, i),
              "targets": lambda i: dataset.target_transform(*dataset.get_annotation(i)[:2])}
     timings = {}
     with torch_threads(1):

@@ -102,6 +102,7 @@ def _defaults() -> dict:
             "CHANNELS": 3,
             "EXPAND_MAX_RATIO": 4.0,  # zoom-out augmentation: canvas up to this many times the image (<= 1: off)
             "CROP": True,  # IoU-constrained random crop augmentation
+            "PHOTOMETRIC": True,  # colour distortion augmentation (brightness, contrast, saturation, hue, channels)
         },
         "DATASETS": {
             "TRAIN": [],  # names (voc_2007_trainval, coco_2014_train, ...) or paths (.data file, shapes folder)

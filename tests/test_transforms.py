@@ -231,7 +231,7 @@ def test_target_transform_shapes_and_exact_prior_match():
 
 def test_course_switches_leave_out_zoom_out_and_crop():
     from ssdlab.config import load_config
-    from ssdlab.data.transforms import Expand, RandomSampleCrop, build_transforms
+    from ssdlab.data.transforms import Expand, PhotometricDistort, RandomSampleCrop, build_transforms
 
     full = build_transforms(load_config(None), is_train=True)
     light = build_transforms(load_config(None, ["INPUT.EXPAND_MAX_RATIO", "1.0", "INPUT.CROP", "False"]), True)
@@ -240,3 +240,5 @@ def test_course_switches_leave_out_zoom_out_and_crop():
     assert {Expand, RandomSampleCrop} <= kinds(full)
     assert not {Expand, RandomSampleCrop} & kinds(light) and len(kinds(light)) == len(kinds(full)) - 2
     assert len(kinds(none)) == len(kinds(light)) - 2
+    grey = build_transforms(load_config(None, ["INPUT.PHOTOMETRIC", "False"]), True)
+    assert kinds(full) - kinds(grey) == {PhotometricDistort}

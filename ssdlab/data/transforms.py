@@ -19,8 +19,7 @@ as decoded (uint8), then Resize, then the colour distortion on the size x size r
 distorts colours first, on the full image; colour changes act on each pixel alone, so their order
 with the geometric steps does not change what the network sees, except that the zoom-out canvas
 is now distorted too. Distorting after the resize costs size^2 pixels instead of the whole
-image (on the 128-192 px shapes at 128: 2.7 -> 1.5 ms per sample, with the matcher change in
-``ssdlab.model.matcher``; benchmarks/RESULTS.md).
+image (the cost of a sample: data-pipeline section of benchmarks/RESULTS.md).
 
 Resize uses ``torch.nn.functional.interpolate`` (bilinear, no antialias, like the seed's
 ``cv2.resize``): on one thread it was 2-8x faster than PIL for 128-300 px outputs
@@ -325,8 +324,9 @@ class ToTensor:
 
 
 def build_transforms(cfg, is_train: bool) -> Compose:
-    """The training pipeline (augmentation unless SOLVER.AUGMENT is False; INPUT.EXPAND_MAX_RATIO <= 1 or
-    INPUT.CROP False leave out zoom-out or the IoU crop) or the test pipeline."""
+    """The training pipeline (augmentation unless SOLVER.AUGMENT is False; INPUT.EXPAND_MAX_RATIO <= 1,
+    INPUT.CROP False or INPUT.PHOTOMETRIC False leave out zoom-out, the IoU crop or the colour distortion)
+    or the test pipeline."""
     size, mean = cfg.INPUT.IMAGE_SIZE, cfg.INPUT.PIXEL_MEAN
     if not is_train:
         return Compose([Resize(size), SubtractMeans(mean), ToTensor()])
@@ -334,7 +334,7 @@ def build_transforms(cfg, is_train: bool) -> Compose:
     geometric = [*([Expand(mean, cfg.INPUT.EXPAND_MAX_RATIO)] if cfg.INPUT.EXPAND_MAX_RATIO > 1 else []),
                  *([RandomSampleCrop()] if cfg.INPUT.CROP else []),
                  RandomMirror()] if augment else []
-    colour = [PhotometricDistort()] if augment else []
+    colour = [PhotometricDistort()] if augment and cfg.INPUT.PHOTOMETRIC else []
     return Compose([AsArrays(), *geometric, ToPercentCoords(), Resize(size), *colour, SubtractMeans(mean),
                     ToTensor()])
 

@@ -177,7 +177,6 @@ def recipe_changes(stored: CfgNode, cfg: CfgNode) -> list[str]:
 
 
 
-
 def run_changes(state: dict, cfg: CfgNode, path: Path, start: str | None) -> list[str]:
     """recipe_changes of a stored run, plus a note when its MODEL.WEIGHTS start now holds other weights."""
     changes = recipe_changes(ckpt.checkpoint_config(state, str(path)), cfg)
