@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ssdlab.config import load_config
+from ssdlab.config import CfgNode, load_config
 from ssdlab.data import transforms as T
 from ssdlab.data.loader import SeededSamples, make_train_loader
 from ssdlab.engine.profile import torch_threads
@@ -34,7 +34,7 @@ RECIPE = HERE.parent / "ssdlab" / "configs" / "course" / "plain_shapes.yaml"
 START, END = "<!-- data-pipeline:start -->", "<!-- data-pipeline:end -->"
 
 
-def recipe(data: Path, workers: int, out: Path) -> object:
+def recipe(data: Path, workers: int, out: Path) -> CfgNode:
     """The plain course recipe on data's train split, with a loader of `workers` worker processes."""
     return load_config(str(RECIPE), ["DATASETS.TRAIN", f"['{data}:train']", "DATASETS.TEST", "[]",
                                      "DATA_LOADER.NUM_WORKERS", str(workers), "OUTPUT_DIR", str(out)])

@@ -1,5 +1,6 @@
 """Pruning as a user runs it: the prune command, fine-tuning (with distillation), the sensitivity scan."""
 import json
+import math
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from ssdlab.model.ssd import SSD
 from ssdlab.prune.distill import distillation_losses
 from ssdlab.prune.report import prune_checkpoint
 from ssdlab.prune.sensitivity import sensitivity_scan
+from ssdlab.prune.surgery import make_plan
 from tests.conftest import TESTS
 
 
@@ -33,10 +35,17 @@ def sparse_run(shapes_dir, tmp_path_factory):
     return train(cfg, progress=False).checkpoint, cfg
 
 
+def safe_percent(path, wanted: float) -> float:
+    """wanted, or just under the highest ratio that empties no layer: 12 iterations leave that ratio to chance."""
+    highest = make_plan(ckpt.load(path), 0.0).highest_safe
+    return min(wanted, math.floor(100 * highest) / 100 - 0.01)
+
+
 def test_prune_cli_writes_compact_model_cfg_and_report(sparse_run, tmp_path):
     path, cfg = sparse_run
-    done = ssdlab_cli("prune", "--ckpt", str(path), "--percent", "0.5", "--regular", "1", "--out", str(tmp_path),
-                      "--tag", "half", "--quick", "1", cwd=tmp_path)
+    percent = safe_percent(path, 0.5)
+    done = ssdlab_cli("prune", "--ckpt", str(path), "--percent", str(percent), "--regular", "1", "--out",
+                      str(tmp_path), "--tag", "half", "--quick", "1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["half.cfg", "half.pt", "half.txt"]
@@ -51,13 +60,14 @@ def test_prune_cli_writes_compact_model_cfg_and_report(sparse_run, tmp_path):
     assert all(w % 8 == 0 or w == full for w, full in zip(widths, [16, 32, 32, 48]))
     assert (tmp_path / "half.cfg").read_text() == compact.cfg_text
     stored = torch.load(tmp_path / "half.pt", weights_only=True)
-    assert stored["prune"]["percent"] == 0.5 and stored["prune"]["regular"] is True
+    assert stored["prune"]["percent"] == percent and stored["prune"]["regular"] is True
     assert "compression (params)" in report and "highest safe percent" in report
 
 
 def test_pruned_model_fine_tunes_with_distillation(sparse_run, tmp_path):
     path, cfg = sparse_run
-    report = prune_checkpoint(path, cfg, 0.4, out_dir=tmp_path, tag="p40", dataset=datasets(cfg, False))
+    report = prune_checkpoint(path, cfg, safe_percent(path, 0.4), out_dir=tmp_path, tag="p40",
+                              dataset=datasets(cfg, False))
     assert report.rows[-1]["voc_map"] == pytest.approx(report.rows[3]["voc_map"], abs=1e-6)  # compact = compensated
     tune = cfg.clone()
     tune.MODEL.FINE_TUNE, tune.MODEL.WEIGHTS = True, str(tmp_path / "p40.pt")
