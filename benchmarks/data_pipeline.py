@@ -1,7 +1,7 @@
 """What one training sample costs, and training images/s with the loader in the process or in a worker.
 
     python benchmarks/data_pipeline.py                  # the plain course recipe, writes RESULTS.md
-    python benchmarks/data_pipeline.py --rounds 2 --steps 5 --samples 20 --data DIR --out R.md  # quick
+    python benchmarks/data_pipeline.py --rounds 2 --steps 5 --samples 20 --data DIR --out R.md  # a quick look
 
 1. Per sample, on one thread with the images already decoded (the loader's cache): the whole
    training sample, and its two parts, the augmentation (`dataset.transform`) and the
@@ -25,6 +25,7 @@ from ssdlab.data import transforms as T
 from ssdlab.data.loader import SeededSamples, make_train_loader
 from ssdlab.engine.profile import torch_threads
 from ssdlab.engine.train import Trainer, datasets
+from ssdlab.errors import ConfigError, SSDLabError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import machine, write_section  # noqa: E402
@@ -34,10 +35,11 @@ RECIPE = HERE.parent / "ssdlab" / "configs" / "course" / "plain_shapes.yaml"
 START, END = "<!-- data-pipeline:start -->", "<!-- data-pipeline:end -->"
 
 
-def recipe(data: Path, workers: int, out: Path) -> CfgNode:
+def recipe(data: Path, workers: int) -> CfgNode:
     """The plain course recipe on data's train split, with a loader of `workers` worker processes."""
     return load_config(str(RECIPE), ["DATASETS.TRAIN", f"['{data}:train']", "DATASETS.TEST", "[]",
-                                     "DATA_LOADER.NUM_WORKERS", str(workers), "OUTPUT_DIR", str(out)])
+                                     "DATA_LOADER.NUM_WORKERS", str(workers),
+                                     "OUTPUT_DIR", str(HERE / "runs" / "data_pipeline")])  # nothing is written
 
 
 def seed_order(pipeline: T.Compose) -> T.Compose:
@@ -73,12 +75,12 @@ def per_sample_ms(dataset, samples: int) -> dict[str, float]:
     return timings
 
 
-def loader_rates(data: Path, rounds: int, steps: int, out: Path) -> dict[int, float]:
+def loader_rates(data: Path, rounds: int, steps: int) -> dict[int, float]:
     """Training images/s with 0 and 1 loader workers, in alternating blocks of steps."""
-    trainer = Trainer(recipe(data, 0, out), resume=False, progress=False)
+    trainer = Trainer(recipe(data, 0), resume=False, progress=False)
     trainer.setup()
     trainer.model.train()
-    loaders = {workers: iter(make_train_loader(recipe(data, workers, out), trainer.train_set, 1000 * workers))
+    loaders = {workers: iter(make_train_loader(recipe(data, workers), trainer.train_set, 1000 * workers))
                for workers in (0, 1)}
     seconds, images = {0: 0.0, 1: 0.0}, {0: 0, 1: 0}
     for _ in range(rounds):
@@ -99,26 +101,44 @@ def section(timings: dict[str, float], rates: dict[int, float], rounds: int, ste
         f"Machine: {machine()}", "",
         "| per sample (one thread, images decoded) | ms |", "|---|---|",
         *(f"| {name} | {ms:.2f} |" for name, ms in timings.items()), "",
-        f"Training the plain course model, {rounds} alternating blocks of {steps} steps each:", "",
+        f"Training the plain course model, each loader for {rounds} × {steps} steps in alternating blocks:", "",
         "| loader | images/s |", "|---|---|",
-        f"| in the training process (`NUM_WORKERS 0`, the course recipes) | {rates[0]:.0f} |",
-        f"| one worker process (`NUM_WORKERS 1`) | {rates[1]:.0f} |", "",
+        f"| in the training process (`NUM_WORKERS 0`, the course recipes) | {rates[0]:.1f} |",
+        f"| one worker process (`NUM_WORKERS 1`) | {rates[1]:.1f} |", "",
         f"Command: `{command}`", END])
+
+
+def positive(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of at least 1")
+    return int(text)
+
+
+def measure(args: argparse.Namespace) -> str:
+    """Both measurements of args; the RESULTS.md section."""
+    dataset = datasets(recipe(args.data, 0), is_train=True)
+    if args.samples > len(dataset):
+        raise ConfigError(f"--samples {args.samples}: {args.data} has only {len(dataset)} training images")
+    timings = per_sample_ms(dataset, args.samples)
+    rates = loader_rates(args.data, args.rounds, args.steps)
+    return section(timings, rates, args.rounds, args.steps, "python " + " ".join(sys.argv))
 
 
 def main() -> None:
     """Parse arguments, measure, write RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("datasets/shapes"), help="a shapes folder")
-    parser.add_argument("--samples", type=int, default=300)
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=25)
-    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
-    parser.add_argument("--runs", type=Path, default=HERE / "runs" / "data_pipeline")
+    parser.add_argument("--data", type=Path, default=Path("datasets/shapes"),
+                        help="a shapes folder (python -m ssdlab data shapes); default: %(default)s")
+    parser.add_argument("--samples", type=positive, default=300, help="samples timed per part (default %(default)s)")
+    parser.add_argument("--rounds", type=positive, default=8, help="blocks per loader (default %(default)s)")
+    parser.add_argument("--steps", type=positive, default=25, help="training steps per block (default %(default)s)")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md", help="the RESULTS.md to update")
     args = parser.parse_args()
-    timings = per_sample_ms(datasets(recipe(args.data, 0, args.runs), is_train=True), args.samples)
-    rates = loader_rates(args.data, args.rounds, args.steps, args.runs)
-    text = section(timings, rates, args.rounds, args.steps, "python " + " ".join(sys.argv))
+    try:
+        text = measure(args)
+    except SSDLabError as err:
+        sys.exit(f"error: {err}")
     write_section(text, args.out, START, END, before=("\n<!-- course-training:start -->",))
     print(text)
 

@@ -82,6 +82,16 @@ def model_for_testing(state: dict, path: Path, cfg: CfgNode):
     return fuse_model(model)
 
 
+def check_output_file(path: Path | None, option: str) -> None:
+    """ConfigError, before any work, when an output file cannot be written where asked."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ConfigError(f"{option} {path} is a folder; give a file name, e.g. {path / 'detections.json'}")
+    if not path.parent.is_dir():
+        raise ConfigError(f"{option} {path}: the folder {path.parent} does not exist; create it first")
+
+
 def cmd_eval(args: argparse.Namespace) -> None:
     """Evaluate a checkpoint on DATASETS.TEST (VOC and COCO metrics)."""
     from ssdlab.engine.diagnose import diagnose, format_diagnosis
@@ -89,6 +99,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     from ssdlab.engine.inference import predict, score
     from ssdlab.engine.train import datasets
 
+    check_output_file(args.detections, "--detections")
     path, state, cfg = checkpoint_and_config(args)
     device = dist.local_device(cfg.MODEL.DEVICE)
     dist.init_distributed(device)

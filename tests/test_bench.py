@@ -138,8 +138,8 @@ def test_write_section_replaces_or_puts_a_new_section_first(tmp_path, monkeypatc
 def test_data_pipeline_bench_measures_both_loaders(shapes_dir, tmp_path):
     out = tmp_path / "RESULTS.md"
     done = subprocess.run([sys.executable, str(BENCHMARKS / "data_pipeline.py"), "--data", str(shapes_dir),
-                           "--samples", "6", "--rounds", "1", "--steps", "2", "--out", str(out),
-                           "--runs", str(tmp_path / "runs")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                           "--samples", "6", "--rounds", "1", "--steps", "2", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     text = section(out.read_text(), "data-pipeline")
     rows = re.findall(r"^\| (.+) \| ([0-9.]+) \|$", text, flags=re.M)  # (name, number) of each table row

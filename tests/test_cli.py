@@ -104,8 +104,20 @@ def test_info_prior_counts_of_seed_recipes(capsys):
     (["train", "--config-file", "nope.yaml"], "does not exist"),
     (["train", "--config-file", str(TESTS / "data" / "tiny.yaml"), "SOLVER.MAX_ITERS", "3"], "SOLVER.MAX_ITER"),
     (["eval", "--ckpt", "missing.pt"], "missing.pt"),
+    (["eval", "--ckpt", "missing.pt", "--detections", "."], "is a folder"),
+    (["eval", "--ckpt", "missing.pt", "--detections", "no/such/folder/d.json"], "does not exist; create it first"),
 ])
 def test_bad_input_is_one_clear_line(args, message, tmp_path):
     done = ssdlab_cli(*args, cwd=tmp_path)
     assert done.returncode == 2
     assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_demo_wants_a_folder_of_images(tmp_path):
+    from ssdlab.engine.demo import image_files
+    from ssdlab.errors import DataError
+
+    (tmp_path / "a.png").write_bytes(b"")
+    with pytest.raises(DataError, match="a.png is a file; give the folder"):
+        image_files(tmp_path / "a.png")
+    assert image_files(tmp_path) == [tmp_path / "a.png"]

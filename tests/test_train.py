@@ -189,10 +189,15 @@ def test_not_an_ssdlab_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="not an ssdlab checkpoint"):
         ssdlab.load(path)
     (tmp_path / "garbage.pt").write_bytes(b"not a zip")
-    with pytest.raises(CheckpointError, match="garbage.pt"):
+    with pytest.raises(CheckpointError, match="garbage.pt is not a readable ssdlab checkpoint") as err:
         ssdlab.load(tmp_path / "garbage.pt")
+    assert "weights_only" not in str(err.value)  # torch's own text advises unsafe loading
     with pytest.raises(CheckpointError, match="does not exist"):
         ssdlab.load(tmp_path / "missing.pt")
+    with pytest.raises(CheckpointError, match="is a folder"):
+        ssdlab.load(tmp_path)
+    with pytest.raises(CheckpointError, match="empty path"):
+        ssdlab.load("")
 
 
 def test_mismatched_checkpoint_names_tensor_and_shapes(tiny_cfg):

@@ -67,15 +67,20 @@ def ordinary_permissions(path: str | Path) -> None:
 
 def read_checkpoint(path: str | Path) -> dict:
     """Load and validate an ssdlab checkpoint (weights_only=True)."""
+    if not str(path).strip():
+        raise CheckpointError("no checkpoint given (an empty path); set MODEL.WEIGHTS or --ckpt to a .pt file "
+                              "written by `python -m ssdlab train`")
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; give a .pt file in it (e.g. {path / 'model_final.pt'})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; give the path of a .pt file "
                               "written by `python -m ssdlab train` (see OUTPUT_DIR/last_checkpoint)")
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a foreign or corrupt file
-        raise CheckpointError(f"{path} is not a readable ssdlab checkpoint ({type(err).__name__}: "
-                              f"{str(err).splitlines()[0][:200]})") from None
+    except Exception as err:  # torch raises many types for a foreign or corrupt file; its text advises unsafe loading
+        raise CheckpointError(f"{path} is not a readable ssdlab checkpoint: the file is damaged, cut short or not "
+                              f"written by torch ({type(err).__name__}); train again or copy it again") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an ssdlab checkpoint (no '{FORMAT}' marker); "
                               "ssdlab loads only files written by ssdlab train/prune/quantize")

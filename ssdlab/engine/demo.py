@@ -19,6 +19,8 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
 def image_files(folder: Path) -> list[Path]:
     """The images of a folder, sorted; a DataError when there are none."""
+    if folder.is_file():
+        raise DataError(f"{folder} is a file; give the folder that holds the images (every image in it is drawn)")
     if not folder.is_dir():
         raise DataError(f"image folder {folder} does not exist")
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
