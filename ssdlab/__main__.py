@@ -42,8 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="also say what became of each object by size, and what each confident detection was")
     evaluate.add_argument("--score-threshold", type=float, default=0.3, help="confident detections for --errors")
     evaluate.add_argument("--detections", type=Path, metavar="FILE",
-                          help="also write the detections to FILE as COCO results JSON (image_id: the image's "
-                               "position in DATASETS.TEST, category_id: its class index, 1 = first class)")
+                          help="also write the detections to FILE as COCO results JSON, and the ground truth they "
+                               "were scored against to FILE's name with .gt.json (image_id: the image's position in "
+                               "DATASETS.TEST, category_id: the class index, 1 = first class)")
     _config_args(evaluate, required=False)
 
     demo = sub.add_parser("demo", help="draw detections on images and time them")

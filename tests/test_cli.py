@@ -52,6 +52,8 @@ def test_train_eval_demo_detect_the_shapes(shapes_dir, tmp_path):
                         "TEST.MAX_PER_IMAGE", "1", cwd=tmp_path)
     assert capped.returncode == 0, capped.stderr[-3000:]
     per_image = Counter(d["image_id"] for d in json.loads(found.read_text()))
+    truth = json.loads((tmp_path / "detections.gt.json").read_text())
+    assert {image["id"] for image in truth["images"]} >= set(per_image)
     assert per_image and max(per_image.values()) == 1
 
     images, drawn = tmp_path / "images", tmp_path / "drawn"

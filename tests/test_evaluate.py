@@ -178,6 +178,13 @@ def test_coco_matches_pycocotools_run_directly(tmp_path):
     saved = json.loads((tmp_path / "ours.json").read_text())
     assert saved == to_coco_results(preds) and len(saved) == len(results)
     assert not list(tmp_path.glob("*.tmp"))
+    with contextlib.redirect_stdout(io.StringIO()):  # the written pair alone reproduces the scores
+        from_files = COCO(str(tmp_path / "ours.gt.json"))
+        again = COCOeval(from_files, from_files.loadRes(str(tmp_path / "ours.json")), iouType="bbox")
+        again.evaluate()
+        again.accumulate()
+        again.summarize()
+    assert np.allclose([float("nan") if s < 0 else s for s in again.stats[:6]], expected, equal_nan=True)
 
 
 def test_coco_gt_fields():

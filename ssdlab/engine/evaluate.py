@@ -200,25 +200,34 @@ def write_json_atomic(data, path: str | Path) -> None:
         raise
 
 
+def ground_truth_json(results_json: str | Path) -> Path:
+    """Where the ground truth of a results file goes: detections.json -> detections.gt.json."""
+    path = Path(results_json)
+    return path.with_name(f"{path.stem}.gt.json")
+
+
 def evaluate_coco(dataset, predictions: Predictions, results_json: str | Path | None = None) -> dict:
     """COCO box AP with pycocotools: {"metric", "AP", "AP50", "AP75", "APs", "APm", "APl", "summary"}.
 
     Undefined values (e.g. APs with no small objects) are nan; no detections at all give zeros.
+    results_json: also write the detections there, and the ground truth they were scored against
+    (the same image and category ids, see to_coco_gt) to ground_truth_json(results_json).
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     _per_image(predictions, len(dataset))  # checks the indices
-    results = to_coco_results(predictions)
+    results, truth = to_coco_results(predictions), to_coco_gt(dataset)
     if results_json is not None:
         write_json_atomic(results, results_json)
+        write_json_atomic(truth, ground_truth_json(results_json))
     result = {"metric": "COCO AP@[.5:.95]"}
     if not results:
         return {**result, **{key: 0.0 for key in COCO_KEYS}, "summary": "no detections: every AP is 0"}
     text = io.StringIO()
     with contextlib.redirect_stdout(text):
         gt = COCO()
-        gt.dataset = to_coco_gt(dataset)
+        gt.dataset = truth
         gt.createIndex()
         evaluator = COCOeval(gt, gt.loadRes(results), iouType="bbox")
         evaluator.evaluate()
