@@ -93,6 +93,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; user errors print one clear line and exit with status 2."""
     args = build_parser().parse_args(argv)
+    misplaced = [token for token in getattr(args, "opts", None) or [] if token.startswith("--") and token != "--"]
+    if misplaced:  # everything after the first KEY is read as KEY VALUE pairs
+        print(f"error: {misplaced[0]} comes after the KEY VALUE overrides; put options first, e.g. "
+              f"python -m ssdlab {args.command} {misplaced[0]} ... --config-file FILE KEY VALUE", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from ssdlab import commands
 

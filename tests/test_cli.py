@@ -107,6 +107,8 @@ def test_info_prior_counts_of_seed_recipes(capsys):
     (["train", "--config-file", str(TESTS / "data" / "tiny.yaml"), "SOLVER.MAX_ITERS", "3"], "SOLVER.MAX_ITER"),
     (["eval", "--ckpt", "missing.pt"], "missing.pt"),
     (["eval", "--ckpt", "missing.pt", "--detections", "."], "is a folder"),
+    (["train", "--config-file", str(TESTS / "data" / "tiny.yaml"), "SOLVER.MAX_ITER", "3", "--fresh"],
+     "--fresh comes after the KEY VALUE overrides; put options first"),
     (["eval", "--ckpt", "missing.pt", "--detections", "no/such/folder/d.json"], "does not exist; create it first"),
 ])
 def test_bad_input_is_one_clear_line(args, message, tmp_path):
