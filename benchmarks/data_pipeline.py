@@ -20,7 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ssdlab.config import CfgNode, load_config
+from ssdlab.config import CfgNode
+from ssdlab.course import course_config
 from ssdlab.data import transforms as T
 from ssdlab.data.loader import SeededSamples, make_train_loader
 from ssdlab.engine.profile import torch_threads
@@ -31,15 +32,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results_md import machine, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-RECIPE = HERE.parent / "ssdlab" / "configs" / "course" / "plain_shapes.yaml"
 START, END = "<!-- data-pipeline:start -->", "<!-- data-pipeline:end -->"
 
 
 def recipe(data: Path, workers: int) -> CfgNode:
     """The plain course recipe on data's train split, with a loader of `workers` worker processes."""
-    return load_config(str(RECIPE), ["DATASETS.TRAIN", f"['{data}:train']", "DATASETS.TEST", "[]",
-                                     "DATA_LOADER.NUM_WORKERS", str(workers),
-                                     "OUTPUT_DIR", str(HERE / "runs" / "data_pipeline")])  # nothing is written
+    return course_config("plain", "full", ["DATASETS.TRAIN", f"['{data}:train']", "DATASETS.TEST", "[]",
+                                           "DATA_LOADER.NUM_WORKERS", str(workers),
+                                           "OUTPUT_DIR", str(HERE / "runs" / "data_pipeline")])  # nothing written
 
 
 def seed_order(pipeline: T.Compose) -> T.Compose:

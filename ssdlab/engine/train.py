@@ -88,6 +88,11 @@ def fine_tune_start(cfg: CfgNode) -> dict | None:
     return ckpt.read_checkpoint(cfg.MODEL.WEIGHTS) if cfg.MODEL.FINE_TUNE else None
 
 
+def start_digest(start: dict | None) -> str | None:
+    """weights_digest of a fine-tune's start (from fine_tune_start); None when not fine-tuning."""
+    return ckpt.weights_digest(start) if start else None
+
+
 def architecture_config(cfg: CfgNode, start: dict | None = None) -> CfgNode:
     """cfg with the MODEL.WEIGHTS checkpoint's architecture keys when MODEL.FINE_TUNE (a pruned model's
     priors and head levels, say), so data targets and the model agree; cfg itself otherwise.
@@ -201,8 +206,7 @@ def run_changed(cfg: CfgNode) -> bool:
     if path is None:
         return False
     start = fine_tune_start(cfg)
-    digest = ckpt.weights_digest(start) if start else None
-    return bool(run_changes(ckpt.read_checkpoint(path), architecture_config(cfg, start), path, digest))
+    return bool(run_changes(ckpt.read_checkpoint(path), architecture_config(cfg, start), path, start_digest(start)))
 
 
 class GracefulStop:
@@ -250,7 +254,7 @@ class Trainer:
         dist.init_distributed(self.device)
         self.start_state = fine_tune_start(cfg)  # read once: architecture, digest and weights come from it
         self.cfg = architecture_config(scale_for_world(cfg, dist.world_size()), self.start_state)  # as stored
-        self.start = ckpt.weights_digest(self.start_state) if self.start_state else None  # a changed start
+        self.start = start_digest(self.start_state)  # stored, so a changed start is not taken for the same run
         self.after_backward = list(after_backward)
         self.model_transform = model_transform
         self.resume, self.progress = resume, progress
