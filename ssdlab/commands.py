@@ -24,21 +24,31 @@ def cmd_data(args: argparse.Namespace) -> None:
     print(f"shapes dataset ready in {out} ({args.train} train, {args.val} val images)")
 
 
-def cmd_train(args: argparse.Namespace) -> None:
+def cmd_train(args: argparse.Namespace) -> int:
     """Train a recipe; under torchrun every process runs this."""
-    _run_training(load_config(args.config_file, _opts(args)), args.fresh, "training")
+    return _run_training(load_config(args.config_file, _opts(args)), args.fresh, "training")
 
 
-def _run_training(cfg: CfgNode, fresh: bool, label: str) -> None:
-    """Train (resuming unless fresh), print where it stopped and the metrics (rank 0)."""
+STOPPED = 130  # exit status of a run stopped by Ctrl-C (128 + SIGINT), so `train && eval` does not go on
+
+
+def _run_training(cfg: CfgNode, fresh: bool, label: str) -> int:
+    """Train (resuming unless fresh), print where it stopped and the metrics (rank 0); the exit status."""
     from ssdlab.engine.train import train
 
     result = train(cfg, resume=not fresh)
     if dist.is_main():
-        state = "finished" if result.finished else "stopped (run the same command to resume)"
-        print(f"{label} {state} at iteration {result.iteration}: {result.checkpoint}")
+        print(f"{label} {_run_state(result)} at iteration {result.iteration}: {result.checkpoint}")
         _print_metrics(result.metrics)
     dist.cleanup()
+    return 0 if result.finished else STOPPED
+
+
+def _run_state(result) -> str:
+    """How a training run ended, in words."""
+    if result.reused:
+        return "had already finished (reused as it is; --fresh trains it again)"
+    return "finished" if result.finished else "stopped (run the same command to resume)"
 
 
 def _print_metrics(metrics: dict) -> None:
@@ -143,7 +153,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
     path, state, cfg = checkpoint_and_config(args)
     model = model_for_testing(state, path, cfg)
     for row in run_demo(model, cfg, args.images, args.out, args.score_threshold):
-        print(f"{row['image']}: {row['objects']} objects, {row['ms']:.1f} ms ({row['fps']:.1f} FPS) "
+        noun = "object" if row["objects"] == 1 else "objects"
+        print(f"{row['image']}: {row['objects']} {noun}, {row['ms']:.1f} ms ({row['fps']:.1f} FPS) "
               f"-> {row['out']}")
 
 
@@ -195,7 +206,7 @@ def cmd_prune(args: argparse.Namespace) -> None:
         print(f"{kind}: {file}")
 
 
-def cmd_quantize(args: argparse.Namespace) -> None:
+def cmd_quantize(args: argparse.Namespace) -> int:
     """QAT: `train` starting from --ckpt with the recipe's QUANTIZATION.* (and the overrides)."""
     from ssdlab.quant.apply import quant_spec
 
@@ -203,7 +214,7 @@ def cmd_quantize(args: argparse.Namespace) -> None:
     if quant_spec(cfg) is None:
         raise ConfigError(f"{args.config_file} sets QUANTIZATION.TYPE no; add QUANTIZATION.TYPE IAO|dorefa|BWN "
                           "(and WBITS/ABITS) to the recipe or the command line")
-    _run_training(cfg, args.fresh, "quantization-aware training")
+    return _run_training(cfg, args.fresh, "quantization-aware training")
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -1,11 +1,11 @@
-"""The matplotlib box helper: rectangles where the boxes are, coloured by class."""
+"""The box drawing helpers: matplotlib rectangles where the boxes are, coloured by class; demo labels."""
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ssdlab.viz.draw import class_color  # noqa: E402
+from ssdlab.viz.draw import class_color, draw_detections, label_origin  # noqa: E402
 from ssdlab.viz.plots import plot_boxes  # noqa: E402
 
 
@@ -27,3 +27,14 @@ def test_plot_boxes_one_colour_without_labels():
     patches = plot_boxes(ax, [[0, 0, 1, 1]], color="red")
     assert np.allclose(patches[0].get_edgecolor(), (1, 0, 0, 1)) and not ax.texts
     plt.close(fig)
+
+
+def test_labels_stay_inside_the_image():
+    assert label_origin((30, 40), (20, 10), (100, 100)) == (30, 30)  # room above the box: above it
+    assert label_origin((30, 4), (20, 10), (100, 100)) == (30, 4)  # none: just inside the box's top edge
+    assert label_origin((90, 40), (20, 10), (100, 100)) == (80, 30)  # cut on the right: moved left
+    assert label_origin((-5, -3), (20, 10), (100, 100)) == (0, 0)
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    drawn = np.asarray(draw_detections(image, [[0, 0, 63, 20]], [1], [0.9], ("bg", "circle")))
+    label_rows = np.flatnonzero((drawn[:, 20:40] == class_color(1)).all(axis=2).any(axis=1))
+    assert {2, 5, 8} <= set(label_rows)  # the label's fill is inside the box, below its 2-px top edge, not cut off

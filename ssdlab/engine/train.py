@@ -243,6 +243,7 @@ class TrainResult:
     finished: bool
     metrics: dict = field(default_factory=dict)
     train_seconds: float = 0.0
+    reused: bool = False  # the run had already finished in OUTPUT_DIR and was not trained again
 
 
 class Trainer:
@@ -389,7 +390,7 @@ class Trainer:
         if state["iteration"] < self.cfg.SOLVER.MAX_ITER:
             return None
         metrics = dict(state.get("metrics", {}))
-        return TrainResult(final, state["iteration"], True, metrics, metrics.pop("train_seconds", 0.0))
+        return TrainResult(final, state["iteration"], True, metrics, metrics.pop("train_seconds", 0.0), reused=True)
 
     def run(self) -> TrainResult:
         """Train from the resume point to SOLVER.MAX_ITER; Ctrl-C saves and stops cleanly."""

@@ -23,7 +23,15 @@ def draw_detections(image: np.ndarray | Image.Image, boxes, labels, scores,
         x0, y0, x1, y1 = (float(v) for v in box)
         pen.rectangle([x0, y0, x1, y1], outline=color, width=2)
         text = f"{class_names[int(label)]} {float(score):.2f}"
-        left, top, right, bottom = pen.textbbox((x0, y0), text)
-        pen.rectangle([left, top - (bottom - top) - 2, right + 2, top], fill=color)
-        pen.text((x0 + 1, top - (bottom - top) - 2), text, fill=(0, 0, 0))
+        left, top, right, bottom = pen.textbbox((0, 0), text)
+        x, y = label_origin((x0, y0), (right - left + 3, bottom - top + 2), canvas.size)
+        pen.rectangle([x, y, x + right - left + 2, y + bottom - top + 1], fill=color)
+        pen.text((x + 1 - left, y - top), text, fill=(0, 0, 0))
     return canvas
+
+
+def label_origin(corner: tuple[float, float], size: tuple[int, int], image: tuple[int, int]) -> tuple[float, float]:
+    """Top-left of a box's label: above its top-left corner, moved inside the image where it would be cut."""
+    (x0, y0), (w, h), (width, _) = corner, size, image
+    y = y0 - h if y0 - h >= 0 else max(y0, 0.0)  # no room above the box: just inside its top edge
+    return min(max(x0, 0.0), max(width - w, 0.0)), y
