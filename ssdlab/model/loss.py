@@ -23,7 +23,8 @@ def hard_negative_mining(bg_loss: Tensor, labels: Tensor, neg_pos_ratio: int, mi
     num_neg = (positive.sum(dim=1, keepdim=True) * neg_pos_ratio).clamp(min=min_negatives)
     loss = bg_loss.masked_fill(positive, -float("inf"))  # positives are never picked as negatives
     order = loss.argsort(dim=1, descending=True)
-    rank = order.argsort(dim=1)  # rank[b, i] = position of prior i when sorted by background loss
+    positions = torch.arange(loss.shape[1], device=loss.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(1, order, positions)  # rank[b, i]: where prior i sorts (order⁻¹)
     negative = (rank < num_neg) & ~positive
     return positive | negative
 
