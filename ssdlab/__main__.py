@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--score-threshold", type=float, default=0.3, help="confident detections for --errors")
     evaluate.add_argument("--detections", type=Path, metavar="FILE",
                           help="also write the detections to FILE as COCO results JSON, and the ground truth they "
-                               "were scored against to FILE's name with .gt.json (image_id: the image's position in "
-                               "DATASETS.TEST, category_id: the class index, 1 = first class)")
+                               "were scored against to FILE's name with .gt.json (ids: a COCO set's own; other sets: "
+                               "image_id = the image's position in DATASETS.TEST, category_id = the class index)")
     _config_args(evaluate, required=False)
 
     demo = sub.add_parser("demo", help="draw detections on images and time them")

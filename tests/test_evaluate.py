@@ -241,3 +241,31 @@ def test_voc_matches_a_plain_devkit_loop(seed):
     result = evaluate_voc(data, preds)
     for cls, name in ((1, "cat"), (2, "dog")):
         assert result["ap"][name] == pytest.approx(loop_voc_ap(data, preds, cls))
+
+
+def test_detections_of_a_coco_set_carry_its_own_ids(tmp_path):
+    from ssdlab.data.coco import COCODataset
+    from test_loaders import make_coco
+
+    images, ann = make_coco(tmp_path)  # image ids 1..3, category ids 7 (zebra, label 2) and 3 (cat, label 1)
+    data = COCODataset(images, ann, remove_empty=False)
+    preds = {0: detections([[10, 5, 30, 15], [50, 30, 60, 40]], [2, 1], [0.9, 0.8]), 2: detections([[1, 2, 4, 6]], [1], [0.7])}
+    ours = evaluate_coco(data, preds, results_json=tmp_path / "d.json")
+    saved = json.loads((tmp_path / "d.json").read_text())
+    assert [(r["image_id"], r["category_id"]) for r in saved] == [(1, 7), (1, 3), (3, 3)]
+    truth = json.loads((tmp_path / "d.gt.json").read_text())
+    assert [i["id"] for i in truth["images"]] == [1, 2, 3] and [c["id"] for c in truth["categories"]] == [3, 7]
+    assert ours["AP"] == pytest.approx(1.0)
+    by_hand = [{"image_id": image, "category_id": category, "bbox": box, "score": score} for image, category, box, score
+               in [(1, 7, [10, 5, 20, 10], 0.9), (1, 3, [50, 30, 10, 10], 0.8), (3, 3, [1, 2, 3, 4], 0.7)]]
+    (tmp_path / "by_hand.json").write_text(json.dumps(by_hand))
+    stats = []
+    for results in ("d.json", "by_hand.json"):  # the file loads against the set's own annotation file
+        with contextlib.redirect_stdout(io.StringIO()):
+            official = COCO(str(ann))
+            scored = COCOeval(official, official.loadRes(str(tmp_path / results)), iouType="bbox")
+            scored.evaluate()
+            scored.accumulate()
+            scored.summarize()
+        stats.append(scored.stats)
+    assert np.allclose(stats[0], stats[1]) and stats[0][1] > 0.5  # (its cat box 2 runs off the image: AP50 < 1)

@@ -186,6 +186,23 @@ def to_coco_results(predictions: Predictions) -> list[dict]:
     return results
 
 
+def with_dataset_ids(dataset, results: list[dict], truth: dict) -> tuple[list[dict], dict]:
+    """Results and ground truth with a COCO dataset's own image and category ids, so the results file loads
+    against its annotation file; other datasets (VOC, text, several sets) keep positions and class indices."""
+    category = getattr(dataset, "label_to_category", None)
+    if category is None:
+        return results, truth
+    image = dict(enumerate(dataset.ids))
+
+    def own(item: dict) -> dict:
+        return {**item, "image_id": image[item["image_id"]], "category_id": category[item["category_id"]]}
+
+    truth = {**truth, "images": [{**info, "id": image[info["id"]]} for info in truth["images"]],
+             "annotations": [own(a) for a in truth["annotations"]],
+             "categories": [{**c, "id": category[c["id"]]} for c in truth["categories"]]}
+    return [own(r) for r in results], truth
+
+
 def write_json_atomic(data, path: str | Path) -> None:
     """Write JSON to a temporary file next to path, then rename it into place."""
     path = Path(path)
@@ -210,8 +227,8 @@ def evaluate_coco(dataset, predictions: Predictions, results_json: str | Path | 
     """COCO box AP with pycocotools: {"metric", "AP", "AP50", "AP75", "APs", "APm", "APl", "summary"}.
 
     Undefined values (e.g. APs with no small objects) are nan; no detections at all give zeros.
-    results_json: also write the detections there, and the ground truth they were scored against
-    (the same image and category ids, see to_coco_gt) to ground_truth_json(results_json).
+    results_json: also write the detections there, and the ground truth they were scored against to
+    ground_truth_json(results_json), both with the ids of with_dataset_ids.
     """
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
@@ -219,8 +236,9 @@ def evaluate_coco(dataset, predictions: Predictions, results_json: str | Path | 
     _per_image(predictions, len(dataset))  # checks the indices
     results, truth = to_coco_results(predictions), to_coco_gt(dataset)
     if results_json is not None:
-        write_json_atomic(results, results_json)
-        write_json_atomic(truth, ground_truth_json(results_json))
+        own_results, own_truth = with_dataset_ids(dataset, results, truth)
+        write_json_atomic(own_results, results_json)
+        write_json_atomic(own_truth, ground_truth_json(results_json))
     result = {"metric": "COCO AP@[.5:.95]"}
     if not results:
         return {**result, **{key: 0.0 for key in COCO_KEYS}, "summary": "no detections: every AP is 0"}
