@@ -4,7 +4,7 @@
     python benchmarks/pruning.py --models plain --percents 0.5 0.7
 
 For each model: evaluate the committed baseline, sparse-train it (course/<model>_sparse.yaml,
-resumed when benchmarks/runs/<model>_sparse exists), prune at each percent (no fine-tune;
+resumed when benchmarks/runs/<model>_sparse exists, unless --fresh), prune at each percent (no fine-tune;
 with --max 1 past the highest safe percent), once with --regular 1, and fine-tune the pruned
 model at --tune-percent (default 0.6 plain, 0.5 residual) with and without distillation from
 the sparse model. Also counts MobileNetV2-SSDLite's prunable layers and channels per mode.
@@ -213,6 +213,8 @@ def main() -> None:
                         help="PRUNE.SR_WEIGHT (params: cost-aware sparsity; the run is kept apart)")
     parser.add_argument("--latency", action="store_true",
                         help="only re-measure the stored rows' CPU latency (run on an otherwise idle machine)")
+    parser.add_argument("--fresh", action="store_true", help="sparse-train again instead of resuming or reusing "
+                                                             "benchmarks/runs/<model>_sparse")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--runs", type=Path, default=HERE / "runs")
     args = parser.parse_args()
@@ -225,7 +227,7 @@ def main() -> None:
     profile = replace(FULL, tune_iters=args.tune_iters)
     starts = {model: args.start or baseline(model) for model in args.models}
     print(run_all([(model, args.sr, args.sr_weight) for model in args.models], starts, store, args.out, args.runs,
-                  "python " + " ".join(sys.argv), profile, args.percents, args.tune_percent))
+                  "python " + " ".join(sys.argv), profile, args.percents, args.tune_percent, resume=not args.fresh))
 
 
 if __name__ == "__main__":
