@@ -89,6 +89,7 @@ def test_integer_reference_agrees_with_fake_quant(calibrated_course_model):
 
 def test_integer_reference_on_a_residual_model(monkeypatch):
     """Shortcuts add two int32 maps; linear (activation-free) convs stay in int32 too."""
+    torch.manual_seed(0)  # the random net (and so the agreement below) must not depend on the tests run before
     real_codes = intref.codes
     text = (TESTS.parent / "ssdlab" / "configs" / "backbones" / "course_residual.cfg").read_text()
     first, *rest = text.split("[convolutional]")[1:]
@@ -107,8 +108,9 @@ def test_integer_reference_on_a_residual_model(monkeypatch):
     seen = []
     monkeypatch.setattr(intref, "codes", lambda *args: seen.append(real_codes(*args)) or seen[-1])
     intref.IntegerReference(model).forward_raw(x)
-    for index, got in zip(convs, seen):  # a random net amplifies 1-code differences layer by layer
-        assert (got == fake[index]).mean() > 0.998, index
+    for index, got in zip(convs, seen):  # a random net amplifies rounding ties into 1-code differences layer by
+        off = np.abs(got.astype(np.int64) - fake[index])  # layer (0.8% of layer 9's codes for some seeds)
+        assert off.max() <= 1 and (off == 0).mean() > 0.99, index
 
 
 def codes_of(quantizer, x: torch.Tensor) -> np.ndarray:
