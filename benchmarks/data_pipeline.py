@@ -25,7 +25,7 @@ from ssdlab.course import course_config
 from ssdlab.data import transforms as T
 from ssdlab.data.loader import SeededSamples, make_train_loader
 from ssdlab.engine.profile import torch_threads
-from ssdlab.engine.train import Trainer, datasets
+from ssdlab.engine.train import Trainer
 from ssdlab.errors import ConfigError, SSDLabError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -75,10 +75,8 @@ def per_sample_ms(dataset, samples: int) -> dict[str, float]:
     return timings
 
 
-def loader_rates(data: Path, rounds: int, steps: int) -> dict[int, float]:
-    """Training images/s with 0 and 1 loader workers, in alternating blocks of steps."""
-    trainer = Trainer(recipe(data, 0), resume=False, progress=False)
-    trainer.setup()
+def loader_rates(trainer: Trainer, data: Path, rounds: int, steps: int) -> dict[int, float]:
+    """Training images/s with 0 and 1 loader workers, in alternating blocks of steps of a set-up trainer."""
     trainer.model.train()
     loaders = {workers: iter(make_train_loader(recipe(data, workers), trainer.train_set, 1000 * workers))
                for workers in (0, 1)}
@@ -116,12 +114,14 @@ def positive(text: str) -> int:
 
 
 def measure(args: argparse.Namespace) -> str:
-    """Both measurements of args; the RESULTS.md section."""
-    dataset = datasets(recipe(args.data, 0), is_train=True)
+    """Both measurements of args (on one training set, read once); the RESULTS.md section."""
+    trainer = Trainer(recipe(args.data, 0), resume=False, progress=False)
+    trainer.setup()
+    dataset = trainer.train_set
     if args.samples > len(dataset):
         raise ConfigError(f"--samples {args.samples}: {args.data} has only {len(dataset)} training images")
     timings = per_sample_ms(dataset, args.samples)
-    rates = loader_rates(args.data, args.rounds, args.steps)
+    rates = loader_rates(trainer, args.data, args.rounds, args.steps)
     return section(timings, rates, args.rounds, args.steps, "python " + " ".join(sys.argv))
 
 

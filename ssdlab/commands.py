@@ -4,11 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ssdlab.config import CfgNode, load_config, merge_overrides
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine import distributed as dist
 from ssdlab.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from ssdlab.engine.train import TrainResult
 
 
 def _opts(args: argparse.Namespace) -> list[str]:
@@ -44,7 +48,7 @@ def _run_training(cfg: CfgNode, fresh: bool, label: str) -> int:
     return 0 if result.finished else STOPPED
 
 
-def _run_state(result) -> str:
+def _run_state(result: TrainResult) -> str:
     """How a training run ended, in words."""
     if result.reused:
         return "had already finished (reused as it is; --fresh trains it again)"
