@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 
 from ssdlab.course import COURSE_MODELS, course_config
-from ssdlab.engine.train import read_metrics, train
+from ssdlab.engine import distributed as dist
+from ssdlab.engine.precision import training_dtype
+from ssdlab.engine.train import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profiles import FULL, BenchProfile  # noqa: E402
@@ -31,9 +33,10 @@ def run(model: str, out_root: Path, profile: BenchProfile = FULL) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cfg = course_config(model, profile.course, profile.overrides(out, profile.course_iters))
     result = train(cfg, resume=False)
-    rates = [r["images_per_s"] for r in read_metrics(out, "images_per_s")]
+    precision = str(training_dtype(cfg, dist.local_device(cfg.MODEL.DEVICE))).removeprefix("torch.")
     return {"model": model, "iterations": result.iteration, "train_seconds": result.train_seconds,
-            "images_per_s": sum(rates) / len(rates), "voc_map": result.metrics["voc_map"],
+            "images_per_s": result.iteration * cfg.SOLVER.BATCH_SIZE / result.train_seconds,
+            "precision": f"{cfg.SOLVER.PRECISION} ({precision})", "voc_map": result.metrics["voc_map"],
             "coco_ap": result.metrics["coco_ap"], "coco_ap50": result.metrics["coco"]["AP50"],
             "checkpoint": str(result.checkpoint)}
 
@@ -42,13 +45,15 @@ def table(rows: list[dict], n_val: int = FULL.n_val) -> str:
     """The RESULTS.md section."""
     lines = [START, "## Course recipes: training from scratch on the shapes dataset", "",
              f"Machine: {machine()}", "",
-             "| model | iterations | training time | images/s | VOC mAP@0.5 (area) | COCO AP | COCO AP50 | command |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | iterations | precision | training time | images/s | VOC mAP@0.5 (area) | COCO AP | COCO AP50 | command |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['iterations']} | {r['train_seconds'] / 60:.1f} min | "
+        lines.append(f"| {r['model']} | {r['iterations']} | {r.get('precision', 'fp32')} | {r['train_seconds'] / 60:.1f} min | "
                      f"{r['images_per_s']:.0f} | {r['voc_map']:.4f} | {r['coco_ap']:.4f} | {r['coco_ap50']:.4f} | "
                      f"`{r['command']}` |")
-    lines += ["", f"Training time excludes evaluation; the val split is {n_val} generated images.", END]
+    lines += ["", f"Training time excludes evaluation; images/s is iterations × batch over it. The val split is "
+              f"{n_val} generated images. Precision: SOLVER.PRECISION and what it gave on this machine "
+              "(`ssdlab.engine.precision`).", END]
     return "\n".join(lines)
 
 

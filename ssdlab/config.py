@@ -132,6 +132,7 @@ def _defaults() -> dict:
             "CHECKPOINT_PERIOD": 2500,
             "KEEP_LAST": 3,
             "CHANNELS_LAST": False,
+            "PRECISION": "fp32",  # fp32 | bf16 | auto (bf16 where the device computes it natively): ssdlab.engine.precision
             "AUGMENT": True,
         },
         "TEST": {

@@ -70,6 +70,14 @@ def test_hard_negative_mining_without_positives():
     assert hard_negative_mining(bg_loss, labels, 3, min_negatives=2)[0].tolist() == [False, True, False, True, False]
 
 
+def test_hard_negative_mining_when_fewer_negatives_than_wanted():
+    bg_loss = torch.tensor([[0.1, 0.9, 0.3, 0.8, 0.2], [0.5, 0.4, 0.3, 0.2, 0.1]])
+    labels = torch.tensor([[1, 0, 2, 0, 0], [0, 0, 0, 0, 0]])
+    keep = hard_negative_mining(bg_loss, labels, 3, min_negatives=1)
+    assert keep[0].all()  # 2 positives want 6 negatives: all 3 there are, and the positives
+    assert keep[1].tolist() == [True, False, False, False, False]  # none wanted but min_negatives: the hardest
+
+
 def cross_entropy(row, label):
     """-log softmax(row)[label] in plain Python."""
     return -row[label] + math.log(sum(math.exp(v) for v in row))

@@ -10,10 +10,10 @@ import torch
 
 import ssdlab
 from ssdlab import course
+from ssdlab.config import load_config
 from ssdlab.engine import checkpoint as ckpt
-from ssdlab.engine.schedule import WarmupSchedule
+from ssdlab.engine.schedule import WarmupSchedule, build_optimizer
 from ssdlab.engine.train import read_metrics, train
-from ssdlab.errors import CheckpointError
 from ssdlab.errors import CheckpointError, ConfigError
 
 
@@ -47,6 +47,26 @@ def test_read_metrics_keeps_the_last_record_per_iteration(tmp_path):
     assert read_metrics(tmp_path / "model_final.pt", "voc_map") == [{"iter": 10, "voc_map": 0.4}]
     with pytest.raises(FileNotFoundError, match="not a training run"):
         read_metrics(tmp_path / "elsewhere" / "model_final.pt")
+
+
+@pytest.mark.parametrize("name", ["SGD", "AdamW"])
+def test_fused_optimizer_makes_the_reference_update(name):
+    torch.manual_seed(0)
+    cfg = load_config(None, ["SOLVER.OPTIMIZER", name, "SOLVER.LR", "0.01"])
+    fused, plain = torch.nn.Linear(8, 4), torch.nn.Linear(8, 4)
+    plain.load_state_dict(fused.state_dict())
+    reference = {"SGD": lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9, weight_decay=5e-4),
+                 "AdamW": lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=5e-4)}[name](plain.parameters())
+    optimizers = [(fused, build_optimizer(cfg, fused)), (plain, reference)]
+    assert optimizers[0][1].defaults["fused"]
+    for _ in range(20):
+        x = torch.randn(5, 8)
+        for model, optimizer in optimizers:
+            optimizer.zero_grad()
+            model(x).pow(2).sum().backward()
+            optimizer.step()
+    for a, b in zip(fused.parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_warmup_multistep_factors_by_hand():

@@ -36,14 +36,19 @@ class WarmupSchedule:
 
 
 def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum (the seed's) or AdamW, over every trainable parameter."""
+    """SGD with momentum (the seed's) or AdamW, over every trainable parameter.
+
+    Fused (one kernel for all parameters) on the CPU and CUDA: the same update, several times faster
+    than the per-parameter loop torch uses by default on the CPU.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     solver = cfg.SOLVER
+    fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
     if solver.OPTIMIZER == "SGD":
         return torch.optim.SGD(params, lr=solver.LR, momentum=solver.MOMENTUM,
-                               weight_decay=solver.WEIGHT_DECAY)
+                               weight_decay=solver.WEIGHT_DECAY, fused=fused)
     if solver.OPTIMIZER == "AdamW":
-        return torch.optim.AdamW(params, lr=solver.LR, weight_decay=solver.WEIGHT_DECAY)
+        return torch.optim.AdamW(params, lr=solver.LR, weight_decay=solver.WEIGHT_DECAY, fused=fused)
     raise ConfigError(f"SOLVER.OPTIMIZER = {solver.OPTIMIZER!r}; use 'SGD' or 'AdamW'")
 
 

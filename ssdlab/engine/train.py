@@ -31,6 +31,7 @@ from ssdlab.data.transforms import build_target_transform, build_transforms
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine import distributed as dist
 from ssdlab.engine.inference import evaluate_model
+from ssdlab.engine.precision import autocast, training_dtype
 from ssdlab.engine.schedule import build_optimizer, build_scheduler
 from ssdlab.errors import CheckpointError, ConfigError
 from ssdlab.model.cfg import parse_cfg, write_cfg
@@ -283,6 +284,9 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.after_backward += sparsity_hooks(self.cfg, self.model) + quant_hooks(self.cfg)
         self.teacher = teacher_from_config(self.cfg, self.device)
+        self.dtype = training_dtype(self.cfg, self.device)
+        if self.dtype != torch.float32:
+            log.info("training with %s autocast (SOLVER.PRECISION %s)", self.dtype, self.cfg.SOLVER.PRECISION)
         self.optimizer = build_optimizer(self.cfg, self.model)
         self.scheduler = build_scheduler(self.cfg, self.optimizer)
         start = self._resume() if self.resume else 0
@@ -367,7 +371,8 @@ class Trainer:
         targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
         if self.teacher is not None:
             targets.update(self.teacher(images))
-        losses = self.wrapped(images, targets)
+        with autocast(self.device, self.dtype):
+            losses = self.wrapped(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss became {loss.item()} at iteration {iteration}; "

@@ -22,10 +22,10 @@ def hard_negative_mining(bg_loss: Tensor, labels: Tensor, neg_pos_ratio: int, mi
     positive = labels > 0
     num_neg = (positive.sum(dim=1, keepdim=True) * neg_pos_ratio).clamp(min=min_negatives)
     loss = bg_loss.masked_fill(positive, -float("inf"))  # positives are never picked as negatives
-    order = loss.argsort(dim=1, descending=True)
-    positions = torch.arange(loss.shape[1], device=loss.device).expand_as(order)
-    rank = torch.empty_like(order).scatter_(1, order, positions)  # rank[b, i]: where prior i sorts (order⁻¹)
-    negative = (rank < num_neg) & ~positive
+    most = min(int(num_neg.max()), loss.shape[1])
+    hardest = loss.topk(most, dim=1).indices  # per image, the `most` hardest negatives, hardest first
+    wanted = torch.arange(most, device=loss.device) < num_neg  # [B, most]: this image's first num_neg of them
+    negative = torch.zeros_like(positive).scatter_(1, hardest, wanted) & ~positive
     return positive | negative
 
 
@@ -41,7 +41,7 @@ class MultiBoxLoss(nn.Module):
                 box_targets: Tensor) -> dict[str, Tensor]:
         """{"reg_loss", "cls_loss"} for logits [B,N,C], offsets [B,N,4], labels [B,N], encoded targets [B,N,4]."""
         with torch.no_grad():
-            bg_loss = -F.log_softmax(cls_logits, dim=2)[:, :, 0]
+            bg_loss = torch.logsumexp(cls_logits, dim=2) - cls_logits[:, :, 0]  # -log softmax(background)
             keep = hard_negative_mining(bg_loss, labels, self.neg_pos_ratio, self.min_negatives)
         cls_loss = F.cross_entropy(cls_logits[keep], labels[keep], reduction="sum")
         positive = labels > 0

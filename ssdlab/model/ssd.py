@@ -101,6 +101,7 @@ class SSD(nn.Module):
             if targets is None:
                 raise ValueError("SSD in training mode needs targets {'labels', 'boxes'}; "
                                  "call model.eval() to get detections")
+            cls_logits, bbox_pred = cls_logits.float(), bbox_pred.float()  # bfloat16 under autocast: loss in float32
             losses = self.criterion(cls_logits, bbox_pred, targets["labels"], targets["boxes"])
             if "teacher_logits" in targets:  # fine-tuning with distillation (ssdlab.prune.distill)
                 from ssdlab.prune.distill import distillation_losses
