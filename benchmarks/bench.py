@@ -210,7 +210,8 @@ def course_rows(results: dict, runs: Path) -> list[dict]:
     for model, r in results.items():
         checkpoint = r.get("checkpoint", runs / model / "model_final.pt")
         base = baseline(model) if baseline(model).is_file() else checkpoint
-        rows.append(row("from scratch", model, f"{r['iterations']} it", checkpoint, r, r["command"], base))
+        variant = f"{r['iterations']} it" + (f", {r['precision']}" if "precision" in r else "")
+        rows.append(row("from scratch", model, variant, checkpoint, r, r["command"], base))
     return rows
 
 

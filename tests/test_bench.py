@@ -69,6 +69,9 @@ def test_smoke_bench_writes_every_section_and_row_family(smoke_bench):
         (family, model) for family in ("prune → quantize", "quantize → prune") for model in ("plain", "residual")}
     assert {r[2].split()[-1] for r in rows if r[0] == "pruned + fine-tuned"} == {"plain", "distilled"}
     assert all(r[-1].startswith("`python benchmarks/bench.py --profile smoke") for r in rows)
+    course = [[c.strip() for c in line.strip("|").split("|")] for line in section(text, "course-training").splitlines()
+              if line.startswith("| plain") or line.startswith("| residual")]
+    assert len(course) == 2 and all(re.fullmatch(r"auto \((bfloat16|float32)\)", row[2]) for row in course)
 
 
 @pytest.mark.slow

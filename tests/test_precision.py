@@ -1,4 +1,5 @@
 """SOLVER.PRECISION: which dtype a run trains in, and a bfloat16 step that stays float32 where it must."""
+import logging
 import os
 import signal
 
@@ -71,9 +72,11 @@ def test_bf16_step_computes_convs_in_bf16_and_keeps_float32_state(tiny_cfg):
     assert losses["bf16"]["loss"] == pytest.approx(losses["fp32"]["loss"], rel=0.05)
 
 
-def test_bf16_run_saves_float32_weights_and_resumes_exactly(tiny_cfg):
+def test_bf16_run_saves_float32_weights_and_resumes_exactly(tiny_cfg, caplog):
     settings = ("SOLVER.PRECISION", "bf16", "SOLVER.MAX_ITER", "6", "DATASETS.TEST", "[]")
-    straight = train(tiny_cfg(*settings, out="straight"), progress=False)
+    with caplog.at_level(logging.INFO, logger="ssdlab.engine.train"):
+        straight = train(tiny_cfg(*settings, out="straight"), progress=False)
+    assert "training in bfloat16 (SOLVER.PRECISION bf16)" in caplog.text
 
     def ctrl_c_at_2(_model, iteration):
         if iteration == 2:

@@ -284,9 +284,9 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.after_backward += sparsity_hooks(self.cfg, self.model) + quant_hooks(self.cfg)
         self.teacher = teacher_from_config(self.cfg, self.device)
-        self.dtype = training_dtype(self.cfg, self.device)
-        if self.dtype != torch.float32:
-            log.info("training with %s autocast (SOLVER.PRECISION %s)", self.dtype, self.cfg.SOLVER.PRECISION)
+        self.compute_dtype = training_dtype(self.cfg, self.device)
+        log.info("training in %s (SOLVER.PRECISION %s)", str(self.compute_dtype).removeprefix("torch."),
+                 self.cfg.SOLVER.PRECISION)
         self.optimizer = build_optimizer(self.cfg, self.model)
         self.scheduler = build_scheduler(self.cfg, self.optimizer)
         start = self._resume() if self.resume else 0
@@ -371,7 +371,7 @@ class Trainer:
         targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
         if self.teacher is not None:
             targets.update(self.teacher(images))
-        with autocast(self.device, self.dtype):
+        with autocast(self.device, self.compute_dtype):
             losses = self.wrapped(images, targets)
         loss = sum(losses.values())
         if not torch.isfinite(loss):
