@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ssdlab.course import COURSE_MODELS, course_config
 from ssdlab.engine import distributed as dist
-from ssdlab.engine.precision import training_dtype
+from ssdlab.engine.precision import dtype_name, training_dtype
 from ssdlab.engine.train import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,7 +33,7 @@ def run(model: str, out_root: Path, profile: BenchProfile = FULL) -> dict:
     shutil.rmtree(out, ignore_errors=True)
     cfg = course_config(model, profile.course, profile.overrides(out, profile.course_iters))
     result = train(cfg, resume=False)
-    precision = str(training_dtype(cfg, dist.local_device(cfg.MODEL.DEVICE))).removeprefix("torch.")
+    precision = dtype_name(training_dtype(cfg, dist.local_device(cfg.MODEL.DEVICE)))
     return {"model": model, "iterations": result.iteration, "train_seconds": result.train_seconds,
             "images_per_s": result.iteration * cfg.SOLVER.BATCH_SIZE / result.train_seconds,
             "precision": f"{cfg.SOLVER.PRECISION} ({precision})", "voc_map": result.metrics["voc_map"],

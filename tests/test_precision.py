@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from ssdlab.config import load_config
+from ssdlab.data.loader import make_train_loader
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine import precision
 from ssdlab.engine.precision import training_dtype
@@ -46,8 +47,6 @@ def test_native_bf16_reads_the_cpu_flags(monkeypatch):
 
 def first_batch(trainer: Trainer):
     """The first training batch of the trainer's loader."""
-    from ssdlab.data.loader import make_train_loader
-
     images, targets, _ = next(iter(make_train_loader(trainer.cfg, trainer.train_set)))
     return images, targets
 

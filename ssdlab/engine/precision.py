@@ -50,6 +50,11 @@ def training_dtype(cfg: CfgNode, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+def dtype_name(dtype: torch.dtype) -> str:
+    """'bfloat16' or 'float32': the dtype without its torch. prefix, for logs and tables."""
+    return str(dtype).removeprefix("torch.")
+
+
 def autocast(device: torch.device, dtype: torch.dtype) -> AbstractContextManager:
     """torch.autocast to dtype on the device, or a no-op for float32."""
     return torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)

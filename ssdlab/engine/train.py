@@ -31,7 +31,7 @@ from ssdlab.data.transforms import build_target_transform, build_transforms
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine import distributed as dist
 from ssdlab.engine.inference import evaluate_model
-from ssdlab.engine.precision import autocast, training_dtype
+from ssdlab.engine.precision import autocast, dtype_name, training_dtype
 from ssdlab.engine.schedule import build_optimizer, build_scheduler
 from ssdlab.errors import CheckpointError, ConfigError
 from ssdlab.model.cfg import parse_cfg, write_cfg
@@ -285,8 +285,7 @@ class Trainer:
         self.after_backward += sparsity_hooks(self.cfg, self.model) + quant_hooks(self.cfg)
         self.teacher = teacher_from_config(self.cfg, self.device)
         self.compute_dtype = training_dtype(self.cfg, self.device)
-        log.info("training in %s (SOLVER.PRECISION %s)", str(self.compute_dtype).removeprefix("torch."),
-                 self.cfg.SOLVER.PRECISION)
+        log.info("training in %s (SOLVER.PRECISION %s)", dtype_name(self.compute_dtype), self.cfg.SOLVER.PRECISION)
         self.optimizer = build_optimizer(self.cfg, self.model)
         self.scheduler = build_scheduler(self.cfg, self.optimizer)
         start = self._resume() if self.resume else 0
