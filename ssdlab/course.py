@@ -36,7 +36,7 @@ PROFILES = {
                             "SOLVER.LR_STEPS", "[8]", "SOLVER.CHECKPOINT_PERIOD", "0", "SOLVER.EVAL_PERIOD", "0",
                             "DATA_LOADER.NUM_WORKERS", "0"]},
     "pretrained": {"root": "runs/pretrained", "data": "datasets/shapes", "train": TRAIN_IMAGES, "val": 500,
-                   "overrides": ["SOLVER.MAX_ITER", "7500"]},
+                   "overrides": ["SOLVER.MAX_ITER", "16000", "SOLVER.EVAL_PERIOD", "4000"]},
 }
 
 

@@ -12,9 +12,11 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from ssdlab.data.coco import COCODataset
 from ssdlab.engine.evaluate import (evaluate_coco, evaluate_voc, format_ap_table, to_coco_gt,
                                     to_coco_results, voc_ap)
 from ssdlab.errors import DataError
+from test_loaders import make_coco
 
 
 class TinyDataset:
@@ -244,9 +246,6 @@ def test_voc_matches_a_plain_devkit_loop(seed):
 
 
 def test_detections_of_a_coco_set_carry_its_own_ids(tmp_path):
-    from ssdlab.data.coco import COCODataset
-    from test_loaders import make_coco
-
     images, ann = make_coco(tmp_path)  # image ids 1..3, category ids 7 (zebra, label 2) and 3 (cat, label 1)
     data = COCODataset(images, ann, remove_empty=False)
     preds = {0: detections([[10, 5, 30, 15], [50, 30, 60, 40]], [2, 1], [0.9, 0.8]), 2: detections([[1, 2, 4, 6]], [1], [0.7])}
