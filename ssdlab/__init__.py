@@ -6,11 +6,17 @@
     result = ssdlab.train(cfg)
 """
 from ssdlab.config import load_config
-from ssdlab.engine.checkpoint import load
 from ssdlab.errors import (CfgError, CheckpointError, ConfigError, DataError, PruneError, QuantError,
                            SSDLabError)
 
 __version__ = "0.1.0"
+
+
+def load(path, device="cpu"):
+    """A ready model (eval mode) from an ssdlab checkpoint (see ssdlab.engine.checkpoint.load)."""
+    from ssdlab.engine.checkpoint import load as _load
+
+    return _load(path, device)
 
 
 def build_model(cfg):

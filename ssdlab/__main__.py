@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ssdlab.data.shapes import TRAIN_IMAGES
-from ssdlab.errors import SSDLabError
+from ssdlab.errors import STOPPED, SSDLabError
 
 
 def _config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
@@ -99,13 +99,18 @@ def main(argv: list[str] | None = None) -> int:
               f"python -m ssdlab {args.command} {misplaced[0]} ... --config-file FILE KEY VALUE", file=sys.stderr)
         return 2
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from ssdlab import commands
-
     try:
+        from ssdlab import commands
+
         return getattr(commands, f"cmd_{args.command}")(args) or 0
     except SSDLabError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while starting, a second one while training, or one while evaluating
+        print(f"\ninterrupted (Ctrl-C): {args.command} stopped; files it finished writing are kept (training: the "
+              "last checkpoint, and a finished run's weights before its final evaluation); run the same command "
+              "to go on from them", file=sys.stderr)
+        return STOPPED
     except BrokenPipeError:  # the output was piped into a reader that stopped early (`| head`)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 1

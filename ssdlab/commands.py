@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from ssdlab.config import CfgNode, load_config, merge_overrides
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine import distributed as dist
-from ssdlab.errors import CheckpointError, ConfigError
+from ssdlab.errors import STOPPED, CheckpointError, ConfigError
 
 if TYPE_CHECKING:
     from ssdlab.engine.train import TrainResult
@@ -33,7 +33,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return _run_training(load_config(args.config_file, _opts(args)), args.fresh, "training")
 
 
-STOPPED = 130  # exit status of a run stopped by Ctrl-C (128 + SIGINT), so `train && eval` does not go on
 
 
 def _run_training(cfg: CfgNode, fresh: bool, label: str) -> int:
@@ -110,7 +109,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
     """Evaluate a checkpoint on DATASETS.TEST (VOC and COCO metrics)."""
     from ssdlab.engine.diagnose import diagnose, format_diagnosis
     from ssdlab.engine.evaluate import format_ap_table
-    from ssdlab.engine.inference import predict, score
+    from ssdlab.engine.inference import check_classes, predict, score
     from ssdlab.engine.train import datasets
 
     check_output_file(args.detections, "--detections")
@@ -122,6 +121,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
         _eval_integer(model, cfg)
     else:
         dataset = datasets(cfg, is_train=False)
+        check_classes(model, dataset, f"checkpoint {path}")
         predictions = predict(model, dataset, cfg, device)  # every rank's share, gathered on every rank
         if dist.is_main():
             result = score(dataset, predictions, cfg, coco_json=args.detections)
@@ -165,7 +165,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_info(args: argparse.Namespace) -> None:
     """Print the layer table and totals of a recipe's model or a checkpoint's."""
     from ssdlab.engine.profile import layer_table, summary
-    from ssdlab.model.ssd import SSD
+    from ssdlab.model.ssd import SSD, check_feature_maps
 
     if args.ckpt:
         model = ckpt.load(args.ckpt)
@@ -173,6 +173,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     else:
         cfg = load_config(args.config_file, _opts(args))
         model = SSD(cfg)  # no ImageNet weights needed to describe the model
+        check_feature_maps(model)
     size = cfg.INPUT.IMAGE_SIZE
     print(f"{'idx':>4} {'type':<16} {'output':<18} {'params':>10} {'MACs':>14}")
     for row in layer_table(model, size):

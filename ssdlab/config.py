@@ -16,6 +16,7 @@ from typing import Any, Iterable
 import yaml
 
 from ssdlab.errors import ConfigError
+from ssdlab.files import read_text
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -174,6 +175,54 @@ def _defaults() -> dict:
     }
 
 
+# Numeric keys with a range: (lowest, highest, whether the lowest itself is refused, what the value is).
+RANGES: dict[str, tuple[float, float | None, bool, str]] = {
+    "MODEL.NUM_CLASSES": (2, None, False, "classes including the background"),
+    "MODEL.THRESHOLD": (0, 1, True, "the IoU a prior needs to match a box"),
+    "MODEL.NEG_POS_RATIO": (1, None, False, "negatives kept per positive"),
+    "MODEL.CENTER_VARIANCE": (0, None, True, "the box coder's centre variance"),
+    "MODEL.SIZE_VARIANCE": (0, None, True, "the box coder's size variance"),
+    "INPUT.IMAGE_SIZE": (1, None, False, "the square input side in pixels"),
+    "INPUT.CHANNELS": (1, None, False, "image channels"),
+    "DATA_LOADER.NUM_WORKERS": (0, None, False, "loader processes (0: load in the training process)"),
+    "SOLVER.MAX_ITER": (1, None, False, "training iterations"),
+    "SOLVER.BATCH_SIZE": (1, None, False, "images per training step"),
+    "SOLVER.LR": (0, None, True, "the learning rate (0 would train nothing)"),
+    "SOLVER.GAMMA": (0, None, True, "the learning-rate decay factor"),
+    "SOLVER.MOMENTUM": (0, 1, False, "SGD momentum"),
+    "SOLVER.WEIGHT_DECAY": (0, None, False, "weight decay"),
+    "SOLVER.WARMUP_FACTOR": (0, 1, True, "the warm-up's starting fraction of the learning rate"),
+    "SOLVER.WARMUP_ITERS": (0, None, False, "warm-up iterations"),
+    "SOLVER.NUM_THREADS": (0, None, False, "CPU threads (0: all physical cores)"),
+    "SOLVER.LOG_PERIOD": (1, None, False, "iterations between log lines"),
+    "SOLVER.EVAL_PERIOD": (0, None, False, "iterations between evaluations (0: only at the end)"),
+    "SOLVER.CHECKPOINT_PERIOD": (0, None, False, "iterations between checkpoints (0: only at the end)"),
+    "SOLVER.KEEP_LAST": (0, None, False, "periodic checkpoints kept (0: all)"),
+    "TEST.NMS_THRESHOLD": (0, 1, True, "the NMS IoU threshold"),
+    "TEST.CONFIDENCE_THRESHOLD": (0, 1, False, "the lowest score a detection keeps"),
+    "TEST.MAX_PER_IMAGE": (1, None, False, "detections kept per image"),
+    "TEST.BATCH_SIZE": (1, None, False, "images per evaluation batch"),
+    "PRUNE.SR": (0, None, False, "the L1 strength on BN γ"),
+    "PRUNE.SR_STEP_AT": (0, 1, False, "the fraction of MAX_ITER after which SR is scaled"),
+    "PRUNE.SR_STEP_FACTOR": (0, None, False, "the factor SR is scaled by"),
+    "PRUNE.ROUND_TO": (1, None, False, "the multiple kept channels are rounded to"),
+    "DISTILL.TEMPERATURE": (0, None, True, "the distillation temperature"),
+    "DISTILL.CLS_WEIGHT": (0, None, False, "the class distillation weight"),
+    "DISTILL.BOX_WEIGHT": (0, None, False, "the box distillation weight"),
+}
+
+
+def check_range(key: str, value: Any, where: str) -> None:
+    """ConfigError naming where and the key when a numeric value lies outside its range in RANGES."""
+    if key not in RANGES:
+        return
+    low, high, open_low, meaning = RANGES[key]
+    if value != value or (value <= low if open_low else value < low) or (high is not None and value > high):
+        bound = f"above {low}" if open_low else f"at least {low}"
+        span = f"between {low} and {high}" + (f" (not {low} itself)" if open_low else "") if high is not None else bound
+        raise ConfigError(f"{where}: {key} = {value!r} must be {span} ({meaning})")
+
+
 def get_default_config() -> CfgNode:
     """A fresh, unfrozen config holding every default."""
     return CfgNode(_defaults())
@@ -254,6 +303,7 @@ def merge_dict(cfg: CfgNode, update: dict, where: str, prefix: str = "") -> None
             merge_dict(cfg[key], value, where, full + ".")
         else:
             cfg[key] = _coerce(value, cfg[key], full, where)
+            check_range(full, cfg[key], where)
 
 
 def merge_overrides(cfg: CfgNode, opts: list[str], where: str = "command line") -> None:
@@ -270,6 +320,7 @@ def merge_overrides(cfg: CfgNode, opts: list[str], where: str = "command line") 
         if isinstance(node[parts[-1]], CfgNode):
             raise ConfigError(f"{where}: {key} is a section; name one of its keys")
         node[parts[-1]] = _coerce(text, node[parts[-1]], key, where)
+        check_range(key, node[parts[-1]], where)
 
 
 def read_yaml(path: Path) -> dict:
@@ -278,7 +329,7 @@ def read_yaml(path: Path) -> dict:
         raise ConfigError(f"config file {path} does not exist; pass an existing --config-file "
                           f"(recipes ship in {PACKAGE_CONFIGS})")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path, ConfigError, "a YAML recipe (MODEL:, SOLVER:, ...)"))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if data is None:

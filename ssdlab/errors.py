@@ -1,8 +1,21 @@
 """One exception family for everything a user can get wrong."""
+from __future__ import annotations
+
+import re
+
+STOPPED = 130  # the CLI's exit status when Ctrl-C stopped a command (128 + SIGINT), so `train && eval` does not go on
+
+# torch re-raises an error of a DataLoader worker as "Caught X in DataLoader worker process N.\nOriginal Traceback ..."
+_WORKER = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback", re.ASCII)
 
 
 class SSDLabError(Exception):
     """Base class: a message that names the file (line or key), the problem and the fix."""
+
+    def __init__(self, message: str = ""):
+        if _WORKER.match(message):  # keep the worker's own one-line message, not its traceback
+            message = message.rstrip().rsplit(f"{type(self).__module__}.{type(self).__qualname__}: ", 1)[-1]
+        super().__init__(message)
 
 
 class ConfigError(SSDLabError):

@@ -4,7 +4,8 @@ A loader (VOC, COCO, text format) only turns its files into a list of ``ImageRec
 ``DetectionDataset`` does the rest:
 
 - boxes beyond the image are clipped to [0, width] x [0, height], and boxes left with zero
-  area are dropped (one warning per dataset with the count);
+  area are dropped (one warning per dataset naming the images); the loaders drop invalid boxes
+  (a NaN corner, a negative size) with one warning per annotation file (``warn_invalid``);
 - ``get_image(i)`` decodes the image (HxWx3 uint8 RGB), optionally caching it in memory;
 - ``get_item(i, rng)`` / ``dataset[i]`` returns ``(image, {"boxes", "labels"}, i)`` after the
   transform and the target transform, without the difficult objects unless keep_difficult.
@@ -54,16 +55,33 @@ def make_record(id_: Any, file: Path, width: int, height: int, boxes: Sequence, 
     return ImageRecord(id_, Path(file), int(width), int(height), boxes, labels, difficult)
 
 
-def read_image(path: Path) -> np.ndarray:
+WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 16/32-bit and float grayscale
+
+
+def rgb8(image: Image.Image) -> np.ndarray:
+    """A PIL image as a writable HxWx3 uint8 RGB array; wide grayscale (16-bit PNG, say) scaled to 8 bits,
+    which PIL's convert("RGB") would clip to white."""
+    if image.mode not in WIDE_GRAY:
+        return np.array(image.convert("RGB"))
+    values = np.asarray(image, dtype=np.float64)
+    if values.max(initial=0) > 255:  # 16-bit values: 65535 -> 255
+        values = values / 257
+    gray = np.clip(np.round(values), 0, 255).astype(np.uint8)
+    return np.repeat(gray[..., None], 3, axis=2)
+
+
+SKIP_ADVICE = "replace the file, or pass skip_bad_images=True to leave such images out"
+
+
+def read_image(path: Path, advice: str = SKIP_ADVICE) -> np.ndarray:
     """Decode an image file to a writable HxWx3 uint8 RGB array; DataError naming the file when it cannot."""
     try:
         with Image.open(path) as image:
-            return np.array(image.convert("RGB"))
+            return rgb8(image)
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist; check the dataset folder or its list file") from None
     except IMAGE_ERRORS as err:
-        raise DataError(f"cannot read image {path} ({err}); replace the file, or pass "
-                        "skip_bad_images=True to leave such images out") from None
+        raise DataError(f"cannot read image {path} ({err}); {advice}") from None
 
 
 def image_size(path: Path) -> tuple[int, int]:
@@ -74,8 +92,7 @@ def image_size(path: Path) -> tuple[int, int]:
     except FileNotFoundError:
         raise DataError(f"image {path} does not exist; check the dataset folder or its list file") from None
     except IMAGE_ERRORS as err:
-        raise DataError(f"cannot read image {path} ({err}); replace the file, or pass "
-                        "skip_bad_images=True to leave such images out") from None
+        raise DataError(f"cannot read image {path} ({err}); {SKIP_ADVICE}") from None
 
 
 def is_readable(path: Path) -> bool:
@@ -95,6 +112,23 @@ def drop_unreadable(items: list, path_of: Callable[[Any], Path], name: str) -> l
         log.warning("%s: skipped %d unreadable or missing images (skip_bad_images=True)",
                     name, len(items) - len(kept))
     return kept
+
+
+def box_problem(x1: float, y1: float, x2: float, y2: float) -> str | None:
+    """Why a box of pixel corners is invalid (a coordinate that is not a finite number, x2 < x1, y2 < y1), or None."""
+    if not np.isfinite([x1, y1, x2, y2]).all():
+        return "a coordinate is not a finite number"
+    if x2 < x1 or y2 < y1:
+        return "negative width" if x2 < x1 else "negative height"
+    return None
+
+
+def warn_invalid(where: Path | str, problems: list[str]) -> None:
+    """One warning for an annotation file whose invalid boxes were dropped, naming each (line, object, id)."""
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        log.warning("%s: dropped %d invalid box%s (%s); fix or remove %s", where, len(problems),
+                    "es" if len(problems) > 1 else "", shown, "them" if len(problems) > 1 else "it")
 
 
 def clean_boxes(record: ImageRecord) -> tuple[ImageRecord, int, int]:
@@ -123,14 +157,19 @@ class DetectionDataset(Dataset):
         self._cache: dict[int, np.ndarray] | None = {} if cache else None
 
     def _clean(self, records: list[ImageRecord]) -> list[ImageRecord]:
-        """Clip and filter every record's boxes; one log line per dataset with the counts."""
-        cleaned, clipped, dropped = [], 0, 0
+        """Clip and filter every record's boxes; one log line per dataset naming the images concerned."""
+        cleaned, clipped, dropped = [], 0, {}
         for record in records:
             record, n_clipped, n_dropped = clean_boxes(record)
             cleaned.append(record)
-            clipped, dropped = clipped + n_clipped, dropped + n_dropped
+            clipped += n_clipped
+            if n_dropped:
+                dropped[record.file.name] = n_dropped
         if dropped:
-            log.warning("%s: dropped %d boxes of zero area (after clipping to the image)", self.name, dropped)
+            shown = ", ".join(f"{name} ({count})" for name, count in list(dropped.items())[:5])
+            log.warning("%s: dropped %d boxes of zero area after clipping to the image: %s%s; check those "
+                        "images' annotations", self.name, sum(dropped.values()), shown,
+                        f" and {len(dropped) - 5} more images" if len(dropped) > 5 else "")
         if clipped:
             log.info("%s: clipped %d boxes that reached beyond their image", self.name, clipped)
         return cleaned

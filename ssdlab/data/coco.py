@@ -1,6 +1,6 @@
 """COCO instances annotations (``annotations/instances_*.json``) read through pycocotools.
 
-Crowd boxes (``iscrowd=1``) are dropped; ``bbox = [x, y, w, h]`` becomes xyxy; category ids
+Crowd boxes (``iscrowd=1``) and background categories (labelme's ``_background_``) are dropped; ``bbox = [x, y, w, h]`` becomes xyxy; category ids
 (1..90 with gaps in COCO) become contiguous labels 1..K in sorted id order, and the class
 names come from the categories. With ``remove_empty`` (training) images left without any
 box are dropped. ``label_to_category`` maps labels back to category ids for COCOeval, and
@@ -16,7 +16,8 @@ from typing import Callable
 
 from pycocotools.coco import COCO
 
-from ssdlab.data.base import DetectionDataset, ImageRecord, drop_unreadable, make_record
+from ssdlab.data.base import (DetectionDataset, ImageRecord, box_problem, drop_unreadable, image_size, make_record,
+                              warn_invalid)
 from ssdlab.errors import DataError
 
 
@@ -39,21 +40,56 @@ def load_coco(ann_file: Path) -> COCO:
     return coco
 
 
+def is_background(category: dict) -> bool:
+    """True for a background category (labelme's COCO export writes '_background_' with id 0)."""
+    return str(category.get("name", "")).strip("_ ").lower() == "background"
+
+
+def xyxy(ann: dict, ann_file: Path) -> list[float]:
+    """An annotation's bbox [x, y, w, h] as corners; DataError naming the annotation when it is not 4 numbers."""
+    bbox = ann.get("bbox")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+        raise DataError(f"{ann_file}: annotation {ann.get('id')} has bbox {bbox!r}; a COCO bbox is "
+                        "[x, y, width, height], four numbers in pixels: fix the annotation file")
+    x, y, w, h = bbox
+    return [x, y, x + w, y + h]
+
+
+def image_dims(info: dict, file: Path) -> tuple[int, int]:
+    """(width, height) of an 'images' entry, from the image header when the entry lacks them."""
+    width, height = info.get("width"), info.get("height")
+    if isinstance(width, (int, float)) and isinstance(height, (int, float)) and width > 0 and height > 0:
+        return int(width), int(height)
+    return image_size(file)
+
+
 def image_records(coco: COCO, image_root: Path, category_to_label: dict[int, int],
                   ann_file: Path) -> list[ImageRecord]:
-    """One ImageRecord per image, sorted by image id, crowd boxes left out."""
-    records = []
+    """One ImageRecord per image, sorted by image id, crowd boxes and background-category boxes left out."""
+    background = {c for c, cat in coco.cats.items() if is_background(cat)}
+    records, problems = [], []
     for image_id in sorted(coco.imgs):
         info = coco.imgs[image_id]
-        anns = [a for a in coco.imgToAnns.get(image_id, []) if not a.get("iscrowd", 0)]
-        unknown = [a["id"] for a in anns if a["category_id"] not in category_to_label]
+        if "file_name" not in info:
+            raise DataError(f"{ann_file}: image {image_id} has no 'file_name'; fix the annotation file")
+        anns = [a for a in coco.imgToAnns.get(image_id, [])
+                if not a.get("iscrowd", 0) and a.get("category_id") not in background]
+        unknown = [a.get("id") for a in anns if a.get("category_id") not in category_to_label]
         if unknown:
             raise DataError(f"{ann_file}: annotation {unknown[0]} has a category_id missing from "
                             "'categories'; fix the annotation file")
-        boxes = [[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)]
-        labels = [category_to_label[a["category_id"]] for a in anns]
-        records.append(make_record(image_id, image_root / info["file_name"], info["width"], info["height"],
-                                   boxes, labels))
+        boxes, labels = [], []
+        for ann in anns:
+            box = xyxy(ann, ann_file)
+            problem = box_problem(*box)
+            if problem:
+                problems.append(f"annotation {ann.get('id')}: {problem}")
+                continue
+            boxes.append(box)
+            labels.append(category_to_label[ann["category_id"]])
+        file = image_root / info["file_name"]
+        records.append(make_record(image_id, file, *image_dims(info, file), boxes, labels))
+    warn_invalid(ann_file, problems)
     return records
 
 
@@ -68,10 +104,11 @@ class COCODataset(DetectionDataset):
             raise DataError(f"COCO image folder {self.image_root} does not exist; download it with "
                             "data_scripts/COCO2014.sh or set COCO_ROOT")
         self.coco = load_coco(self.ann_file)
-        category_ids = sorted(self.coco.cats)
+        category_ids = sorted(c for c, cat in self.coco.cats.items() if not is_background(cat))
         self.category_to_label = {cat: label for label, cat in enumerate(category_ids, start=1)}
         self.label_to_category = {label: cat for cat, label in self.category_to_label.items()}
-        class_names = ("__background__",) + tuple(self.coco.cats[c]["name"] for c in category_ids)
+        names = (str(self.coco.cats[c].get("name") or f"category {c}") for c in category_ids)
+        class_names = ("__background__", *names)
         name = f"COCO {self.ann_file.stem}"
         records = image_records(self.coco, self.image_root, self.category_to_label, self.ann_file)
         if skip_bad_images:

@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ssdlab.config import CfgNode
+from ssdlab.errors import ConfigError
 
 
 def sample_seed(seed: int, iteration: int, slot: int, rank: int) -> int:
@@ -33,8 +34,9 @@ class IterationBatchSampler(Sampler):
                                           shuffle=True, seed=seed, drop_last=True)
         self.per_epoch = len(self.sampler) // batch_size
         if self.per_epoch == 0:
-            raise ValueError(f"batch size {batch_size} is larger than the {len(self.sampler)} "
-                             "images this process sees per epoch; lower SOLVER.BATCH_SIZE")
+            name = getattr(dataset, "name", "the training set")
+            raise ConfigError(f"SOLVER.BATCH_SIZE = {batch_size} is larger than the {len(self.sampler)} images of "
+                              f"{name} this process sees per epoch; lower SOLVER.BATCH_SIZE or add images")
         self.batch_size, self.max_iter, self.start_iter = batch_size, max_iter, start_iter
         self.seed, self.rank = seed, rank
 

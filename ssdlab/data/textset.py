@@ -22,14 +22,18 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from ssdlab.data.base import DetectionDataset, ImageRecord, drop_unreadable, image_size, make_record
+from ssdlab.data.base import (DetectionDataset, ImageRecord, box_problem, drop_unreadable, image_size, make_record,
+                              warn_invalid)
 from ssdlab.errors import DataError
+from ssdlab.files import read_text
+
+PIXEL_LIMIT = 2.0  # a centre or size this far beyond 0..1 is in pixels, not a fraction of the image
 
 
 def read_data_file(path: Path) -> dict[str, str]:
     """The key/value pairs of a .data file; DataError naming the file and line when malformed."""
     try:
-        text = path.read_text()
+        text = read_text(path, DataError, "a NAME.data file of 'key= value' lines")
     except FileNotFoundError:
         raise DataError(f".data file {path} does not exist; give the path of an existing NAME.data file") from None
     entries = {}
@@ -53,7 +57,7 @@ def local_path(base: Path, value: str) -> Path:
 def read_names(path: Path) -> list[str]:
     """The class names of a .names file (one per non-empty line)."""
     try:
-        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return [line.strip() for line in read_text(path, DataError, "a .names file").splitlines() if line.strip()]
     except FileNotFoundError:
         raise DataError(f"class names file {path} does not exist; fix the 'names' entry of the .data file") from None
 
@@ -61,7 +65,7 @@ def read_names(path: Path) -> list[str]:
 def read_list(path: Path, base: Path) -> list[Path]:
     """The image paths of a list file (relative ones are relative to base)."""
     try:
-        lines = path.read_text().splitlines()
+        lines = read_text(path, DataError, "a list file of image paths").splitlines()
     except FileNotFoundError:
         raise DataError(f"image list {path} does not exist; fix the split's entry of the .data file") from None
     return [local_path(base, line.strip()) for line in lines if line.strip()]
@@ -80,11 +84,11 @@ def label_path(image: Path, images_root: Path, labels_root: Path) -> Path:
 def read_labels(path: Path, width: int, height: int, num_classes: int) -> tuple[list, list]:
     """(boxes xyxy pixels, labels 1..num_classes) of one label file; DataError with file and line."""
     try:
-        lines = path.read_text().splitlines()
+        lines = read_text(path, DataError, "a label file of 'cls xc yc w h' lines").splitlines()
     except FileNotFoundError:
         raise DataError(f"label file {path} does not exist; every listed image needs one "
                         "(an empty file means no objects)") from None
-    boxes, labels = [], []
+    boxes, labels, problems = [], [], []
     for number, line in enumerate(lines, start=1):
         fields = line.split()
         if not fields:
@@ -99,8 +103,18 @@ def read_labels(path: Path, width: int, height: int, num_classes: int) -> tuple[
         if not 0 <= cls < num_classes:
             raise DataError(f"{path}:{number}: class id {cls} is out of range 0..{num_classes - 1} "
                             "(the .names file has that many classes)")
-        boxes.append([(xc - w / 2) * width, (yc - h / 2) * height, (xc + w / 2) * width, (yc + h / 2) * height])
+        if max(xc, yc, w, h) > PIXEL_LIMIT:
+            raise DataError(f"{path}:{number}: {line.strip()!r} looks like pixel coordinates; this format wants "
+                            "'cls xc yc w h' as fractions 0..1 of the image (divide x and w by the image width, "
+                            "y and h by its height)")
+        box = [(xc - w / 2) * width, (yc - h / 2) * height, (xc + w / 2) * width, (yc + h / 2) * height]
+        problem = box_problem(*box)
+        if problem:
+            problems.append(f"line {number}: {problem}")
+            continue
+        boxes.append(box)
         labels.append(cls + 1)
+    warn_invalid(path, problems)
     return boxes, labels
 
 

@@ -11,8 +11,10 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Callable, Sequence
 
-from ssdlab.data.base import DetectionDataset, ImageRecord, drop_unreadable, image_size, make_record
+from ssdlab.data.base import (DetectionDataset, ImageRecord, box_problem, drop_unreadable, image_size, make_record,
+                              warn_invalid)
 from ssdlab.errors import DataError
+from ssdlab.files import read_text
 
 VOC_CLASSES = ("__background__", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car",
                "cat", "chair", "cow", "diningtable", "dog", "horse", "motorbike", "person",
@@ -28,7 +30,8 @@ def read_split(root: Path, split: str) -> list[str]:
         raise DataError(f"VOC split file {path} does not exist; pick a split that exists "
                         f"(found: {', '.join(available) or 'none'}) or download the dataset "
                         "(data_scripts/VOC2007.sh)")
-    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+    text = read_text(path, DataError, "a VOC split file of image ids")
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
 
 
 def find_image(image_dir: Path, image_id: str) -> Path:
@@ -58,7 +61,7 @@ def parse_annotation(path: Path, class_to_label: dict[str, int]) -> tuple[list, 
                         "without an annotation") from None
     except ET.ParseError as err:
         raise DataError(f"{path}: not valid XML ({err}); fix or remove the annotation") from None
-    boxes, labels, difficult = [], [], []
+    boxes, labels, difficult, problems = [], [], [], []
     for number, obj in enumerate(root.iter("object"), start=1):
         name = (obj.findtext("name") or "").strip()
         if name not in class_to_label:
@@ -67,9 +70,15 @@ def parse_annotation(path: Path, class_to_label: dict[str, int]) -> tuple[list, 
         bndbox = obj.find("bndbox")
         if bndbox is None:
             raise DataError(f"{path}: object {number} ({name}) has no <bndbox>")
-        boxes.append([xml_number(bndbox, key, path) - 1 for key in ("xmin", "ymin", "xmax", "ymax")])
+        box = [xml_number(bndbox, key, path) - 1 for key in ("xmin", "ymin", "xmax", "ymax")]
+        problem = box_problem(*box)
+        if problem:
+            problems.append(f"object {number} ({name}): {problem}")
+            continue
+        boxes.append(box)
         labels.append(class_to_label[name])
         difficult.append((obj.findtext("difficult") or "0").strip() == "1")
+    warn_invalid(path, problems)
     size = root.find("size")
     known = size is not None and size.findtext("width") and size.findtext("height")
     dims = (int(xml_number(size, "width", path)), int(xml_number(size, "height", path))) if known else None

@@ -17,9 +17,11 @@ from torch import nn
 
 from ssdlab.config import CfgNode, config_from_dict
 from ssdlab.errors import CheckpointError, ConfigError
+from ssdlab.files import load_tensors
 
 FORMAT = "ssdlab-checkpoint"
 VERSION = 1
+REQUIRED = ("model", "cfg_text", "config")  # what rebuilding a model needs
 
 
 def make_checkpoint(model: nn.Module, iteration: int = 0, metrics: dict | None = None,
@@ -76,17 +78,18 @@ def read_checkpoint(path: str | Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; give the path of a .pt file "
                               "written by `python -m ssdlab train` (see OUTPUT_DIR/last_checkpoint)")
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch raises many types for a foreign or corrupt file; its text advises unsafe loading
-        raise CheckpointError(f"{path} is not a readable ssdlab checkpoint: the file is damaged, cut short or not "
-                              f"written by torch ({type(err).__name__}); train again or copy it again") from None
+    checkpoint = load_tensors(path, CheckpointError, "ssdlab checkpoint (train again or copy it again)")
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an ssdlab checkpoint (no '{FORMAT}' marker); "
                               "ssdlab loads only files written by ssdlab train/prune/quantize")
     if checkpoint.get("version", 0) > VERSION:
         raise CheckpointError(f"{path} was written by a newer ssdlab (format version "
                               f"{checkpoint['version']}); upgrade ssdlab to read it")
+    missing = [key for key in REQUIRED if key not in checkpoint]
+    if missing or not isinstance(checkpoint["model"], dict):
+        lacking = f"lacks {', '.join(repr(k) for k in missing)}" if missing else "holds no state dict under 'model'"
+        raise CheckpointError(f"{path} has the ssdlab marker but {lacking}, so no model can be rebuilt from it; "
+                              "it is damaged or was edited by hand: use a file written by ssdlab train/prune/quantize")
     return checkpoint
 
 

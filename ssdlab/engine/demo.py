@@ -1,17 +1,21 @@
 """Detect objects in a folder of images, draw them and time each image."""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from ssdlab.config import CfgNode
+from ssdlab.data.base import read_image
 from ssdlab.data.transforms import build_transforms
 from ssdlab.errors import DataError
+from ssdlab.files import check_output_folder
 from ssdlab.viz.draw import draw_detections
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
@@ -29,15 +33,6 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """An image file as HxWx3 uint8 RGB; a DataError naming the file when unreadable."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as err:
-        raise DataError(f"cannot read image {path}: {err}") from None
-
-
 @torch.no_grad()
 def detect(model: nn.Module, image: np.ndarray, cfg: CfgNode, transform=None) -> dict:
     """Detections on one RGB image, boxes in its own pixels."""
@@ -50,22 +45,37 @@ def detect(model: nn.Module, image: np.ndarray, cfg: CfgNode, transform=None) ->
     return {"boxes": det["boxes"].cpu() * scale, "labels": det["labels"].cpu(), "scores": det["scores"].cpu()}
 
 
+def draw_one(model: nn.Module, cfg: CfgNode, transform, path: Path, folder: Path, score_threshold: float) -> dict:
+    """Detect on one image, draw it into folder as <stem>.png; its record (objects, ms, FPS, file name)."""
+    image = read_image(path, advice="replace or remove it; nothing was written to --out")
+    start = time.perf_counter()
+    det = detect(model, image, cfg, transform)
+    seconds = time.perf_counter() - start
+    keep = det["scores"] > score_threshold
+    drawn = draw_detections(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep], model.class_names)
+    drawn.save(folder / f"{path.stem}.png")
+    return {"image": path.name, "objects": int(keep.sum()), "ms": seconds * 1000, "fps": 1 / seconds,
+            "out": f"{path.stem}.png"}
+
+
 def run_demo(model: nn.Module, cfg: CfgNode, images: Path, out: Path, score_threshold: float = 0.4) -> list[dict]:
-    """Draw detections above score_threshold for every image in images/ into out/; one record per image."""
+    """Draw detections above score_threshold for every image in images/ into out/; one record per image.
+
+    All or nothing: the drawings are made in a temporary folder and moved into out/ when every image is done.
+    """
+    files = image_files(images)
+    check_output_folder(out, "--out", DataError)
     model.eval()
     transform = build_transforms(cfg, is_train=False)
-    out.mkdir(parents=True, exist_ok=True)
-    records = []
-    for path in image_files(images):
-        image = read_rgb(path)
-        start = time.perf_counter()
-        det = detect(model, image, cfg, transform)
-        seconds = time.perf_counter() - start
-        keep = det["scores"] > score_threshold
-        drawn = draw_detections(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep],
-                                model.class_names)
-        target = out / (path.stem + ".png")
-        drawn.save(target)
-        records.append({"image": path.name, "objects": int(keep.sum()), "ms": seconds * 1000,
-                        "fps": 1 / seconds, "out": str(target)})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        records = [draw_one(model, cfg, transform, path, staging, score_threshold) for path in files]
+        out.mkdir(exist_ok=True)
+        for record in records:
+            target = out / record["out"]
+            os.replace(staging / record["out"], target)
+            record["out"] = str(target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return records

@@ -12,8 +12,30 @@ from ssdlab.config import CfgNode
 from ssdlab.data.loader import make_test_loader
 from ssdlab.engine import distributed as dist
 from ssdlab.engine.evaluate import evaluate_coco, evaluate_voc
+from ssdlab.errors import DataError
+from ssdlab.model.ssd import default_class_names
 
 log = logging.getLogger(__name__)
+
+
+def class_list(names: tuple[str, ...] | list[str]) -> str:
+    """'3 classes (circle, square, triangle)': the classes after the background, the first eight named."""
+    shown = ", ".join(names[1:9]) + (", ..." if len(names) > 9 else "")
+    return f"{len(names) - 1} classes ({shown})"
+
+
+def check_classes(model: nn.Module, dataset, where: str = "the model") -> None:
+    """DataError, before any inference, when the model detects other classes than the dataset holds.
+
+    A model built without class names (class1, class2, ...) only needs the same number of classes.
+    """
+    ours = tuple(getattr(getattr(model, "module", model), "class_names", None) or ())
+    theirs = tuple(dataset.class_names)
+    unnamed = ours == default_class_names(len(ours)) and len(ours) == len(theirs)
+    if not ours or ours == theirs or unnamed:
+        return
+    raise DataError(f"{where} detects {class_list(ours)} but {dataset.name} has {class_list(theirs)}; "
+                    "evaluate it on data with the same class list (DATASETS.TEST), or train a model on these classes")
 
 
 @torch.no_grad()
@@ -24,6 +46,7 @@ def predict(model: nn.Module, dataset, cfg: CfgNode, device: torch.device | str 
     Under torchrun each rank predicts its share and the shares are gathered, so every rank
     ends with the detections of the whole dataset.
     """
+    check_classes(model, dataset)
     model = getattr(model, "module", model)
     was_training = model.training
     model.eval()

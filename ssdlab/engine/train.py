@@ -30,10 +30,11 @@ from ssdlab.data.loader import make_train_loader
 from ssdlab.data.transforms import build_target_transform, build_transforms
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine import distributed as dist
-from ssdlab.engine.inference import evaluate_model
+from ssdlab.engine.inference import class_list, evaluate_model
 from ssdlab.engine.precision import autocast, dtype_name, training_dtype
 from ssdlab.engine.schedule import build_optimizer, build_scheduler
 from ssdlab.errors import CheckpointError, ConfigError
+from ssdlab.files import check_output_folder
 from ssdlab.model.cfg import parse_cfg, write_cfg
 from ssdlab.model.ssd import SSD, build_model, read_backbone_text
 from ssdlab.prune.distill import teacher_from_config
@@ -139,6 +140,16 @@ def quantization_flags(cfg_text: str, cfg: CfgNode) -> str:
         if "quantization" in marked:
             layer["quantization"] = marked["quantization"]
     return write_cfg(own)
+
+
+def check_start_classes(start: dict, names: tuple[str, ...], where: str) -> None:
+    """ConfigError when a fine-tune's MODEL.WEIGHTS checkpoint was trained on other classes than the data has."""
+    stored = tuple(start.get("class_names") or ())
+    if stored and stored != tuple(names):
+        raise ConfigError(f"MODEL.WEIGHTS {where} detects {class_list(stored)} but the training data has "
+                          f"{class_list(names)}; a fine-tune keeps its checkpoint's classes (MODEL.NUM_CLASSES "
+                          "comes from it), so fine-tune on data with the same class list, or train these classes "
+                          f"from scratch: MODEL.FINE_TUNE False MODEL.NUM_CLASSES {len(names)}")
 
 
 def rng_state() -> dict:
@@ -261,6 +272,7 @@ class Trainer:
         self.model_transform = model_transform
         self.resume, self.progress = resume, progress
         self.output_dir = Path(self.cfg.OUTPUT_DIR)
+        self.resumed_seconds = 0.0  # training time before the resume point
         self.metrics_path = self.output_dir / "metrics.jsonl"
 
     def setup(self) -> int:
@@ -270,6 +282,8 @@ class Trainer:
         seed_everything(self.cfg.SOLVER.SEED)
         self.train_set = datasets(self.cfg, is_train=True)
         names = self.train_set.class_names
+        if self.start_state is not None:
+            check_start_classes(self.start_state, names, self.cfg.MODEL.WEIGHTS)
         if len(names) != self.cfg.MODEL.NUM_CLASSES:
             raise ConfigError(f"MODEL.NUM_CLASSES = {self.cfg.MODEL.NUM_CLASSES} but the training data has "
                               f"{len(names)} classes including background ({', '.join(names[1:])}); "
@@ -311,6 +325,7 @@ class Trainer:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             set_rng_state(state["rng"])
+        self.resumed_seconds = float(state.get("metrics", {}).get("train_seconds", 0.0))
         log.info("resuming from %s at iteration %d", path, state["iteration"])
         return int(state["iteration"])
 
@@ -391,26 +406,31 @@ class Trainer:
             return None
         state = ckpt.read_checkpoint(final)
         check_same_recipe(state, self.cfg, final, self.start)
-        if state["iteration"] < self.cfg.SOLVER.MAX_ITER:
-            return None
+        if state["iteration"] < self.cfg.SOLVER.MAX_ITER or self._unevaluated(state):
+            return None  # run() resumes from it: trains the missing iterations, or only evaluates
         metrics = dict(state.get("metrics", {}))
         return TrainResult(final, state["iteration"], True, metrics, metrics.pop("train_seconds", 0.0), reused=True)
 
+    def _unevaluated(self, state: dict) -> bool:
+        """True for a final checkpoint saved before its evaluation finished (stopped during it)."""
+        return bool(self.cfg.DATASETS.TEST) and "voc_map" not in state.get("metrics", {})
+
     def run(self) -> TrainResult:
         """Train from the resume point to SOLVER.MAX_ITER; Ctrl-C saves and stops cleanly."""
+        check_output_folder(self.output_dir, "OUTPUT_DIR", ConfigError)
         done = self.finished()  # not rebuilt, not re-evaluated
         if done is not None:
             return done
         start = self.setup()
+        loader = make_train_loader(self.cfg, self.train_set, start, dist.rank(), dist.world_size())
         self.output_dir.mkdir(parents=True, exist_ok=True)
         if dist.is_main():
             (self.output_dir / "config.yaml").write_text(self.cfg.dump())
         self._trim_metrics(start)
         solver = self.cfg.SOLVER
-        loader = make_train_loader(self.cfg, self.train_set, start, dist.rank(), dist.world_size())
         self.model.train()
         bar = tqdm(total=solver.MAX_ITER, initial=start, desc="train", disable=not (self.progress and dist.is_main()))
-        iteration, metrics, clock = start, {}, TrainClock()
+        iteration, metrics, clock = start, {}, TrainClock(self.resumed_seconds)
         with GracefulStop() as stop:
             for images, targets, _ in loader:
                 losses = self.step(images, targets, iteration)
@@ -425,14 +445,16 @@ class Trainer:
                         self.model.train()
                     stopping = dist.broadcast_object(stop.requested)
                     if stopping or (solver.CHECKPOINT_PERIOD and iteration % solver.CHECKPOINT_PERIOD == 0):
-                        path = self.save(iteration, metrics=metrics)
+                        path = self.save(iteration, metrics={**metrics, "train_seconds": clock.total})
                 if stopping:
                     bar.close()
                     return TrainResult(path, iteration, False, metrics, clock.total)
         bar.close()
+        seconds = clock.total
+        self.save(iteration, name="model_final.pt", metrics={"train_seconds": seconds})  # safe before evaluating
         metrics = self.evaluate(iteration)
-        final = self.save(iteration, name="model_final.pt", metrics={**metrics, "train_seconds": clock.total})
-        return TrainResult(final, iteration, True, metrics, clock.total)
+        final = self.save(iteration, name="model_final.pt", metrics={**metrics, "train_seconds": seconds})
+        return TrainResult(final, iteration, True, metrics, seconds)
 
     def _log_step(self, iteration: int, losses: dict, clock: "TrainClock", bar) -> None:
         """Log losses, lr, throughput and training time; show them on the progress bar."""
@@ -445,8 +467,8 @@ class Trainer:
 class TrainClock:
     """Training wall time without evaluation and checkpoint pauses, and images/s since the last log."""
 
-    def __init__(self):
-        self.total, self._images, self._since = 0.0, 0, 0.0
+    def __init__(self, total: float = 0.0):
+        self.total, self._images, self._since = total, 0, 0.0
         self._mark = time.perf_counter()
 
     def count(self, images: int) -> None:

@@ -30,6 +30,7 @@ from torch import nn
 
 from ssdlab.errors import ExportError
 from ssdlab.export.fuse import fuse_model
+from ssdlab.files import check_file_stem, check_output_folder
 from ssdlab.quant.layers import QuantConv2d
 from ssdlab.quant.quantizers import per_channel_absmax, symmetric_scale
 
@@ -180,6 +181,8 @@ def export_weights(model: nn.Module, out: str | Path, fmt: str = "bin", name: st
     if fmt not in FORMATS + ("onnx",):
         raise ExportError(f"--format {fmt!r} is unknown; use one of {', '.join(FORMATS + ('onnx',))}")
     out = Path(out)
+    check_output_folder(out, "--out", ExportError)
+    check_file_stem(name, "--name", ExportError)
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -141,4 +141,4 @@ class CfgBackbone(nn.Module):
 def load_backbone_cfg(path: str | Path) -> tuple[list[dict], str]:
     """The parsed layers and the raw text of a backbone .cfg file."""
     layers = read_cfg(path)
-    return layers, Path(path).read_text(encoding="utf-8")
+    return layers, Path(path).read_text(encoding="utf-8")  # read_cfg checked it is text

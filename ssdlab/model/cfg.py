@@ -22,6 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ssdlab.errors import CfgError
+from ssdlab.files import read_text
 
 ACTIVATIONS = ("linear", "relu", "relu6", "leaky", "h_swish")
 FEATURES = ("linear", "l2_norm")
@@ -130,7 +131,7 @@ def read_cfg(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise CfgError(f"backbone cfg {path} does not exist; check MODEL.BACKBONE.CFG")
-    return parse_cfg(path.read_text(encoding="utf-8"), source=str(path))
+    return parse_cfg(read_text(path, CfgError, "a darknet-style backbone .cfg file"), source=str(path))
 
 
 def write_cfg(layers: list[dict]) -> str:

@@ -62,9 +62,10 @@ class SSDHead(BoxHead):
 
 
 def separable_conv(in_channels: int, out_channels: int) -> nn.Sequential:
-    """Depthwise 3x3 (`conv`, no bias) -> BatchNorm (`bn`) -> ReLU6 (`act`) -> 1x1 conv (`pointwise`)."""
+    """Depthwise 3x3 (`conv`, with a bias as in the seed) -> BatchNorm (`bn`) -> ReLU6 (`act`) -> 1x1 conv
+    (`pointwise`)."""
     return nn.Sequential(OrderedDict(
-        conv=nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False),
+        conv=nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels),
         bn=nn.BatchNorm2d(in_channels),
         act=nn.ReLU6(),
         pointwise=nn.Conv2d(in_channels, out_channels, 1),

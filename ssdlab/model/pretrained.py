@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from ssdlab.errors import CheckpointError
+from ssdlab.files import load_tensors
 from ssdlab.model.backbone import CfgBackbone
 
 log = logging.getLogger(__name__)
@@ -143,8 +144,8 @@ def load_imagenet_weights(backbone: CfgBackbone, arch: str, weights: str = "") -
         raise CheckpointError(f"ImageNet weights for {arch} not found at {path}; ssdlab never downloads: fetch "
                               f"{url} and put it at {default_weights_path(arch)} (or set MODEL.BACKBONE.WEIGHTS), "
                               "or set MODEL.BACKBONE.PRETRAINED False")
-    try:
-        state_dict = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # a corrupt or foreign file: say which one
-        raise CheckpointError(f"{path}: cannot read it as a torchvision state dict ({err})") from None
+    state_dict = load_tensors(path, CheckpointError, f"torchvision {arch} state dict (MODEL.BACKBONE.WEIGHTS)")
+    if not isinstance(state_dict, dict):
+        raise CheckpointError(f"{path} holds a {type(state_dict).__name__}, not a torchvision state dict; "
+                              f"give the file {TORCHVISION_FILES[arch]} as MODEL.BACKBONE.WEIGHTS")
     return map_state_dict(backbone, state_dict, arch)

@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from ssdlab.config import CfgNode, resolve_file
-from ssdlab.errors import ConfigError
+from ssdlab.errors import CfgError, ConfigError
+from ssdlab.files import read_text
 from ssdlab.model.backbone import CfgBackbone
 from ssdlab.model.cfg import parse_cfg
 from ssdlab.model.heads import SSDHead, SSDLiteHead
@@ -35,7 +36,7 @@ HEADS = {"SSDBoxPredictor": SSDHead, "SSDLiteBoxPredictor": SSDLiteHead}
 def read_backbone_text(cfg: CfgNode) -> tuple[str, str]:
     """(text, path) of the backbone cfg file named by MODEL.BACKBONE.CFG."""
     path = resolve_file(cfg.MODEL.BACKBONE.CFG)
-    return path.read_text(encoding="utf-8"), str(path)
+    return read_text(path, CfgError, "a darknet-style backbone .cfg file (MODEL.BACKBONE.CFG)"), str(path)
 
 
 def make_head(cfg: CfgNode, in_channels: list[int]) -> nn.Module:
@@ -122,17 +123,62 @@ def default_class_names(num_classes: int) -> tuple[str, ...]:
     return ("__background__", *(f"class{i}" for i in range(1, num_classes)))
 
 
-def feature_sizes(layers: list[dict], image_size: int, channels: int) -> list[tuple[int, int]]:
-    """(H, W) of each head level for one image, from a copy on the meta device (shapes only, no arithmetic)."""
+def _meta_features(backbone: CfgBackbone, image_size: int, channels: int, inputs: list) -> list[tuple[int, int]]:
+    """(H, W) of each head level on the meta device; inputs collects (layer, input H x W) as layers run."""
+    hooks = [m.register_forward_pre_hook(lambda _m, args, i=i: inputs.append((i, tuple(args[0].shape[-2:]))))
+             for i, m in enumerate(backbone.module_list)]
+    try:
+        with torch.device("meta"):
+            return [tuple(f.shape[-2:]) for f in backbone(torch.empty(1, channels, image_size, image_size))]
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def smallest_input(backbone: CfgBackbone, channels: int, low: int, high: int = 4096) -> int | None:
+    """The smallest image size in (low, high] the backbone accepts (None when none does)."""
+    if not _accepts(backbone, high, channels):
+        return None
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if _accepts(backbone, middle, channels) else (middle, high)
+    return high
+
+
+def _accepts(backbone: CfgBackbone, image_size: int, channels: int) -> bool:
+    """True when every layer of the backbone can run on an image of this size."""
+    try:
+        _meta_features(backbone, image_size, channels, [])
+        return True
+    except RuntimeError:
+        return False
+
+
+def feature_sizes(layers: list[dict], image_size: int, channels: int, source: str = "the backbone cfg"
+                  ) -> list[tuple[int, int]]:
+    """(H, W) of each head level for one image, from a copy on the meta device (shapes only, no arithmetic);
+    ConfigError naming the layer whose input the image size leaves too small."""
     with torch.device("meta"):
-        features = CfgBackbone(layers, channels).eval()(torch.empty(1, channels, image_size, image_size))
-    return [tuple(f.shape[-2:]) for f in features]
+        backbone = CfgBackbone(layers, channels).eval()
+    inputs: list[tuple[int, tuple]] = []
+    try:
+        return _meta_features(backbone, image_size, channels, inputs)
+    except RuntimeError:
+        index, (height, width) = inputs[-1]
+        layer = layers[index]
+        fits = smallest_input(backbone, channels, image_size)
+        advice = f"raise INPUT.IMAGE_SIZE to at least {fits}" if fits else "change the cfg's kernels or strides"
+        raise ConfigError(f"INPUT.IMAGE_SIZE = {image_size} is too small for {source}: layer {index} "
+                          f"(line {layer.get('line', '?')}, [{layer['type']}] size={layer.get('size', '-')}, "
+                          f"pad={layer.get('pad', '-')}) gets a {height}x{width} input, smaller than its kernel; "
+                          f"{advice}") from None
 
 
 def check_feature_maps(model: SSD) -> None:
     """Raise ConfigError unless the backbone's maps at INPUT.IMAGE_SIZE match MODEL.PRIORS.FEATURE_MAPS."""
     size = model.cfg.INPUT.IMAGE_SIZE
-    actual = feature_sizes(model.backbone.defs, size, model.cfg.INPUT.CHANNELS)
+    source = Path(model.cfg.MODEL.BACKBONE.CFG).name
+    actual = feature_sizes(model.backbone.defs, size, model.cfg.INPUT.CHANNELS, source)
     expected = [(f, f) for f in model.cfg.MODEL.PRIORS.FEATURE_MAPS]
     if actual != expected:
         shown = ", ".join(f"{h}x{w}" for h, w in actual)

@@ -340,8 +340,8 @@ def _head_cost(spec: ModelSpec, channels: list[int], sizes: list[int]) -> tuple[
         for out in (b * spec.num_classes, b * 4):
             if spec.predictor == "SSDBoxPredictor":
                 params, macs = params + c * out * 9 + out, macs + c * out * 9 * hw * hw
-            elif level < separable:  # depthwise 3x3, BN, 1x1 with bias
-                params += c * 9 + 2 * c + c * out + out
+            elif level < separable:  # depthwise 3x3 with bias, BN, 1x1 with bias
+                params += c * 9 + c + 2 * c + c * out + out
                 macs += (c * 9 + c * out) * hw * hw
             else:
                 params, macs = params + c * out + out, macs + c * out * hw * hw

@@ -18,9 +18,10 @@ import torch
 
 from ssdlab.config import CfgNode
 from ssdlab.engine import checkpoint as ckpt
-from ssdlab.engine.inference import evaluate_model
+from ssdlab.engine.inference import check_classes, evaluate_model
 from ssdlab.engine.profile import count_macs, count_params, measure_latency, size_mib
 from ssdlab.errors import PruneError
+from ssdlab.files import check_file_stem, check_output_folder
 from ssdlab.model.ssd import SSD
 from ssdlab.prune.plan import PrunePlan
 from ssdlab.prune.surgery import compact_model, make_plan, masked_model
@@ -111,8 +112,13 @@ def prune_checkpoint(path: str | Path, cfg: CfgNode, percent: float, mode: str =
                      tag: str | None = None, dataset=None) -> PruneReport:
     """Prune one checkpoint and write <tag>.pt, <tag>.cfg and <tag>.txt (see the module doc)."""
     path = Path(path)
+    check_output_folder(Path(out_dir) if out_dir else None, "--out", PruneError)
+    if tag is not None:
+        check_file_stem(tag, "--tag", PruneError)
     state = ckpt.read_checkpoint(path)
     model = ckpt.model_from_checkpoint(state, str(path)).eval()
+    if dataset is not None:
+        check_classes(model, dataset, f"checkpoint {path}")
     warnings = [NOT_SPARSE.format(path=path)] if state["config"]["PRUNE"]["TYPE"] == "no" else []
     for warning in warnings:
         log.warning(warning)

@@ -163,13 +163,14 @@ def _absorb_head(head: nn.Module, index: Tensor, value: Tensor) -> None:
         return
     bn = head.bn
     weight, seen = _seen(head.conv, value)
-    depthwise = seen * weight[index].sum(dim=(1, 2, 3))
+    depthwise = seen * weight[index].sum(dim=(1, 2, 3)) + head.conv.bias[index]
     normed = (depthwise - bn.running_mean[index]) / torch.sqrt(bn.running_var[index] + bn.eps)
     weight, seen = _seen(head.pointwise, head.act(normed * bn.weight[index] + bn.bias[index]))
     head.pointwise.bias += _offset(weight, index, seen)
     bn.weight[index] = 0.0
     bn.bias[index] = 0.0
     head.conv.weight[index] = 0.0
+    head.conv.bias[index] = 0.0
     head.pointwise.weight[:, index] = 0.0
 
 
@@ -271,6 +272,7 @@ def _copy_head(src: nn.Module, dst: nn.Module, in_idx: Tensor) -> None:
         dst.bias.copy_(src.bias)
         return
     dst.conv.weight.copy_(src.conv.weight[in_idx])
+    dst.conv.bias.copy_(src.conv.bias[in_idx])
     _copy_bn(src.bn, dst.bn, in_idx)
     dst.pointwise.weight.copy_(src.pointwise.weight[:, in_idx])
     dst.pointwise.bias.copy_(src.pointwise.bias)

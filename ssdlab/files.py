@@ -1,0 +1,48 @@
+"""Reading the files a user hands in and checking where outputs go: one clear error, before any work."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ssdlab.errors import SSDLabError
+
+
+def read_text(path: Path, error: type[SSDLabError], what: str) -> str:
+    """A UTF-8 text file; `error` naming the file when it is binary (FileNotFoundError is the caller's)."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise error(f"{path} is not a text file (byte {err.start} is not UTF-8); give {what}") from None
+    except IsADirectoryError:
+        raise error(f"{path} is a folder; give {what}") from None
+
+
+def load_tensors(path: Path, error: type[SSDLabError], what: str) -> Any:
+    """torch.load(weights_only=True) on the CPU; `error` naming the file when torch cannot or will not read it."""
+    import torch  # here, so that reading a recipe does not import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a foreign, corrupt or unsafe file; never repeat its advice
+        raise error(f"{path} is not a readable {what}: the file is damaged, cut short, not written by torch, or "
+                    f"holds objects other than tensors, which ssdlab never loads ({type(err).__name__})") from None
+
+
+def check_output_folder(path: Path | None, option: str, error: type[SSDLabError]) -> None:
+    """`error` before any work when an output folder is an existing file (or lies below one)."""
+    if path is None:
+        return
+    for folder in (Path(path), *Path(path).parents):
+        if folder.exists() and not folder.is_dir():
+            below = "" if folder == Path(path) else f" (inside {folder}, which is a file)"
+            raise error(f"{option} {path} cannot be a folder{below}: {folder} is an existing file; "
+                        "give a folder path, or move the file away")
+        if folder.is_dir():
+            return
+
+
+def check_file_stem(name: str, option: str, error: type[SSDLabError]) -> None:
+    """`error` unless name is a plain file name (no folder part, not '.' or '..'), so outputs stay in their folder."""
+    if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise error(f"{option} {name!r} must be a plain file name without a folder part (e.g. 'model'); "
+                    "choose the folder with --out")
