@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -102,6 +103,8 @@ def checkpoint_config(checkpoint: dict, where: str = "checkpoint") -> CfgNode:
 
 
 QUANTIZER_STATE = "act_quant."  # activation-range buffers: absent from float checkpoints, learned in QAT
+# SSDLite heads' depthwise bias, absent from checkpoints written before it was added (zero = no bias)
+LITE_DEPTHWISE_BIAS = re.compile(r"box_head\.(cls|reg)_headers\.\d+\.conv\.bias")
 
 
 def load_state_checked(model: nn.Module, state: dict, where: str = "checkpoint") -> None:
@@ -118,6 +121,8 @@ def load_state_checked(model: nn.Module, state: dict, where: str = "checkpoint")
             raise CheckpointError(f"{where}: tensor {key!r} has shape {tuple(tensor.shape)} in the "
                                   f"checkpoint but {tuple(own[key].shape)} in the model; "
                                   "the checkpoint does not match this cfg")
+    state = {**state, **{key: torch.zeros_like(own[key]) for key in own if key not in state
+                         and LITE_DEPTHWISE_BIAS.fullmatch(key)}}  # older SSDLite checkpoints: the same function
     missing = [key for key in own if key not in state and QUANTIZER_STATE not in key]
     if missing:
         raise CheckpointError(f"{where}: the checkpoint lacks tensor {missing[0]!r} "
