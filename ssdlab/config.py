@@ -345,7 +345,7 @@ def resolve_file(name: str, base: Path | None = None, subdir: str = "backbones")
     candidates = [path] if path.is_absolute() else [
         Path.cwd() / path,
         *([base / path] if base else []),
-        PACKAGE_CONFIGS / path,
+        PACKAGE_CONFIGS / path,  # a shipped file as portable() names it
         PACKAGE_CONFIGS / subdir / path.name,
     ]
     for candidate in candidates:
@@ -370,8 +370,13 @@ def load_config(config_file: str | Path | None = None, opts: list[str] | None = 
         merge_dict(cfg, read_yaml(path), where=str(path))
         base = path.resolve().parent
     merge_overrides(cfg, list(opts or []))
-    cfg.MODEL.BACKBONE.CFG = str(resolve_file(cfg.MODEL.BACKBONE.CFG, base))
+    cfg.MODEL.BACKBONE.CFG = portable(resolve_file(cfg.MODEL.BACKBONE.CFG, base))
     return cfg.freeze() if freeze else cfg
+
+
+def portable(path: Path) -> str:
+    """A shipped file as its path inside ssdlab/configs (the same in every clone and install), others as given."""
+    return path.relative_to(PACKAGE_CONFIGS).as_posix() if path.is_relative_to(PACKAGE_CONFIGS) else str(path)
 
 
 def config_from_dict(data: dict) -> CfgNode:

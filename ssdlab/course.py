@@ -1,14 +1,25 @@
-"""The course models on the built-in shapes data: profiles, training, the committed baselines, the tour.
+"""The course models on the built-in shapes data: profiles, stages, the committed baselines, the tour.
 
 Profiles (SSDLAB_PROFILE): `full` (default) uses the course recipes as they are and writes to
 runs/; `smoke` shrinks data and iterations to finish in about a minute (runs/smoke/);
 `pretrained` is the longer recipe behind the baselines committed in ssdlab/checkpoints/
 (`make pretrained`), which the compression lessons start from.
+
+Stages: every run of the course (lesson training, sparse training, QAT, fine-tuning) lives in
+`<root>/<stage>-<digest>`, the digest taken over its effective training settings and its start's
+weights (`run_digest`). The same request is computed once and reused by anyone who asks for it —
+the tour, the notebooks, the CLI — and different requests never share a folder, so nothing
+retrains or deletes another caller's run. A pruned model is written beside its sparse model,
+named by mode and percent (`prune_stage`).
 """
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import json
 import logging
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,9 +28,11 @@ from ssdlab.data.shapes import TRAIN_IMAGES, generate_shapes
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.demo import run_demo
 from ssdlab.engine.checkpoint import release_copy
-from ssdlab.engine.train import TrainResult, datasets, run_changed, train
+from ssdlab.engine.train import (RESUMABLE_CHANGES, TrainResult, datasets, fine_tune_start, flat_settings,
+                                 run_changed, start_digest, train)
 from ssdlab.errors import ConfigError
-from ssdlab.prune.report import measure, prune_checkpoint
+from ssdlab.model.ssd import read_backbone_text
+from ssdlab.prune.report import PruneReport, measure, prune_checkpoint
 from ssdlab.prune.surgery import make_plan
 
 log = logging.getLogger(__name__)
@@ -28,6 +41,8 @@ COURSE_MODELS = ("plain", "residual")
 COURSE_PRUNE_PERCENT = 0.5  # the tour's prune ratio (lowered to the highest safe ratio when needed)
 QAT_FREEZE = (0.8, 0.9)  # fractions of a QAT run after which BN statistics / activation ranges stop moving
 QAT_ITERS = {"full": 500, "pretrained": 500, "smoke": 4}  # QAT iterations: the tour, notebooks 05 and 07
+LESSON_ITERS = {"full": 1200, "pretrained": 1200, "smoke": 12}  # notebook 01's training run (and the tour's)
+PRUNED_QAT_ITERS = {"full": 200, "pretrained": 200, "smoke": 4}  # notebook 06: QAT of the pruned model
 BASELINES = Path(__file__).resolve().parent / "checkpoints"
 PROFILES = {
     "full": {"root": "runs", "data": "datasets/shapes", "train": TRAIN_IMAGES, "val": 500, "overrides": []},
@@ -54,28 +69,78 @@ def prepare_data(profile: str | None = None) -> Path:
     return generate_shapes(Path(settings["data"]), n_train=settings["train"], n_val=settings["val"])
 
 
-def course_config(model: str, profile: str | None = None, extra: list[str] | None = None, step: str = "shapes"):
-    """A course recipe (`<model>_<step>.yaml`: step shapes, sparse or quant) under a profile, with data and output."""
+def run_digest(cfg) -> str:
+    """8 hex digits naming a run: its training settings (not OUTPUT_DIR, nor what may change on resume), the text of
+    its backbone cfg, and the weights of its start and teacher (not their paths)."""
+    settings = {key: value for key, value in flat_settings(cfg.to_dict()).items()
+                if not key.startswith(RESUMABLE_CHANGES) and key not in ("MODEL.WEIGHTS", "MODEL.BACKBONE.CFG",
+                                                                          "DISTILL.TEACHER")}
+    settings["backbone cfg"] = read_backbone_text(cfg)[0]
+    settings["start"] = start_digest(fine_tune_start(cfg))
+    if cfg.DISTILL.TEACHER:
+        settings["teacher"] = ckpt.weights_digest(ckpt.read_checkpoint(cfg.DISTILL.TEACHER))
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def course_config(model: str, profile: str | None = None, extra: list[str] | None = None, step: str = "shapes",
+                  stage: str | None = None):
+    """A course recipe (`<model>_<step>.yaml`: step shapes, sparse or quant) under a profile, with its data; it runs
+    in <root>/<stage>-<run_digest> (stage: `<model>` or `<model>_<step>`) unless extra sets OUTPUT_DIR."""
     settings = PROFILES[profile or current_profile()]
     data = settings["data"]
-    out = model if step == "shapes" else f"{model}_{step}"
     overrides = ["DATASETS.TRAIN", f"['{data}:train']", "DATASETS.TEST", f"['{data}:val']",
-                 "OUTPUT_DIR", f"{settings['root']}/{out}", *settings["overrides"], *(extra or [])]
-    return load_config(PACKAGE_CONFIGS / "course" / f"{model}_{step}.yaml", overrides)
+                 *settings["overrides"], *(extra or [])]
+    cfg = load_config(PACKAGE_CONFIGS / "course" / f"{model}_{step}.yaml", overrides)
+    if "OUTPUT_DIR" in overrides[0::2]:
+        return cfg
+    stage = stage or (model if step == "shapes" else f"{model}_{step}")
+    cfg = cfg.clone()
+    cfg.OUTPUT_DIR = f"{settings['root']}/{stage}-{run_digest(cfg)}"
+    return cfg.freeze()
 
 
 def quant_config(kind: str, wbits: int, abits: int, iterations: int, profile: str | None = None,
-                 start: str | Path | None = None, extra: list[str] | None = None, model: str = "plain"):
-    """A course model's QAT recipe (<model>_quant.yaml) for one quantizer, from `start` (its float baseline)."""
+                 start: str | Path | None = None, extra: list[str] | None = None, model: str = "plain",
+                 stage: str | None = None):
+    """A course model's QAT recipe (<model>_quant.yaml) for one quantizer, from `start` (its float baseline);
+    stage: the run folder's name before its digest (default <model>_quant_<kind>_w<bits>a<bits>)."""
     name = f"{kind.lower()}_w{wbits}a{abits}"
     freeze_bn, freeze_observer = (int(iterations * f) for f in QAT_FREEZE)
     return course_config(model, profile, [
         "MODEL.WEIGHTS", str(start or baseline(model)), "QUANTIZATION.TYPE", kind,
         "QUANTIZATION.WBITS", str(wbits), "QUANTIZATION.ABITS", str(abits), "SOLVER.MAX_ITER", str(iterations),
         "SOLVER.WARMUP_ITERS", str(min(20, iterations // 4)), "QUANTIZATION.FREEZE_BN_ITER", str(freeze_bn),
-        "QUANTIZATION.FREEZE_OBSERVER_ITER", str(freeze_observer),
-        "OUTPUT_DIR", f"{PROFILES[profile or current_profile()]['root']}/{model}_quant_{name}", *(extra or [])],
-        step="quant")
+        "QUANTIZATION.FREEZE_OBSERVER_ITER", str(freeze_observer), *(extra or [])],
+        step="quant", stage=stage or f"{model}_quant_{name}")
+
+
+def lesson_config(model: str = "plain", profile: str | None = None):
+    """Notebook 01's training run of a course model: the course recipe for LESSON_ITERS iterations."""
+    profile = profile or current_profile()
+    iterations = LESSON_ITERS[profile]
+    return course_config(model, profile, ["SOLVER.MAX_ITER", str(iterations),
+                                          "SOLVER.LOG_PERIOD", "20" if profile != "smoke" else "2"],
+                         stage=f"{model}_{iterations}it")
+
+
+def sparse_config(model: str = "plain", profile: str | None = None, start: str | Path | None = None,
+                  extra: list[str] | None = None, stage: str | None = None):
+    """Notebook 02's sparse training of a course model, from `start` (default: its committed baseline)."""
+    return course_config(model, profile, ["MODEL.WEIGHTS", str(start or baseline(model)), *(extra or [])],
+                         step="sparse", stage=stage)
+
+
+def pruned_path(sparse: str | Path, percent: float, mode: str = "normal") -> Path:
+    """Where prune_stage writes the compact model of a sparse checkpoint: beside it, named by mode and percent."""
+    sparse = Path(sparse)
+    return sparse.parent / f"{sparse.stem}_{mode}_p{percent:g}.pt"
+
+
+def prune_stage(sparse: str | Path, cfg, percent: float, mode: str = "normal", dataset=None,
+                quick: bool = False) -> PruneReport:
+    """Prune a sparse checkpoint into pruned_path (the same request gives the same file: notebooks 04, 06, tour)."""
+    return prune_checkpoint(sparse, cfg, percent, mode, quick=quick, dataset=dataset,
+                            tag=pruned_path(sparse, percent, mode).stem)
 
 
 def train_recipe(cfg) -> TrainResult:
@@ -86,20 +151,20 @@ def train_recipe(cfg) -> TrainResult:
     return train(cfg)
 
 
-def train_course_model(model: str, profile: str | None = None) -> dict:
-    """Generate data if needed, train (or resume/reuse) one course model, and measure it."""
+def train_course_model(model: str, profile: str | None = None, cfg=None) -> dict:
+    """Generate data if needed, train (or resume/reuse) one course model (cfg: default its course recipe), draw
+    detections on four val images into OUTPUT_DIR/demo, and measure it."""
     data = prepare_data(profile)
-    cfg = course_config(model, profile)
+    cfg = cfg or course_config(model, profile)
     start = time.perf_counter()
     result = train_recipe(cfg)
     net = ckpt.load(result.checkpoint)
-    demo_dir = data / "images" / "val"
     demo_in = Path(cfg.OUTPUT_DIR) / "demo_inputs"
     demo_in.mkdir(parents=True, exist_ok=True)
-    for path in sorted(demo_dir.glob("*.png"))[:4]:
+    for path in sorted((data / "images" / "val").glob("*.png"))[:4]:
         (demo_in / path.name).write_bytes(path.read_bytes())
     run_demo(net, cfg, demo_in, Path(cfg.OUTPUT_DIR) / "demo", score_threshold=0.4)
-    return summary_row(model, net, result, time.perf_counter() - start)
+    return summary_row(f"{model}-trained", net, result, time.perf_counter() - start)
 
 
 def summary_row(name: str, net, result, seconds: float) -> dict:
@@ -109,52 +174,91 @@ def summary_row(name: str, net, result, seconds: float) -> dict:
             "checkpoint": str(result.checkpoint)}
 
 
-def quantize_row(model: str, name: str, start: str | Path, profile: str | None = None,
-                 extra: tuple[str, ...] = ()) -> dict:
-    """IAO W8A8 QAT of a tour checkpoint of `model` (QAT_ITERS iterations), measured."""
+def baseline_row(model: str, cfg, dataset) -> dict:
+    """The committed baseline the compression lessons start from, evaluated on the profile's test set."""
     began = time.perf_counter()
-    profile = profile or current_profile()
-    cfg = quant_config("IAO", 8, 8, QAT_ITERS[profile], profile, start,
-                       ["OUTPUT_DIR", f"{PROFILES[profile]['root']}/tour_{name}", *extra], model)
+    row = measure(f"{model}-baseline", ckpt.load(baseline(model)), dataset, cfg)
+    return {**row, "seconds": time.perf_counter() - began, "checkpoint": str(baseline(model))}
+
+
+def quantize_row(model: str, name: str, start: str | Path, iterations: int, profile: str | None = None,
+                 stage: str | None = None) -> dict:
+    """IAO W8A8 QAT of `start` (a float checkpoint of `model`), measured; its ONNX Runtime int8 latency next to
+    the fp32 latency of its start."""
+    began = time.perf_counter()
+    cfg = quant_config("IAO", 8, 8, iterations, profile, start, model=model, stage=stage)
     result = train_recipe(cfg)
-    return summary_row(name, ckpt.load(result.checkpoint), result, time.perf_counter() - began)
+    net = ckpt.load(result.checkpoint)
+    row = summary_row(name, net, result, time.perf_counter() - began)
+    int8, fp32 = ort_latency(net), ort_latency(ckpt.load(start))
+    return {**row, "ort_ms": int8, "ort_ratio": int8 / fp32 if int8 and fp32 else None}
 
 
-def sparse_and_prune(model: str, dense: str | Path, profile: str | None = None) -> list[dict]:
-    """Sparse-train a trained course model, prune it (no fine-tune), and measure both."""
+def ort_latency(net, threads: int = 1) -> float | None:
+    """Median batch-1 latency (ms) in ONNX Runtime on `threads` threads: the int8 graph of an IAO model, the fp32
+    graph otherwise; None without onnx and onnxruntime (pip install 'ssdlab[deploy]')."""
+    if not (importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime")):
+        return None
+    from ssdlab.engine.profile import session_latency
+    from ssdlab.export.onnx import onnx_session, write_onnx
+    from ssdlab.export.qdq import write_int8_onnx
+
+    with tempfile.TemporaryDirectory() as folder:
+        write = write_int8_onnx if getattr(net, "quant_spec", None) else write_onnx
+        path = write(net, Path(folder), "model")
+        return session_latency(onnx_session(path, threads), net.cfg.INPUT.IMAGE_SIZE, runs=30)["median_ms"]
+
+
+def sparse_and_prune(model: str, profile: str | None = None) -> list[dict]:
+    """Notebooks 02 and 04: sparse-train a course model from its baseline, prune it (no fine-tune), measure both."""
     start = time.perf_counter()
-    cfg = course_config(model, profile, ["MODEL.WEIGHTS", str(dense)], step="sparse")
+    cfg = sparse_config(model, profile)
     sparse = train_recipe(cfg).checkpoint
     seconds = time.perf_counter() - start
     percent = min(COURSE_PRUNE_PERCENT, make_plan(ckpt.load(sparse), 0.0, cfg.PRUNE.TYPE).highest_safe)
-    report = prune_checkpoint(sparse, cfg, percent, cfg.PRUNE.TYPE, quick=True, dataset=datasets(cfg, False))
+    report = prune_stage(sparse, cfg, percent, cfg.PRUNE.TYPE, datasets(cfg, False), quick=True)
     original, compact = report.rows[0], report.rows[-1]
     return [{**original, "model": f"{model}-sparse", "seconds": seconds, "checkpoint": str(sparse)},
             {**compact, "model": f"{model}-pruned", "seconds": time.perf_counter() - start - seconds,
              "checkpoint": str(report.files["checkpoint"])}]
 
 
+def _ort_cells(row: dict) -> str:
+    """The ONNX Runtime int8 latency and its ratio to fp32, or dashes for the float rows."""
+    if row.get("ort_ms") is None:
+        return f"{'-':>8} {'-':>7}"
+    return f"{row['ort_ms']:>8.2f} {row['ort_ratio']:>6.2f}x"
+
+
 def format_summary(rows: list[dict]) -> str:
     """The tour's summary table."""
-    lines = [f"{'model':<16} {'params':>9} {'MACs(M)':>8} {'MiB':>6} {'ms':>6} {'VOC mAP@0.5':>12} "
-             f"{'COCO AP':>8} {'time(s)':>8}  checkpoint"]
+    lines = [f"{'model':<18} {'params':>9} {'MACs(M)':>8} {'MiB':>6} {'ms':>6} {'int8 ms':>8} {'vs fp32':>7} "
+             f"{'VOC mAP@0.5':>12} {'COCO AP':>8} {'time(s)':>8}  checkpoint"]
     for r in rows:
-        lines.append(f"{r['model']:<16} {r['params']:>9,} {r['macs'] / 1e6:>8.1f} {r['size_mib']:>6.2f} "
-                     f"{r['latency_ms']:>6.1f} {r['voc_map']:>12.4f} {r['coco_ap']:>8.4f} {r['seconds']:>8.0f}  "
-                     f"{r['checkpoint']}")
+        lines.append(f"{r['model']:<18} {r['params']:>9,} {r['macs'] / 1e6:>8.1f} {r['size_mib']:>6.2f} "
+                     f"{r['latency_ms']:>6.1f} {_ort_cells(r)} {r['voc_map']:>12.4f} {r['coco_ap']:>8.4f} "
+                     f"{r['seconds']:>8.0f}  {r['checkpoint']}")
     return "\n".join(lines)
 
 
 def run_tour(profile: str | None = None) -> str:
-    """Run every step of the course and return the summary table."""
+    """The course headless, in the notebooks' order and with their runs (shared with them): per course model,
+    lesson-01 training, the committed baseline, sparse training and pruning from it (02, 04), IAO W8A8 QAT of
+    the baseline (05) and of the pruned model (06); the summary table."""
     profile = profile or current_profile()
     rows = []
     for model in COURSE_MODELS:
-        dense = train_course_model(model, profile)
-        sparse, pruned = sparse_and_prune(model, dense["checkpoint"], profile)
-        rows += [dense, sparse, pruned, quantize_row(model, f"{model}-quantized", dense["checkpoint"], profile),
-                 quantize_row(model, f"{model}-pruned+q", pruned["checkpoint"], profile, ("QUANTIZATION.FINAL", "True"))]
-    return f"ssdlab tour ({profile} profile; VOC mAP = area AP at IoU 0.5)\n" + format_summary(rows)
+        rows.append(train_course_model(model, profile, lesson_config(model, profile)))
+        cfg = sparse_config(model, profile)
+        rows.append(baseline_row(model, cfg, datasets(cfg, is_train=False)))
+        sparse, pruned = sparse_and_prune(model, profile)
+        rows += [sparse, pruned,
+                 quantize_row(model, f"{model}-quantized", baseline(model), QAT_ITERS[profile], profile),
+                 quantize_row(model, f"{model}-pruned+q", pruned["checkpoint"], PRUNED_QAT_ITERS[profile], profile,
+                              stage=f"{model}_pruned_quant_iao_w8a8")]
+    return (f"ssdlab tour ({profile} profile; VOC mAP = area AP at IoU 0.5; ms: PyTorch, batch 1; int8 ms: "
+            f"ONNX Runtime int8, 1 thread, and its ratio to the fp32 graph of the float model it came from)\n"
+            + format_summary(rows))
 
 
 def baseline(model: str) -> Path:
@@ -172,15 +276,28 @@ def make_baselines(models: tuple[str, ...] = COURSE_MODELS) -> list[Path]:
 
 
 def course_checkpoints(profile: str | None = None, model: str = "plain") -> dict[str, Path]:
-    """Every checkpoint of a course model made so far: the baseline, finished runs and pruned models (lesson*.pt)."""
+    """Every checkpoint of a course model made so far: the baseline, finished runs and the models pruned from them,
+    named by stage (`plain_sparse`, `plain_sparse/normal_p0.5`), with the run digest only where two runs share a stage."""
     root = Path(PROFILES[profile or current_profile()]["root"])
     found = {"baseline": baseline(model)}
     for folder in sorted(p for p in root.glob(f"{model}*") if p.is_dir()):
         if (folder / "model_final.pt").is_file():
             found[folder.name] = folder / "model_final.pt"
-        for pruned in sorted(folder.glob("lesson*.pt")):
-            found[f"{folder.name}/{pruned.stem}"] = pruned
-    return found
+        for pruned in sorted(folder.glob("model_final_*.pt")):
+            found[f"{folder.name}/{pruned.stem.removeprefix('model_final_')}"] = pruned
+    return short_names(found)
+
+
+def short_names(paths: dict[str, Path]) -> dict[str, Path]:
+    """The names with each run folder's '-<digest>' dropped where no other run of the same stage is listed."""
+    def short(name: str) -> str:
+        folder, _, rest = name.partition("/")
+        return "/".join(filter(None, [folder.rsplit("-", 1)[0], rest]))
+
+    counts: dict[str, int] = {}
+    for name in paths:
+        counts[short(name)] = counts.get(short(name), 0) + 1
+    return {short(name) if counts[short(name)] == 1 else name: path for name, path in paths.items()}
 
 
 def measure_checkpoints(paths: dict[str, Path], dataset, cfg, latency: bool = True,

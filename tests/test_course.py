@@ -1,7 +1,10 @@
-"""The course helpers that build recipes: QAT of each course model from its committed baseline."""
+"""The course helpers that build recipes (QAT of each course model from its committed baseline) and name stages."""
 import json
+import re
+import shutil
 
-from ssdlab.course import PROFILES, baseline, prepare_data, quant_config
+from ssdlab.engine import checkpoint as ckpt
+from ssdlab.course import PROFILES, baseline, prepare_data, quant_config, sparse_config
 
 
 def test_quant_config_scales_the_freeze_iterations_and_names_the_run():
@@ -11,7 +14,7 @@ def test_quant_config_scales_the_freeze_iterations_and_names_the_run():
     assert (cfg.QUANTIZATION.FREEZE_BN_ITER, cfg.QUANTIZATION.FREEZE_OBSERVER_ITER) == (400, 450)  # 80%, 90%
     assert cfg.MODEL.FINE_TUNE and cfg.MODEL.WEIGHTS == str(baseline("plain"))
     assert cfg.MODEL.BACKBONE.CFG.endswith("course_plain_quan.cfg") and cfg.SOLVER.LR == 0.0005  # plain_quant.yaml
-    assert cfg.OUTPUT_DIR == "runs/plain_quant_dorefa_w4a4"
+    assert re.fullmatch(r"runs/plain_quant_dorefa_w4a4-[0-9a-f]{8}", cfg.OUTPUT_DIR)
     assert cfg.DATASETS.TEST == [f"{PROFILES['full']['data']}:val"]
 
 
@@ -20,7 +23,7 @@ def test_quant_config_of_the_residual_model_uses_its_own_recipe_and_baseline():
     assert cfg.MODEL.WEIGHTS == str(baseline("residual"))
     assert cfg.MODEL.BACKBONE.CFG.endswith("course_residual_quan.cfg")
     assert cfg.MODEL.BACKBONE.OUT_CHANNELS == [64, 64, 128, 128, 128, 128]
-    assert cfg.OUTPUT_DIR == "runs/residual_quant_iao_w8a8"
+    assert re.fullmatch(r"runs/residual_quant_iao_w8a8-[0-9a-f]{8}", cfg.OUTPUT_DIR)
 
 
 def test_quant_config_in_the_smoke_profile_and_with_overrides(tmp_path):
@@ -40,3 +43,29 @@ def test_prepare_data_generates_the_profile_split_once(tmp_path, monkeypatch):
     assert root == tmp_path / "shapes" and (manifest["n_train"], manifest["n_val"]) == (6, 2)
     stamp = (root / "MANIFEST.json").stat().st_mtime_ns
     assert prepare_data("smoke") == root and (root / "MANIFEST.json").stat().st_mtime_ns == stamp  # reused
+
+
+def test_a_stage_folder_is_named_by_its_settings_and_its_starts_weights(tmp_path):
+    """The same request is one folder wherever its start lies; another setting or other weights are another one."""
+    same = sparse_config("plain", "smoke")
+    assert re.fullmatch(r"runs/smoke/plain_sparse-[0-9a-f]{8}", same.OUTPUT_DIR)
+    assert sparse_config("plain", "smoke").OUTPUT_DIR == same.OUTPUT_DIR
+    copy = shutil.copy(baseline("plain"), tmp_path / "copy.pt")
+    assert sparse_config("plain", "smoke", start=copy).OUTPUT_DIR == same.OUTPUT_DIR  # weights, not their path
+    state = ckpt.read_checkpoint(copy)
+    state["model"]["box_head.cls_headers.0.bias"] += 1.0
+    other_weights = ckpt.save_checkpoint(state, tmp_path / "other.pt")
+    assert sparse_config("plain", "smoke", start=other_weights).OUTPUT_DIR != same.OUTPUT_DIR
+    other = {sparse_config("plain", "smoke", extra=["PRUNE.SR", "0.02"]).OUTPUT_DIR,
+             sparse_config("plain", "full").OUTPUT_DIR, sparse_config("plain", "smoke", stage="mine").OUTPUT_DIR}
+    assert len(other) == 3 and same.OUTPUT_DIR not in other
+    assert sparse_config("plain", "smoke", extra=["SOLVER.LOG_PERIOD", "3"]).OUTPUT_DIR == same.OUTPUT_DIR  # logging
+    assert sparse_config("plain", "smoke", extra=["OUTPUT_DIR", str(tmp_path)]).OUTPUT_DIR == str(tmp_path)
+
+
+def test_shipped_backbone_cfgs_are_stored_as_package_paths():
+    """So that checkpoints and digests are the same in every clone (the committed baselines included)."""
+    assert sparse_config("plain", "smoke").MODEL.BACKBONE.CFG == "backbones/course_plain.cfg"
+    for model in ("plain", "residual"):
+        stored = ckpt.read_checkpoint(baseline(model))["config"]["MODEL"]["BACKBONE"]["CFG"]
+        assert stored == f"backbones/course_{model}.cfg"

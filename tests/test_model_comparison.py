@@ -38,17 +38,20 @@ def test_plot_pareto_colours_names_and_joins_the_front():
 
 def test_course_checkpoints_lists_the_baseline_finished_runs_and_pruned_models(tmp_path, monkeypatch):
     monkeypatch.setitem(course.PROFILES, "here", {"root": str(tmp_path)})
-    for name in ("plain_sparse/model_final.pt", "plain_sparse/lesson04.pt", "plain_sparse/model_000500.pt",
-                 "plain_quant_iao_w8a8/model_final.pt", "plain_unfinished/model_000100.pt",
-                 "residual/model_final.pt", "plain/model_final.pt"):
+    for name in ("plain_sparse-0000aaaa/model_final.pt", "plain_sparse-0000aaaa/model_final_normal_p0.5.pt",
+                 "plain_sparse-0000aaaa/model_000500.pt", "plain_quant_iao_w8a8-1111bbbb/model_final.pt",
+                 "plain_quant_iao_w8a8-2222cccc/model_final.pt", "plain_unfinished-3333dddd/model_000100.pt",
+                 "residual-4444eeee/model_final.pt", "plain_12it-5555ffff/model_final.pt"):
         (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"")
     (tmp_path / "plain_notes.txt").write_text("not a run")
     found = course.course_checkpoints("here")
-    assert found == {"baseline": course.baseline("plain"), "plain": tmp_path / "plain/model_final.pt",
-                     "plain_quant_iao_w8a8": tmp_path / "plain_quant_iao_w8a8/model_final.pt",
-                     "plain_sparse": tmp_path / "plain_sparse/model_final.pt",
-                     "plain_sparse/lesson04": tmp_path / "plain_sparse/lesson04.pt"}
+    assert found == {"baseline": course.baseline("plain"), "plain_12it": tmp_path / "plain_12it-5555ffff/model_final.pt",
+                     # two runs of one stage keep their digests apart
+                     "plain_quant_iao_w8a8-1111bbbb": tmp_path / "plain_quant_iao_w8a8-1111bbbb/model_final.pt",
+                     "plain_quant_iao_w8a8-2222cccc": tmp_path / "plain_quant_iao_w8a8-2222cccc/model_final.pt",
+                     "plain_sparse": tmp_path / "plain_sparse-0000aaaa/model_final.pt",
+                     "plain_sparse/normal_p0.5": tmp_path / "plain_sparse-0000aaaa/model_final_normal_p0.5.pt"}
     assert list(course.course_checkpoints("here", "residual")) == ["baseline", "residual"]
 
 

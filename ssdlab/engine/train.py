@@ -197,6 +197,8 @@ def recipe_changes(stored: CfgNode, cfg: CfgNode) -> list[str]:
 def run_changes(state: dict, cfg: CfgNode, path: Path, start: str | None) -> list[str]:
     """recipe_changes of a stored run, plus a note when its MODEL.WEIGHTS start now holds other weights."""
     changes = recipe_changes(ckpt.checkpoint_config(state, str(path)), cfg)
+    if state.get("start") is not None:  # the start is known by its weights: its path may differ (another clone)
+        changes = [change for change in changes if not change.startswith("MODEL.WEIGHTS:")]
     if state.get("start") not in (None, start):  # runs saved before starts were recorded pass
         changes.append(f"MODEL.WEIGHTS: {cfg.MODEL.WEIGHTS} holds other weights than when this run started")
     return changes
