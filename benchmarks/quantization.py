@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ssdlab.config import CfgNode
-from ssdlab.course import COURSE_MODELS, baseline, course_config, quant_config
+from ssdlab.course import COURSE_MODELS, baseline, quant_config, sparse_config
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import evaluate_model
 from ssdlab.engine.profile import count_params, measure_latency, size_mib
@@ -76,7 +76,7 @@ def quantize_then_prune(model: str, sparse: Path, percent: float, iters: int, ru
     """Sparse IAO W8A8 QAT from a sparse float model (the sparse recipe's PRUNE.TYPE and SR), then prune the
     quantized model (no fine-tune)."""
     name = "iao-w8a8-pruned"
-    sparse_recipe = course_config(model, profile.course, step="sparse").PRUNE
+    sparse_recipe = sparse_config(model, profile.course).PRUNE
     mode = sparse_recipe.TYPE
     cfg = recipe(model, sparse, "IAO", 8, 8, iters, runs / f"{model}_quant_{name}", profile,
                  ["PRUNE.TYPE", mode, "PRUNE.SR", str(sparse_recipe.SR)])

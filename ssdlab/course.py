@@ -28,6 +28,7 @@ from ssdlab.data.shapes import TRAIN_IMAGES, generate_shapes
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.demo import run_demo
 from ssdlab.engine.checkpoint import release_copy
+from ssdlab.engine.profile import compare_latency, latency_note, session_call
 from ssdlab.engine.train import (RESUMABLE_CHANGES, TrainResult, datasets, fine_tune_start, flat_settings,
                                  run_changed, start_digest, train)
 from ssdlab.errors import ConfigError
@@ -190,23 +191,27 @@ def quantize_row(model: str, name: str, start: str | Path, iterations: int, prof
     result = train_recipe(cfg)
     net = ckpt.load(result.checkpoint)
     row = summary_row(name, net, result, time.perf_counter() - began)
-    int8, fp32 = ort_latency(net), ort_latency(ckpt.load(start))
-    return {**row, "ort_ms": int8, "ort_ratio": int8 / fp32 if int8 and fp32 else None}
+    timing = ort_int8_vs_fp32(net, ckpt.load(start))
+    if timing is None:
+        return {**row, "ort_ms": None, "ort_ratio": None}
+    int8, fp32 = timing["int8"]["median_ms"], timing["fp32"]["median_ms"]
+    return {**row, "ort_ms": int8, "ort_ratio": int8 / fp32, "ort_note": latency_note(timing["int8"])}
 
 
-def ort_latency(net, threads: int = 1) -> float | None:
-    """Median batch-1 latency (ms) in ONNX Runtime on `threads` threads: the int8 graph of an IAO model, the fp32
-    graph otherwise; None without onnx and onnxruntime (pip install 'ssdlab[deploy]')."""
+def ort_int8_vs_fp32(quantized, float_model, threads: int = 1) -> dict | None:
+    """compare_latency in ONNX Runtime on `threads` threads of an IAO model's int8 graph ('int8') and a float
+    model's fp32 graph ('fp32'), interleaved; None without onnx and onnxruntime (pip install 'ssdlab[deploy]')."""
     if not (importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime")):
         return None
-    from ssdlab.engine.profile import session_latency
     from ssdlab.export.onnx import onnx_session, write_onnx
     from ssdlab.export.qdq import write_int8_onnx
 
+    size = quantized.cfg.INPUT.IMAGE_SIZE
     with tempfile.TemporaryDirectory() as folder:
-        write = write_int8_onnx if getattr(net, "quant_spec", None) else write_onnx
-        path = write(net, Path(folder), "model")
-        return session_latency(onnx_session(path, threads), net.cfg.INPUT.IMAGE_SIZE, runs=30)["median_ms"]
+        graphs = {"int8": write_int8_onnx(quantized, Path(folder), "int8"),
+                  "fp32": write_onnx(float_model, Path(folder), "fp32")}
+        calls = {kind: session_call(onnx_session(path, threads), size) for kind, path in graphs.items()}
+        return compare_latency(calls, threads=threads)
 
 
 def sparse_and_prune(model: str, profile: str | None = None) -> list[dict]:
@@ -256,8 +261,9 @@ def run_tour(profile: str | None = None) -> str:
                  quantize_row(model, f"{model}-quantized", baseline(model), QAT_ITERS[profile], profile),
                  quantize_row(model, f"{model}-pruned+q", pruned["checkpoint"], PRUNED_QAT_ITERS[profile], profile,
                               stage=f"{model}_pruned_quant_iao_w8a8")]
-    return (f"ssdlab tour ({profile} profile; VOC mAP = area AP at IoU 0.5; ms: PyTorch, batch 1; int8 ms: "
-            f"ONNX Runtime int8, 1 thread, and its ratio to the fp32 graph of the float model it came from)\n"
+    notes = {r["ort_note"] for r in rows if r.get("ort_note")}
+    return (f"ssdlab tour ({profile} profile; VOC mAP = area AP at IoU 0.5; ms: PyTorch; int8 ms: ONNX Runtime "
+            f"int8 and its ratio to the fp32 graph of the float model it came from, {', '.join(notes) or '-'})\n"
             + format_summary(rows))
 
 

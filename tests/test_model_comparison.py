@@ -105,3 +105,23 @@ def test_session_latency_drops_the_warmup_and_takes_the_median(monkeypatch):
     assert len(session.inputs) == 7
     images = session.inputs[0]["images"]
     assert images.shape == (1, 3, 16, 16) and images.dtype == np.float32
+
+
+def test_compare_latency_interleaves_the_contenders(monkeypatch):
+    """Each round runs every contender once, so a slow spell of the machine (here rounds 3-4) hits both alike."""
+    clock, order = [0.0], []
+    slow = {3, 4}
+
+    def contender(name, ms):
+        def call():
+            order.append(name)
+            clock[0] += (ms * (10 if len(order) // 2 in slow else 1)) / 1000
+        return call
+
+    monkeypatch.setattr(profile.time, "perf_counter", lambda: clock[0])
+    result = profile.compare_latency({"a": contender("a", 2.0), "b": contender("b", 1.0)}, runs=6, warmup=1)
+    assert order == ["a", "b"] * 7
+    assert result["a"]["median_ms"] == pytest.approx(2.0) and result["b"]["median_ms"] == pytest.approx(1.0)
+    assert result["a"]["max_ms"] == pytest.approx(20.0) and result["b"]["max_ms"] == pytest.approx(10.0)
+    assert result["a"]["runs"] == 6 and result["a"]["p25_ms"] <= result["a"]["median_ms"] <= result["a"]["p75_ms"]
+    assert result["a"]["cpu"] == profile.cpu_flags() and profile.latency_note(result["a"]).startswith("batch 1")

@@ -1,11 +1,13 @@
-"""Model cost: parameters, MACs (torch.utils.flop_counter), size in MiB and CPU latency."""
+"""Model cost: parameters, MACs (torch.utils.flop_counter), size in MiB, and latency measured interleaved."""
 from __future__ import annotations
 
 import statistics
 import time
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -95,24 +97,68 @@ def torch_threads(threads: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def measure_latency(model: nn.Module, image_size: int, runs: int = 20, warmup: int = 3,
-                    threads: int | None = None) -> dict:
-    """Median and spread of forward_raw time (ms) at batch 1 on the model's device."""
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")  # int8/bf16 speed
+
+
+def cpu_flags() -> str:
+    """The CPU's vector and matrix instruction sets that decide int8 and bfloat16 speed, e.g. 'avx2 avx512_vnni'."""
+    info = Path("/proc/cpuinfo")
+    flags = set(info.read_text().split()) if info.is_file() else set()
+    found = [flag for flag in CPU_FLAGS if flag in flags]
+    return " ".join(found) or f"{torch.backends.cpu.get_cpu_capability()} (no /proc/cpuinfo flags)"
+
+
+def torch_call(model: nn.Module, image_size: int) -> Callable[[], None]:
+    """A contender for compare_latency: one batch-1 forward_raw of a model on its device (no post-processing)."""
     device = next(model.parameters()).device
     images = torch.randn(1, 3, image_size, image_size, device=device)
-    threads = threads or torch.get_num_threads()
     model.eval()
-    times = []
-    with torch.no_grad(), torch_threads(threads):
-        for i in range(warmup + runs):
-            start = time.perf_counter()
+
+    def call() -> None:
+        with torch.no_grad():
             _forward_features(model, images)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= warmup:
-                times.append((time.perf_counter() - start) * 1000)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
-            "runs": runs, "threads": threads, "device": str(device)}
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+    return call
+
+
+def session_call(session, image_size: int) -> Callable[[], None]:
+    """A contender for compare_latency: one batch-1 run of an onnxruntime session (input 'images')."""
+    images = {"images": torch.randn(1, 3, image_size, image_size).numpy()}
+    return lambda: session.run(None, images)
+
+
+def compare_latency(contenders: dict[str, Callable[[], object]], runs: int = 30, warmup: int = 3,
+                    threads: int | None = None) -> dict[str, dict]:
+    """Time contenders interleaved: each round runs every one once, in turn, so a slower spell of the machine
+    falls on all alike. Per contender: median, quartiles, min and max (ms), runs, torch threads, CPU flags."""
+    threads = threads or torch.get_num_threads()
+    times: dict[str, list[float]] = {name: [] for name in contenders}
+    with torch_threads(threads):
+        for round_ in range(warmup + runs):
+            for name, call in contenders.items():
+                start = time.perf_counter()
+                call()
+                if round_ >= warmup:
+                    times[name].append((time.perf_counter() - start) * 1000)
+    flags = cpu_flags()
+    return {name: {"median_ms": statistics.median(values), "p25_ms": float(np.percentile(values, 25)),
+                   "p75_ms": float(np.percentile(values, 75)), "min_ms": min(values), "max_ms": max(values),
+                   "runs": runs, "threads": threads, "cpu": flags} for name, values in times.items()}
+
+
+def measure_latency(model: nn.Module, image_size: int, runs: int = 30, warmup: int = 3,
+                    threads: int | None = None) -> dict:
+    """compare_latency of one model's forward_raw at batch 1 (see there), with its device."""
+    device = str(next(model.parameters()).device)
+    result = compare_latency({"model": torch_call(model, image_size)}, runs, warmup, threads)["model"]
+    return {**result, "device": device}
+
+
+def latency_note(result: dict) -> str:
+    """How a compare_latency figure was measured, for a table's caption."""
+    return (f"batch 1, median of {result['runs']} interleaved runs, {result['threads']} thread"
+            f"{'s' if result['threads'] > 1 else ''}, CPU flags: {result['cpu']}")
 
 
 def summary(model: nn.Module, image_size: int) -> dict:
@@ -121,15 +167,8 @@ def summary(model: nn.Module, image_size: int) -> dict:
             "size_mib": size_mib(model), "priors": int(model.priors.shape[0])}
 
 
-def session_latency(session, image_size: int, runs: int = 20, warmup: int = 3) -> dict:
-    """Median and spread of an onnxruntime session's run time (ms) at batch 1 (input 'images')."""
-    images = {"images": torch.randn(1, 3, image_size, image_size).numpy()}
-    times = []
-    for i in range(warmup + runs):
-        start = time.perf_counter()
-        session.run(None, images)
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1000)
+def session_latency(session, image_size: int, runs: int = 30, warmup: int = 3) -> dict:
+    """compare_latency of one onnxruntime session at batch 1 (see there); threads: the session's."""
     threads = session.get_session_options().intra_op_num_threads
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "max_ms": max(times),
-            "runs": runs, "threads": threads, "device": "cpu (onnxruntime)"}
+    result = compare_latency({"session": session_call(session, image_size)}, runs, warmup)["session"]
+    return {**result, "threads": threads, "device": "cpu (onnxruntime)"}

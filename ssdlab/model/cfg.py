@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ssdlab.config import PACKAGE_CONFIGS
 from ssdlab.errors import CfgError
 from ssdlab.files import read_text
 
@@ -129,6 +130,8 @@ def parse_cfg(text: str, source: str = "<string>") -> list[dict]:
 def read_cfg(path: str | Path) -> list[dict]:
     """Read and parse a .cfg file; errors name the file and line."""
     path = Path(path)
+    if not path.is_file() and (PACKAGE_CONFIGS / path).is_file():  # a shipped cfg as MODEL.BACKBONE.CFG names it
+        path = PACKAGE_CONFIGS / path
     if not path.is_file():
         raise CfgError(f"backbone cfg {path} does not exist; check MODEL.BACKBONE.CFG")
     return parse_cfg(read_text(path, CfgError, "a darknet-style backbone .cfg file"), source=str(path))

@@ -19,7 +19,8 @@ import torch
 from ssdlab.config import CfgNode
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import check_classes, evaluate_model
-from ssdlab.engine.profile import count_macs, count_params, measure_latency, size_mib
+from ssdlab.engine.profile import (compare_latency, count_macs, count_params, latency_note, measure_latency, size_mib,
+                                   torch_call)
 from ssdlab.errors import PruneError
 from ssdlab.files import check_file_stem, check_output_folder
 from ssdlab.model.ssd import SSD
@@ -47,7 +48,7 @@ class PruneReport:
 
 
 def measure(name: str, model: SSD, dataset, cfg: CfgNode, params: int | None = None,
-            latency: bool = True, runs: int = 10) -> dict:
+            latency: bool = True, runs: int = 30) -> dict:
     """One report row: params, size, MACs, CPU latency (batch 1, median of runs) and the VOC/COCO metrics."""
     size = cfg.INPUT.IMAGE_SIZE
     row = {"model": name, "params": params if params is not None else count_params(model),
@@ -75,7 +76,7 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def summary_lines(result: PrunePlan, rows: list[dict]) -> list[str]:
+def summary_lines(result: PrunePlan, rows: list[dict], timing: dict | None = None) -> list[str]:
     """Threshold, channels and compression below the table."""
     original, compact = rows[0], rows[-1]
     lines = [f"mode {result.mode}, percent {result.percent:g}, threshold |γ| >= {result.threshold:.6g}, "
@@ -84,10 +85,12 @@ def summary_lines(result: PrunePlan, rows: list[dict]) -> list[str]:
              f"head levels kept {result.levels}",
              f"compression (params) {1 - compact['params'] / original['params']:.1%}, "
              f"MACs {1 - compact['macs'] / original['macs']:.1%} fewer"]
-    if original["latency_ms"] and compact["latency_ms"]:
-        lines.append(f"CPU latency {original['latency_ms']:.1f} ms -> {compact['latency_ms']:.1f} ms "
-                     f"({original['latency_ms'] / compact['latency_ms']:.2f}x, batch 1, "
-                     f"{torch.get_num_threads()} threads)")
+    if timing:
+        before, after = timing["original"], timing["compact"]
+        lines.append(f"CPU latency {before['median_ms']:.2f} ms -> {after['median_ms']:.2f} ms "
+                     f"({before['median_ms'] / after['median_ms']:.2f}x; quartiles {before['p25_ms']:.2f}-"
+                     f"{before['p75_ms']:.2f} and {after['p25_ms']:.2f}-{after['p75_ms']:.2f} ms; "
+                     f"{latency_note(after)})")
     if original["voc_map"] is not None and compact["voc_map"] is not None:
         lines.append(f"VOC mAP@0.5 change {compact['voc_map'] - original['voc_map']:+.4f}")
     return lines
@@ -127,15 +130,18 @@ def prune_checkpoint(path: str | Path, cfg: CfgNode, percent: float, mode: str =
     note = f"{mode}{' regular' if regular else ''}{' max' if drop_levels else ''} from {path.name}"
     compensated = masked_model(model, result, "compensated")
     compact = compact_model(compensated, result, note)
-    rows = [measure("original", model, dataset, cfg)]
+    rows = [measure("original", model, dataset, cfg, latency=False)]
     variants = (("masked preview (γ=0)", "preview"), ("zeroed, no compensation", "zeroed"))
     for name, how in variants:
         rows.append(measure(name, masked_model(model, result, how), None if quick else dataset, cfg,
                             params=result.params_after, latency=False))
     rows.append(measure("compensated (masked)", compensated, None if quick else dataset, cfg,
                         params=result.params_after, latency=False))
-    rows.append(measure("compact", compact, dataset, cfg))
-    text = "\n".join([f"ssdlab prune: {path}", format_table(rows), *summary_lines(result, rows),
+    rows.append(measure("compact", compact, dataset, cfg, latency=False))
+    size = cfg.INPUT.IMAGE_SIZE
+    timing = compare_latency({"original": torch_call(model, size), "compact": torch_call(compact, size)})
+    rows[0]["latency_ms"], rows[-1]["latency_ms"] = timing["original"]["median_ms"], timing["compact"]["median_ms"]
+    text = "\n".join([f"ssdlab prune: {path}", format_table(rows), *summary_lines(result, rows, timing),
                       *(f"warning: {w}" for w in warnings)]) + "\n"
     out_dir = Path(out_dir) if out_dir else path.parent
     tag = tag or default_tag(path, result, regular, drop_levels)
