@@ -7,9 +7,9 @@ runs/; `smoke` shrinks data and iterations to finish in about a minute (runs/smo
 
 Stages: every run of the course (lesson training, sparse training, QAT, fine-tuning) lives in
 `<root>/<stage>-<digest>`, the digest taken over its effective training settings and its start's
-weights (`run_digest`). The same request is computed once and reused by anyone who asks for it —
-the tour, the notebooks, the CLI — and different requests never share a folder, so nothing
-retrains or deletes another caller's run. A pruned model is written beside its sparse model,
+weights (`run_digest`). The same request is computed once and reused by whoever asks for it
+through these helpers (the tour, the notebooks), and different requests never share a folder, so
+nothing retrains or deletes another caller's run. (The CLI writes to the recipe's OUTPUT_DIR.) A pruned model is written beside its sparse model,
 named by mode and percent (`prune_stage`).
 """
 from __future__ import annotations

@@ -9,7 +9,7 @@ from ssdlab.engine.train import train
 from ssdlab.errors import ConfigError
 from ssdlab.model.ssd import build_model
 from ssdlab.config import PACKAGE_CONFIGS, load_config
-from ssdlab.prune.plan import ModelSpec, channel_params
+from ssdlab.prune.plan import ModelSpec, channel_cost, spatial_sizes
 from ssdlab.prune.sparsity import SparsityHook, gamma_record, prunable_bns, sparsity_hooks, sr_at, sr_weights
 
 
@@ -46,11 +46,21 @@ def test_sparsity_is_off_by_default_and_bad_types_are_named(tiny_cfg):
 
 def test_channel_params_by_hand_on_the_course_model():
     cfg = load_config(PACKAGE_CONFIGS / "course" / "plain_shapes.yaml")
-    cost = channel_params(ModelSpec.from_model(build_model(cfg)), "normal")
+    cost = channel_cost(ModelSpec.from_model(build_model(cfg)), "normal")
     assert cost[0] == 3 * 9 + 2 + 24 * 9  # its 3x3 filter on RGB, its BN γ and β, one input of layer 1 (24 filters)
     # layer 8 (128 -> 192, head level 2): its filter and BN, one input of layer 10 (192 filters) and of the
     # level-2 heads (4 boxes x (6 classes + 4 offsets) outputs)
     assert cost[8] == 128 * 9 + 2 + 192 * 9 + 4 * (6 + 4) * 9
+
+
+def test_channel_macs_by_hand_on_the_course_model():
+    cfg = load_config(PACKAGE_CONFIGS / "course" / "plain_shapes.yaml")
+    spec = ModelSpec.from_model(build_model(cfg))
+    cost, h = channel_cost(spec, "normal", "macs"), spatial_sizes(spec.layers, spec.image_size)
+    assert cost[0] == 3 * 9 * h[0] ** 2 + 24 * 9 * h[1] ** 2  # its own 3x3 filter, one input of layer 1's 24
+    assert cost[8] == 128 * 9 * h[8] ** 2 + 192 * 9 * h[10] ** 2 + 4 * (6 + 4) * 9 * h[8] ** 2  # + level-2 heads
+    params = channel_cost(spec, "normal")
+    assert cost[0] / params[0] > 50 * cost[8] / params[8]  # early layers carry the MACs, late ones the params
 
 
 def test_params_weighting_scales_sr_per_layer_around_one(tiny_cfg):
@@ -58,7 +68,7 @@ def test_params_weighting_scales_sr_per_layer_around_one(tiny_cfg):
     assert set(sr_weights(model, "normal", "none").values()) == {1.0}
     weights = sr_weights(model, "normal", "params")
     bns = prunable_bns(model, "normal")
-    cost = channel_params(ModelSpec.from_model(model), "normal")
+    cost = channel_cost(ModelSpec.from_model(model), "normal")
     assert weights[1] / weights[0] == pytest.approx(cost[1] / cost[0])
     widths = {i: bn.num_features for i, bn in bns.items()}
     assert sum(weights[i] * widths[i] for i in bns) / sum(widths.values()) == pytest.approx(1.0)
@@ -68,8 +78,11 @@ def test_params_weighting_scales_sr_per_layer_around_one(tiny_cfg):
     SparsityHook(cfg, model)(model, iteration=0)
     for i, bn in bns.items():
         assert torch.allclose(bn.weight.grad, 0.5 * weights[i] * torch.sign(bn.weight))
+    macs = sr_weights(model, "normal", "macs")
+    by_macs = channel_cost(ModelSpec.from_model(model), "normal", "macs")
+    assert macs[1] / macs[0] == pytest.approx(by_macs[1] / by_macs[0])
     with pytest.raises(ConfigError, match="PRUNE.SR_WEIGHT"):
-        SparsityHook(tiny_cfg("PRUNE.TYPE", "normal", "PRUNE.SR_WEIGHT", "macs"), model)
+        SparsityHook(tiny_cfg("PRUNE.TYPE", "normal", "PRUNE.SR_WEIGHT", "latency"), model)
 
 
 def _mean_gamma(model) -> float:

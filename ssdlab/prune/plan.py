@@ -348,16 +348,20 @@ def _head_cost(spec: ModelSpec, channels: list[int], sizes: list[int]) -> tuple[
     return params, macs
 
 
-def channel_params(spec: ModelSpec, mode: str) -> dict[int, int]:
-    """Parameters one channel of each prunable group carries (removing it from every member of the group),
-    keyed by the group's producer layers."""
+COSTS = ("params", "macs")
+
+
+def channel_cost(spec: ModelSpec, mode: str, kind: str = "params") -> dict[int, int]:
+    """Parameters (kind 'params') or MACs per image ('macs') one channel of each prunable group carries (removing
+    it from every member of the group and from the inputs of its consumers), keyed by the group's producer layers."""
+    column = COSTS.index(kind)
     widths = infer_channels(spec.layers, spec.in_channels)
     levels = len(feature_layers(spec.layers))
-    full = model_cost(spec, widths, levels)[0]
+    full = model_cost(spec, widths, levels)[column]
     saved = {}
     for group in prunable_groups(spec.layers, mode, spec.in_channels):
         narrower = [w - 1 if i in group.members else w for i, w in enumerate(widths)]
-        saved.update(dict.fromkeys(group.producers, full - model_cost(spec, narrower, levels)[0]))
+        saved.update(dict.fromkeys(group.producers, full - model_cost(spec, narrower, levels)[column]))
     return saved
 
 

@@ -5,9 +5,11 @@ the L1 subgradient `SR · sign(γ)` to the gradient of every prunable γ (PRUNE.
 layers: normal | shortcut | coupled; see ssdlab.prune.plan). With PRUNE.SR_SCHEDULE `step`,
 SR is multiplied by PRUNE.SR_STEP_FACTOR once PRUNE.SR_STEP_AT of SOLVER.MAX_ITER is done,
 so the network can recover accuracy at the end while the small γ stay small. With
-PRUNE.SR_WEIGHT `params`, each layer's SR is scaled by the parameters one of its channels carries
-(relative to the mean over all prunable channels), so the global threshold of the plan meets the
-expensive channels first: the same share of channels then removes more parameters.
+PRUNE.SR_WEIGHT `params` (or `macs`), each layer's SR is scaled by the parameters (or the MACs per
+image) one of its channels carries, relative to the mean over all prunable channels, so the global
+threshold of the plan meets the expensive channels first: the same share of channels then removes
+more parameters (or more computation: the wide, late layers carry the parameters, the early
+high-resolution ones the MACs).
 """
 from __future__ import annotations
 
@@ -17,10 +19,10 @@ from torch import nn
 
 from ssdlab.config import CfgNode
 from ssdlab.errors import ConfigError
-from ssdlab.prune.plan import MODES, ModelSpec, channel_params, prunable_layers
+from ssdlab.prune.plan import COSTS, MODES, ModelSpec, channel_cost, prunable_layers
 
 SCHEDULES = ("constant", "step")
-WEIGHTS = ("none", "params")
+WEIGHTS = ("none", *COSTS)
 
 
 def sparsity_enabled(cfg: CfgNode) -> bool:
@@ -49,15 +51,15 @@ def prunable_bns(model: nn.Module, mode: str) -> dict[int, nn.BatchNorm2d]:
 
 
 def sr_weights(model: nn.Module, mode: str, weight: str) -> dict[int, float]:
-    """Per prunable layer, the factor on SR: 1 for `none`; for `params`, the parameters one of its channels
-    carries over their mean across all prunable channels."""
+    """Per prunable layer, the factor on SR: 1 for `none`; for `params` or `macs`, what one of its channels
+    carries over the mean across all prunable channels."""
     if weight not in WEIGHTS:
         raise ConfigError(f"PRUNE.SR_WEIGHT = {weight!r} is unknown; use one of {', '.join(WEIGHTS)}")
     bns = prunable_bns(model, mode)
     if weight == "none":
         return dict.fromkeys(bns, 1.0)
     net = getattr(model, "module", model)
-    cost = channel_params(ModelSpec.from_model(net), mode)
+    cost = channel_cost(ModelSpec.from_model(net), mode, weight)
     widths = {i: bn.num_features for i, bn in bns.items()}
     mean = sum(cost[i] * widths[i] for i in bns) / sum(widths.values())
     return {i: cost[i] / mean for i in bns}
