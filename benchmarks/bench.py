@@ -295,9 +295,11 @@ def summarize(bench: Bench) -> str:
     """Measure every stored row, write the summary section, bench.json and the two plots; the section."""
     rows, missing = measure_rows(collect_rows(bench), bench.profile.latency_runs)
     timings = bench.load("summary").get("timings", {})
+    stored_rows = [{**r, "checkpoint": display(r["checkpoint"]), "base": display(r["base"])} for r in rows]
     bench.store("summary").write_text(json.dumps({"profile": bench.name, "machine": machine(),
                                                   "threads": torch.get_num_threads(), "timings": timings,
-                                                  "rows": rows, "missing": missing}, indent=1) + "\n")
+                                                  "rows": stored_rows, "missing": [display(m) for m in missing]},
+                                                 indent=1) + "\n")  # repo-relative paths: the same in every clone
     title = f"ssdlab course models ({bench.name} profile)"
     plots.pareto_plot(rows, bench.out / "pareto.png", title)
     plots.latency_plot(rows, bench.out / "latency_params.png", title)

@@ -91,6 +91,8 @@ def test_smoke_bench_numbers_are_finite_and_compression_consistent(smoke_bench):
             assert percent(r[10]) > percent(r[9])  # quantized weights take fewer bits than float ones
     stored = json.loads((smoke_bench / "bench.json").read_text())
     assert len(stored["rows"]) == len(rows) and not stored["missing"]
+    root = str(BENCHMARKS.parent)
+    assert not any(r[key].startswith(root) for r in stored["rows"] for key in ("checkpoint", "base"))  # relative
     for run in json.loads((smoke_bench / "pruning.json").read_text()).values():
         for p in run["prune"]:  # --max 1 exactly when the percent is above the highest safe one
             assert p["max"] == (p["percent"] > p["highest_safe"])
@@ -152,3 +154,10 @@ def test_data_pipeline_bench_measures_both_loaders(shapes_dir, tmp_path):
     assert timings["sample"] >= 0.5 * (timings["augmentation"] + timings["targets"])  # a sample does both parts
     rates = [float(value) for name, value in rows if "NUM_WORKERS" in name]
     assert len(rates) == 2 and all(math.isfinite(r) and r > 0 for r in rates)
+
+
+def test_the_committed_summary_record_holds_repo_relative_paths():
+    """bench.json is the same in every clone: no path of the machine that wrote it."""
+    stored = json.loads((BENCHMARKS / "bench.json").read_text())
+    paths = [r[key] for r in stored["rows"] for key in ("checkpoint", "base")] + stored["missing"]
+    assert paths and not any(Path(path).is_absolute() for path in paths)
