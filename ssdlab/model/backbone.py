@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ssdlab.model.cfg import backbone_end, check_layers, feature_layers, read_cfg
+from ssdlab.model.cfg import backbone_end, cfg_file, check_layers, feature_layers, read_cfg
 
 
 class L2Norm(nn.Module):
@@ -141,4 +141,4 @@ class CfgBackbone(nn.Module):
 def load_backbone_cfg(path: str | Path) -> tuple[list[dict], str]:
     """The parsed layers and the raw text of a backbone .cfg file."""
     layers = read_cfg(path)
-    return layers, Path(path).read_text(encoding="utf-8")  # read_cfg checked it is text
+    return layers, cfg_file(path).read_text(encoding="utf-8")  # read_cfg checked it is text

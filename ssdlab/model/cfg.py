@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ssdlab.config import PACKAGE_CONFIGS
-from ssdlab.errors import CfgError
+from ssdlab.config import resolve_file
+from ssdlab.errors import CfgError, ConfigError
 from ssdlab.files import read_text
 
 ACTIVATIONS = ("linear", "relu", "relu6", "leaky", "h_swish")
@@ -127,13 +127,17 @@ def parse_cfg(text: str, source: str = "<string>") -> list[dict]:
     return layers
 
 
+def cfg_file(path: str | Path) -> Path:
+    """A backbone .cfg file found as MODEL.BACKBONE.CFG names it (config.resolve_file: as given, or shipped)."""
+    try:
+        return resolve_file(str(path))
+    except ConfigError:
+        raise CfgError(f"backbone cfg {path} does not exist; check MODEL.BACKBONE.CFG") from None
+
+
 def read_cfg(path: str | Path) -> list[dict]:
     """Read and parse a .cfg file; errors name the file and line."""
-    path = Path(path)
-    if not path.is_file() and (PACKAGE_CONFIGS / path).is_file():  # a shipped cfg as MODEL.BACKBONE.CFG names it
-        path = PACKAGE_CONFIGS / path
-    if not path.is_file():
-        raise CfgError(f"backbone cfg {path} does not exist; check MODEL.BACKBONE.CFG")
+    path = cfg_file(path)
     return parse_cfg(read_text(path, CfgError, "a darknet-style backbone .cfg file"), source=str(path))
 
 
