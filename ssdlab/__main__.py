@@ -73,9 +73,13 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--tag", help="output file stem (default: <ckpt>_<mode>_p<percent>[_regular][_max])")
     _config_args(prune, required=False)
 
-    quantize = sub.add_parser("quantize", help="quantization-aware training from a float (or pruned) checkpoint")
+    quantize = sub.add_parser("quantize", help="quantization-aware training (or --ptq: calibration only) from a "
+                                               "float (or pruned) checkpoint")
     quantize.add_argument("--ckpt", required=True, help="the checkpoint to start from")
     quantize.add_argument("--fresh", action="store_true", help="ignore OUTPUT_DIR/last_checkpoint")
+    quantize.add_argument("--ptq", type=int, nargs="?", const=256, metavar="IMAGES",
+                          help="post-training quantization (IAO): observe the activation ranges on IMAGES training "
+                               "images (default 256), no training; writes to <OUTPUT_DIR>_ptq<IMAGES>")
     _config_args(quantize)
 
     export = sub.add_parser("export", help="BN-fused weights for hardware (.bin + manifest, txt, npz) or ONNX")

@@ -212,14 +212,29 @@ def cmd_prune(args: argparse.Namespace) -> None:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    """QAT: `train` starting from --ckpt with the recipe's QUANTIZATION.* (and the overrides)."""
+    """QAT: `train` starting from --ckpt with the recipe's QUANTIZATION.* (and the overrides); --ptq: calibration only."""
     from ssdlab.quant.apply import quant_spec
 
-    cfg = load_config(args.config_file, [*_opts(args), "MODEL.FINE_TUNE", "True", "MODEL.WEIGHTS", args.ckpt])
+    opts = [*_opts(args), "MODEL.FINE_TUNE", "True", "MODEL.WEIGHTS", args.ckpt]
+    cfg = load_config(args.config_file, opts)
     if quant_spec(cfg) is None:
         raise ConfigError(f"{args.config_file} sets QUANTIZATION.TYPE no; add QUANTIZATION.TYPE IAO|dorefa|BWN "
                           "(and WBITS/ABITS) to the recipe or the command line")
-    return _run_training(cfg, args.fresh, "quantization-aware training")
+    if args.ptq is None:
+        return _run_training(cfg, args.fresh, "quantization-aware training")
+    return _run_ptq(cfg if "OUTPUT_DIR" in opts[0::2] else load_config(
+        args.config_file, [*opts, "OUTPUT_DIR", f"{cfg.OUTPUT_DIR}_ptq{args.ptq}"]), args.ptq, args.fresh)
+
+
+def _run_ptq(cfg: CfgNode, images: int, fresh: bool) -> int:
+    """Post-training quantization on `images` calibration images; print where it went and the metrics."""
+    from ssdlab.quant.ptq import post_training_quantize
+
+    result = post_training_quantize(cfg, images, resume=not fresh)
+    state = "reused (--fresh calibrates again)" if result.reused else f"done in {result.train_seconds:.1f} s"
+    print(f"post-training quantization on {images} calibration images {state}: {result.checkpoint}")
+    _print_metrics(result.metrics)
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -28,9 +28,8 @@ def tiny_cfg(shapes_dir, tmp_path):
     return make
 
 
-@pytest.fixture(scope="session")
-def calibrated_course_model(shapes_dir):
-    """The committed plain baseline as an IAO W8A8 model (heads too), ranges calibrated on training images."""
+def calibrated(shapes_dir: Path, *overrides: str):
+    """The committed plain baseline as an IAO W8A8 model, ranges calibrated on 48 training images: (model, cfg, val)."""
     from ssdlab.course import baseline
     from ssdlab.data.catalog import build_dataset
     from ssdlab.data.transforms import build_transforms
@@ -38,11 +37,29 @@ def calibrated_course_model(shapes_dir):
     from ssdlab.quant.apply import calibrate
 
     cfg = load_config(TESTS.parent / "ssdlab" / "configs" / "course" / "plain_quant.yaml",
-                      ["MODEL.WEIGHTS", str(baseline("plain")), "QUANTIZATION.FINAL", "True",
-                       "DATASETS.TRAIN", f"['{shapes_dir}:train']", "DATASETS.TEST", f"['{shapes_dir}:val']"])
+                      ["MODEL.WEIGHTS", str(baseline("plain")), "DATASETS.TRAIN", f"['{shapes_dir}:train']",
+                       "DATASETS.TEST", f"['{shapes_dir}:val']", *overrides])
     cfg = architecture_config(cfg)
     val = datasets(cfg, is_train=False)
     model = initial_model(cfg, val.class_names)
     train = build_dataset(cfg.DATASETS.TRAIN, False, transform=build_transforms(cfg, False))
     batches = (torch.stack([train[i][0] for i in range(start, start + 16)]) for start in range(0, 48, 16))
     return calibrate(model, batches), cfg, val
+
+
+@pytest.fixture(scope="session")
+def calibrated_course_model(shapes_dir):
+    """The committed plain baseline as an IAO W8A8 model (heads too), ranges calibrated on training images."""
+    return calibrated(shapes_dir, "QUANTIZATION.FINAL", "True")
+
+
+@pytest.fixture(scope="session")
+def all_int8_course_model(shapes_dir, tmp_path_factory):
+    """As calibrated_course_model, with the input layer marked quantization=1 too: every conv quantized."""
+    text = (TESTS.parent / "ssdlab" / "configs" / "backbones" / "course_plain_quan.cfg").read_text()
+    marked = text.replace("activation=relu\n\n[convolutional]  # 1", "activation=relu\nquantization=1\n\n"
+                          "[convolutional]  # 1", 1)
+    assert marked != text
+    path = tmp_path_factory.mktemp("cfg") / "course_plain_all_quan.cfg"
+    path.write_text(marked)
+    return calibrated(shapes_dir, "QUANTIZATION.FINAL", "True", "MODEL.BACKBONE.CFG", str(path))

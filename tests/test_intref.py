@@ -83,8 +83,18 @@ def test_integer_reference_agrees_with_fake_quant(calibrated_course_model):
     fake, integer = predict(model, val, cfg, progress=False), predict(reference, val, cfg, progress=False)
     result = agreement(integer, fake)
     assert result["total"] > 100 and result["fraction"] >= 0.99, result
-    assert agreement(integer, fake, min_score=0.5)["fraction"] >= 0.99
+    # the quantized head outputs: requantized from int32 in fixed point (intref) or rounded from float
+    # (fake quant) they may differ by a code where a value lies on a rounding boundary (two where an
+    # input code differed too), so a detection close to a score threshold may flip
+    assert agreement(integer, fake, min_score=0.5)["fraction"] >= 0.98
     assert reference.integer_share() > 0.95  # all but the float input layer
+    images = torch.stack([val[i][0] for i in range(len(val))])
+    with torch.no_grad():
+        (cls, reg), (int_cls, int_reg) = model.forward_raw(images), reference.forward_raw(images)
+    step = max(float(m.out_quant.params()[0]) for m in model.box_head.modules() if hasattr(m, "out_quant"))
+    for ours, theirs in ((cls, int_cls), (reg, int_reg)):
+        assert (ours - theirs).abs().max() <= 2 * step * 1.0001
+        assert ((ours - theirs).abs() > 1e-6).float().mean() < 0.005
 
 
 def test_integer_reference_on_a_residual_model(monkeypatch):

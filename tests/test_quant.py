@@ -143,6 +143,30 @@ def test_observers_move_only_in_training():
     assert observer.high.item() == pytest.approx(2.2)
 
 
+def test_an_iao_observer_that_saw_nothing_passes_its_input_through():
+    observer = ActQuant(QuantSpec("IAO", 8, 8)).eval()
+    x = torch.tensor([-1.234, 0.5, 7.0])
+    assert torch.equal(observer(x), x)  # a float checkpoint evaluated before QAT or calibration stays float
+    observer.train()
+    observer(x)
+    assert not torch.equal(observer.eval()(x), x)  # on the grid once a range was observed
+
+
+@pytest.mark.parametrize("mode", ["symmetric", "asymmetric"])
+def test_an_iao_head_conv_quantizes_its_output_on_its_own_grid(mode):
+    spec = QuantSpec("IAO", 8, 8, mode=mode)
+    torch.manual_seed(0)
+    head = QuantConv2d(nn.Conv2d(4, 6, 3, padding=1), spec, output=True).train()
+    x = torch.randn(2, 4, 5, 5)
+    head(x)  # observes input and output ranges
+    y = head.eval()(x)
+    scale, zero = head.out_quant.params()
+    codes = y / scale + zero
+    assert torch.allclose(codes, codes.round(), atol=1e-3)  # every output a code times the scale
+    assert int(codes.round().unique().numel()) > 50
+    assert not hasattr(QuantConv2d(nn.Conv2d(4, 6, 3), QuantSpec("dorefa", 8, 8), output=True), "out_quant")
+
+
 @pytest.mark.parametrize("training", [False, True])
 def test_iao_folded_conv_bn_equals_conv_then_bn_without_quantization(training):
     torch.manual_seed(0)
@@ -213,6 +237,8 @@ def test_qat_runs_and_the_checkpoint_rebuilds_the_quantized_model(tiny_cfg, kind
         assert torch.equal(model.forward_raw(x)[0], again.forward_raw(x)[0])
     if kind == "IAO":
         assert bool(layer.act_quant.initialized) and layer.act_quant.high > layer.act_quant.low
+        head = model.box_head.cls_headers[0].out_quant  # FINAL: the logits are quantized, their range learned
+        assert bool(head.initialized) and head.high > 0 > head.low
 
 
 def _randomized(model):

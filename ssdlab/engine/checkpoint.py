@@ -102,7 +102,7 @@ def checkpoint_config(checkpoint: dict, where: str = "checkpoint") -> CfgNode:
         raise CheckpointError(f"{where}: its stored config does not fit this ssdlab: {err}") from None
 
 
-QUANTIZER_STATE = "act_quant."  # activation-range buffers: absent from float checkpoints, learned in QAT
+QUANTIZER_STATE = re.compile(r".*\.(act|out)_quant\.\w+")  # range buffers: absent from float checkpoints, learned in QAT
 # SSDLite heads' depthwise bias, absent from checkpoints written before it was added (zero = no bias)
 LITE_DEPTHWISE_BIAS = re.compile(r"box_head\.(cls|reg)_headers\.\d+\.conv\.bias")
 
@@ -123,7 +123,7 @@ def load_state_checked(model: nn.Module, state: dict, where: str = "checkpoint")
                                   "the checkpoint does not match this cfg")
     state = {**state, **{key: torch.zeros_like(own[key]) for key in own if key not in state
                          and LITE_DEPTHWISE_BIAS.fullmatch(key)}}  # older SSDLite checkpoints: the same function
-    missing = [key for key in own if key not in state and QUANTIZER_STATE not in key]
+    missing = [key for key in own if key not in state and not QUANTIZER_STATE.fullmatch(key)]
     if missing:
         raise CheckpointError(f"{where}: the checkpoint lacks tensor {missing[0]!r} "
                               f"{tuple(own[missing[0]].shape)} (and {len(missing) - 1} more)")

@@ -142,6 +142,13 @@ def quantization_flags(cfg_text: str, cfg: CfgNode) -> str:
     return write_cfg(own)
 
 
+def run_metrics(model: nn.Module, dataset, cfg: CfgNode, device: torch.device | str = "cpu") -> dict:
+    """The metrics a run stores: VOC mAP, COCO AP and its breakdown on a test set."""
+    result = evaluate_model(model, dataset, cfg, device)
+    return {"voc_map": result["voc_map"], "coco_ap": result["coco_ap"], "voc_metric": result["voc"]["metric"],
+            "coco": {k: result["coco"][k] for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}}
+
+
 def check_start_classes(start: dict, names: tuple[str, ...], where: str) -> None:
     """ConfigError when a fine-tune's MODEL.WEIGHTS checkpoint was trained on other classes than the data has."""
     stored = tuple(start.get("class_names") or ())
@@ -370,10 +377,7 @@ class Trainer:
         """VOC and COCO metrics on the first DATASETS.TEST set."""
         if self.test_set is None:
             return {}
-        result = evaluate_model(self.model, self.test_set, self.cfg, self.device)
-        metrics = {"voc_map": result["voc_map"], "coco_ap": result["coco_ap"],
-                   "voc_metric": result["voc"]["metric"], "coco": {k: result["coco"][k]
-                                                                   for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}}
+        metrics = run_metrics(self.model, self.test_set, self.cfg, self.device)
         self.log_metrics({"iter": iteration, "eval": metrics})
         if sparsity_enabled(self.cfg):
             self.log_metrics({"iter": iteration, "gamma": gamma_record(self.model, self.cfg.PRUNE.TYPE)})

@@ -6,7 +6,8 @@ weight codes q_w (symmetric, scale s_w[o] per output channel) and accumulates in
     acc[o] = Σ (q_x − z_x)·q_w[o] + bias_int32[o]        real value = s_x·s_w[o]·acc[o]
 
 ReLU is max(acc, 0) (ReLU6 also clips at round(6 / (s_x·s_w[o]))) and a max-pool pools the
-int32 values. Each consumer with input scale s_y (zero point z_y) gets its codes by fixed-point
+int32 values. A head conv whose output the model quantizes (QUANTIZATION.FINAL) requantizes
+its int32 result to those codes the same way. Each consumer with input scale s_y (zero point z_y) gets its codes by fixed-point
 requantization (Jacob et al. 2018, §2.2):
 
     q_y = clamp(z_y + round(acc·m0[o] / 2^r), qmin, qmax)     with  s_x·s_w[o] / s_y ≈ m0[o]·2^−r
@@ -147,12 +148,15 @@ class Conv:
         self.geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
         self.act = type(act).__name__ if act is not None else None
         self.integer = isinstance(conv, QuantConv2d) and conv.spec.wbits < 32
+        self.output: tuple | None = None  # (scale, zero, bits, symmetric) of a quantized output
         if self.integer:
             layer = integer_layer(conv)
             self.weight = layer["codes"].astype(np.float64)
             self.scales, self.bias = layer["weight_scales"].astype(np.float64), layer["bias_int32"].astype(np.int64)
             self.input = (layer["input_scale"], layer["input_zero_point"], conv.spec.abits,
                           conv.spec.mode == "symmetric")
+            self.output = ((layer["output_scale"], layer["output_zero_point"], *self.input[2:])
+                           if "output_scale" in layer else None)
         else:
             self.weight = conv.weight.detach().numpy().astype(np.float32)
             self.bias = conv.bias.detach().numpy() if conv.bias is not None else np.zeros(len(self.weight), np.float32)
@@ -173,7 +177,13 @@ class Conv:
             out = conv2d(real(value), self.weight, *self.geometry) + self.bias.reshape(1, -1, 1, 1)
             result = Real(out.astype(np.float32))
         count["integer" if self.integer else "float"] += self.macs(result.acc if self.integer else result.x)
-        return activation(result, self.act) if self.act else result
+        result = activation(result, self.act) if self.act else result
+        return self.quantized_output(result) if self.output else result
+
+    def quantized_output(self, result: Acc) -> Real:
+        """A head conv's int32 output requantized to its output codes, as real values."""
+        scale, zero = self.output[:2]
+        return Real(((codes(result, *self.output) - zero) * scale).astype(np.float32))
 
 
 def max_pool(value: Real | Acc, pool: nn.MaxPool2d) -> Real | Acc:

@@ -3,15 +3,21 @@
 Every IAO conv of the BN-fused model becomes
 
     QuantizeLinear → DequantizeLinear (input: the QAT scale and zero point; uint8 when the input
-    is never negative, as after a ReLU, int8 otherwise) → Conv ← DequantizeLinear ← int8 weights
-    (per output channel)
+    is never negative, as after a ReLU, or asymmetric, int8 otherwise) → Conv ← DequantizeLinear
+    ← int8 weights (per output channel)
 
-and its output is quantized again at the input scale of the next quantized conv (reached through
-max-pools only), so onnxruntime fuses DQ → Conv → (ReLU) → Q into one QLinearConv and pools in
-int8. Layers the cfg leaves in float stay float. The graph computes what the fake-quantized model
-computes except where a quantized output also feeds a float head (the head then sees it at the
-next layer's scale) and that uint8 keeps post-ReLU values up to 255·s where the model clamps at
-127·s; `ssdlab.engine.evaluate.agreement` measures the difference on a dataset.
+and its output is quantized once, at the input scale of the quantized convs that read it (the
+next backbone conv through max-pools, and the level's head convs), so onnxruntime fuses
+DQ → Conv → (ReLU) → Q into one QLinearConv and pools in int8. A reader whose input scale is the
+same (the observers saw the same tensor) takes those codes as they are; one with another scale
+requantizes them. Under QUANTIZATION.FINAL the head convs quantize their outputs too (the model's
+`out_quant`), so every conv of the graph can run in int8; dequantization happens only before
+the softmax and the box decoding. Layers the cfg leaves in float stay float; a float reader
+(a head without FINAL, an L2Norm, a residual add) reads the dequantized value.
+
+The graph computes what the fake-quantized model computes except that a reader with another scale
+sees the codes twice rounded, and that uint8 keeps post-ReLU values up to 255·s where the model
+clamps at 127·s; `ssdlab.engine.evaluate.agreement` measures the difference on a dataset.
 
     path = write_int8_onnx(model, out, "model")            # an IAO model
     detections = OnnxDetector(path, model)(images)         # like model.eval()(images)
@@ -22,6 +28,7 @@ optimization level.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +49,18 @@ def _range(unsigned: bool) -> tuple[int, int]:
     return (0, 255) if unsigned else (-128, 127)
 
 
+def _fake_quant(x: Tensor, grid: tuple[float, int, bool]) -> Tensor:
+    """Q/DQ of x on a (scale, zero point, unsigned) grid."""
+    scale, zero, unsigned = grid
+    return torch.fake_quantize_per_tensor_affine(x, scale, zero, *_range(unsigned))
+
+
 class QDQConv(nn.Module):
-    """An IAO conv with QuantizeLinear/DequantizeLinear on its input and int8 per-channel weights."""
+    """An IAO conv with QuantizeLinear/DequantizeLinear on its input and int8 per-channel weights.
+
+    `output` (a head conv under QUANTIZATION.FINAL) quantizes its output too; `quantize_input`
+    False when the producer already delivers codes on this conv's input grid.
+    """
 
     def __init__(self, conv: QuantConv2d):
         super().__init__()
@@ -56,25 +73,31 @@ class QDQConv(nn.Module):
         self.input_scale, self.input_zero = layer["input_scale"], layer["input_zero_point"]
         self.register_buffer("bias", torch.from_numpy(layer["bias_int32"]).double().mul(
             torch.from_numpy(layer["weight_scales"]).double() * self.input_scale).float())
-        self.unsigned = float(conv.act_quant.low) >= 0 and self.input_zero == 0
+        asymmetric = conv.spec.mode == "asymmetric"
+        self.grid = (self.input_scale, self.input_zero, asymmetric or float(conv.act_quant.low) >= 0)
+        self.output = ((layer["output_scale"], layer["output_zero_point"], asymmetric)
+                       if "output_scale" in layer else None)
+        self.quantize_input = True
 
     def forward(self, x: Tensor) -> Tensor:
-        """conv(Q/DQ(x), DQ(int8 W)) + bias."""
-        x = torch.fake_quantize_per_tensor_affine(x, self.input_scale, self.input_zero, *_range(self.unsigned))
+        """conv(Q/DQ(x), DQ(int8 W)) + bias (then Q/DQ of the output where it is quantized)."""
+        if self.quantize_input:
+            x = _fake_quant(x, self.grid)
         weight = torch.fake_quantize_per_channel_affine(self.weight, self.weight_scales, self.weight_zeros, 0, -128, 127)
-        return F.conv2d(x, weight, self.bias, *self.geometry)
+        y = F.conv2d(x, weight, self.bias, *self.geometry)
+        return _fake_quant(y, self.output) if self.output else y
 
 
 class OutputQuant(nn.Module):
-    """Q/DQ of a layer's output at its consumer's input scale (lets onnxruntime fuse the conv into QLinearConv)."""
+    """Q/DQ of a layer's output on its readers' input grid (lets onnxruntime fuse the conv into QLinearConv)."""
 
-    def __init__(self, consumer: QDQConv):
+    def __init__(self, grid: tuple[float, int, bool]):
         super().__init__()
-        self.scale, self.zero, self.unsigned = consumer.input_scale, consumer.input_zero, consumer.unsigned
+        self.grid = grid
 
     def forward(self, x: Tensor) -> Tensor:
         """Q/DQ(x)."""
-        return torch.fake_quantize_per_tensor_affine(x, self.scale, self.zero, *_range(self.unsigned))
+        return _fake_quant(x, self.grid)
 
 
 def _swap_convs(module: nn.Module) -> None:
@@ -86,14 +109,47 @@ def _swap_convs(module: nn.Module) -> None:
             _swap_convs(child)
 
 
-def _consumer(layers: nn.ModuleList, index: int) -> QDQConv | None:
-    """The quantized conv that alone reads layer index's output through max-pools, if any."""
+def _first_conv(module: nn.Module) -> nn.Module | None:
+    """The conv that reads a layer's or head predictor's input (None for a pool, shortcut or route)."""
+    return module if isinstance(module, (nn.Conv2d, QDQConv)) else getattr(module, "conv", None)
+
+
+def _readers(model: nn.Module, index: int) -> list[nn.Module | None]:
+    """What reads backbone layer index's output: the next layer (through max-pools) and its head level's convs."""
+    backbone = model.backbone
+    layers, readers = backbone.module_list, []
     following = index + 1
     while following < len(layers) and isinstance(layers[following], nn.MaxPool2d):
         following += 1
-    if following < len(layers) and isinstance(getattr(layers[following], "conv", None), QDQConv):
-        return layers[following].conv
-    return None
+    if following < len(layers):
+        readers.append(_first_conv(layers[following]))
+    if index in backbone.feature_layers:
+        if str(index) in backbone.l2norms:
+            return readers + [None]
+        level = backbone.feature_layers.index(index)
+        readers += [_first_conv(heads[level]) for heads in (model.box_head.cls_headers, model.box_head.reg_headers)]
+    return readers
+
+
+def _share_grid(readers: list[nn.Module | None]) -> OutputQuant | None:
+    """The output quantizer for a conv read by these modules (None if none is quantized); readers on its grid skip theirs."""
+    quantized = [r for r in readers if isinstance(r, QDQConv)]
+    if not quantized:
+        return None
+    grid = quantized[0].grid
+    for reader in quantized:
+        reader.quantize_input = reader.grid != grid
+    return OutputQuant(grid)
+
+
+def _quantize_separable(head: nn.Module) -> nn.Module:
+    """An SSDLite predictor whose depthwise output is quantized for its pointwise conv."""
+    parts = dict(head.named_children())
+    if not isinstance(parts.get("conv"), QDQConv) or not isinstance(parts.get("pointwise"), QDQConv):
+        return head
+    shared = _share_grid([parts["pointwise"]])
+    return nn.Sequential(OrderedDict(conv=parts["conv"], act=parts["act"], output_quant=shared,
+                                     pointwise=parts["pointwise"]))
 
 
 def qdq_model(model: nn.Module) -> nn.Module:
@@ -105,12 +161,15 @@ def qdq_model(model: nn.Module) -> nn.Module:
                           "export the float model with --format onnx, or train with QUANTIZATION.TYPE IAO")
     fused = fuse_model(model).cpu()
     _swap_convs(fused)
-    layers = fused.backbone.module_list
-    shortcut_sources = fused.backbone.shortcut_sources
-    for index, layer in enumerate(layers):
-        consumer = _consumer(layers, index)
-        if isinstance(getattr(layer, "conv", None), QDQConv) and consumer and index not in shortcut_sources:
-            layer.add_module("output_quant", OutputQuant(consumer))
+    for heads in (fused.box_head.cls_headers, fused.box_head.reg_headers):
+        for level, head in enumerate(heads):
+            heads[level] = _quantize_separable(head)
+    backbone = fused.backbone
+    for index, layer in enumerate(backbone.module_list):
+        if isinstance(getattr(layer, "conv", None), QDQConv) and index not in backbone.shortcut_sources:
+            shared = _share_grid(_readers(fused, index))
+            if shared is not None:
+                layer.add_module("output_quant", shared)
     return fused.eval()
 
 

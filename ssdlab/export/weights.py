@@ -59,9 +59,14 @@ def integer_layer(conv: QuantConv2d) -> dict:
     s_in, z_in = (float(v) for v in conv.act_quant.params())
     scales = w_scale.flatten()
     bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(scales)
-    return {"codes": codes.numpy().astype(np.int8 if bits <= 8 else np.int16), "weight_scales": scales.numpy(),
-            "input_scale": s_in, "input_zero_point": int(z_in),
-            "bias_int32": torch.round(bias / (s_in * scales)).numpy().astype("<i4")}
+    layer = {"codes": codes.numpy().astype(np.int8 if bits <= 8 else np.int16), "weight_scales": scales.numpy(),
+             "input_scale": s_in, "input_zero_point": int(z_in),
+             "bias_int32": torch.round(bias / (s_in * scales)).numpy().astype("<i4")}
+    output = getattr(conv, "out_quant", None)
+    if output is not None and bool(output.initialized):  # a head conv whose output is quantized too
+        s_out, z_out = (float(v) for v in output.params())
+        layer.update(output_scale=s_out, output_zero_point=int(z_out))
+    return layer
 
 
 def quantized_convs(fused: nn.Module) -> dict[str, QuantConv2d]:

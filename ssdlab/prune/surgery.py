@@ -239,7 +239,7 @@ def _copy_quantizer_state(src: SSD, dst: SSD) -> None:
     """Copy the activation-range buffers (per tensor, so unaffected by pruning) of every kept layer."""
     own = dict(dst.named_buffers())
     for name, buffer in src.named_buffers():
-        if QUANTIZER_STATE in name and name in own:
+        if QUANTIZER_STATE.fullmatch(name) and name in own:
             own[name].copy_(buffer)
 
 

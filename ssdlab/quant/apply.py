@@ -3,7 +3,7 @@
 Backbone layers marked `quantization=1` in the cfg are swapped: conv+BN layers become
 `IAOConvBN` under IAO, and under DoReFa/BWN their conv becomes a `QuantConv2d`; with
 QUANTIZATION.FINAL the prediction-head convs become `QuantConv2d` too (SSDLite heads keep their
-BN in float). Weights and BN state are kept, so a float checkpoint continues as QAT.
+BN in float); under IAO their outputs (the class logits and box offsets) are quantized as well. Weights and BN state are kept, so a float checkpoint continues as QAT.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from torch import nn
 
 from ssdlab.config import CfgNode
 from ssdlab.errors import QuantError
-from ssdlab.quant.layers import IAOConvBN, QuantConv2d, QuantSpec
+from ssdlab.quant.layers import ActQuant, IAOConvBN, QuantConv2d, QuantSpec
 
 # allowed WBITS / ABITS per type (32 = leave that side in float)
 BITS = {
@@ -61,9 +61,9 @@ def _quantize_block(block: nn.Sequential, spec: QuantSpec) -> nn.Module:
 def _quantize_head(head: nn.Module, spec: QuantSpec) -> nn.Module:
     """A head predictor with its convs quantized (SSDLite: depthwise and pointwise)."""
     if isinstance(head, nn.Conv2d):
-        return QuantConv2d(head, spec)
+        return QuantConv2d(head, spec, output=True)
     head.conv = QuantConv2d(head.conv, spec)
-    head.pointwise = QuantConv2d(head.pointwise, spec)
+    head.pointwise = QuantConv2d(head.pointwise, spec, output=True)
     return head
 
 
@@ -90,8 +90,6 @@ def quantize_model(model: nn.Module, cfg: CfgNode) -> nn.Module:
 
 def set_frozen(model: nn.Module, observers: bool | None = None, bn: bool | None = None) -> None:
     """Freeze (or unfreeze) the activation-range observers and the IAO BN statistics."""
-    from ssdlab.quant.layers import ActQuant
-
     for module in model.modules():
         if observers is not None and isinstance(module, ActQuant):
             module.frozen = observers
@@ -101,9 +99,12 @@ def set_frozen(model: nn.Module, observers: bool | None = None, bn: bool | None 
 
 @torch.no_grad()
 def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
-    """Observe the activation ranges of a quantized SSD on image batches, BN statistics frozen; the model in eval mode."""
-    set_frozen(model, bn=True)
-    model.train()
+    """Observe the activation ranges of a quantized SSD on image batches; everything else in eval mode (BN
+    statistics untouched). Returns the model in eval mode."""
+    model.eval()
+    observers = [m for m in model.modules() if isinstance(m, ActQuant)]
+    for observer in observers:
+        observer.train()
     for images in batches:
         model.forward_raw(images)
     return model.eval()

@@ -1,8 +1,9 @@
 """Quantized layers: a conv with fake-quantized input and weights, and IAO's conv with BN folded in.
 
 Both keep the float module names (`conv`, `bn`, `act`) so checkpoints, pruning and export find
-the same tensors as in a float model; the input quantizer is `act_quant` (its range buffers are
-the only new state). `weight_bits` on a conv tells `ssdlab.engine.profile.size_mib` how many bits
+the same tensors as in a float model; the input quantizer is `act_quant`, and an IAO head conv
+also quantizes its output (`out_quant`, so an int8 graph can run it as one integer kernel); their
+range buffers are the only new state. `weight_bits` on a conv tells `ssdlab.engine.profile.size_mib` how many bits
 one stored weight takes.
 """
 from __future__ import annotations
@@ -49,7 +50,9 @@ class ActQuant(nn.Module):
     """Fake-quantizes a layer's input; IAO tracks the range with an EMA (momentum 0.1).
 
     The range is updated only in training mode and until `frozen` is set
-    (QUANTIZATION.FREEZE_OBSERVER_ITER); the first training batch sets it directly.
+    (QUANTIZATION.FREEZE_OBSERVER_ITER); the first training batch sets it directly. An IAO
+    quantizer that has observed nothing yet (a float checkpoint before QAT or calibration) passes
+    x through.
     """
 
     def __init__(self, spec: QuantSpec, momentum: float = 0.1):
@@ -82,6 +85,8 @@ class ActQuant(nn.Module):
             return q.binary_activation(x)
         if self.training and not self.frozen:
             self.observe(x)
+        if not bool(self.initialized):
+            return x
         scale, zero = self.params()
         if spec.mode == "asymmetric":
             return q.fake_asymmetric(x, scale, zero, spec.abits)
@@ -102,15 +107,20 @@ class ActQuant(nn.Module):
 
 
 class QuantConv2d(nn.Conv2d):
-    """A Conv2d whose input (act_quant) and weights are fake-quantized in the forward pass (IAO: the bias too)."""
+    """A Conv2d whose input (act_quant) and weights are fake-quantized in the forward pass (IAO: the bias too).
 
-    def __init__(self, conv: nn.Conv2d, spec: QuantSpec):
+    output=True (IAO only) fake-quantizes the output as well, with its own observed range (`out_quant`).
+    """
+
+    def __init__(self, conv: nn.Conv2d, spec: QuantSpec, output: bool = False):
         super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                          conv.dilation, conv.groups, conv.bias is not None)
         self.load_state_dict(conv.state_dict())
         self.spec = spec
         self.weight_bits = spec.weight_bits
         self.act_quant = ActQuant(spec)
+        if output and spec.kind == "IAO" and spec.abits < 32:
+            self.out_quant = ActQuant(spec)
 
     def quantized_weight(self) -> Tensor:
         """The weight the forward pass uses."""
@@ -119,7 +129,8 @@ class QuantConv2d(nn.Conv2d):
     def forward(self, x: Tensor) -> Tensor:
         """conv(quantized input, quantized weight) + bias."""
         bias = self.bias if self.bias is None else self.act_quant.bias(self.bias, self.weight)
-        return self._conv_forward(self.act_quant(x), self.quantized_weight(), bias)
+        y = self._conv_forward(self.act_quant(x), self.quantized_weight(), bias)
+        return self.out_quant(y) if hasattr(self, "out_quant") else y
 
 
 class IAOConvBN(nn.Module):
