@@ -56,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     info = sub.add_parser("info", help="layer table, params, MACs, size and priors of a model")
     info.add_argument("--ckpt", help="describe this checkpoint instead of a fresh model")
+    info.add_argument("--latency", action="store_true", help="also time each layer on this machine (ms, batch 1)")
     _config_args(info, required=False)
 
     prune = sub.add_parser("prune", help="prune a sparse-trained checkpoint: compact .pt, .cfg and a .txt report")

@@ -164,7 +164,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def cmd_info(args: argparse.Namespace) -> None:
     """Print the layer table and totals of a recipe's model or a checkpoint's."""
-    from ssdlab.engine.profile import layer_table, summary
+    from ssdlab.engine.profile import cpu_flags, layer_table, summary
     from ssdlab.model.ssd import SSD, check_feature_maps
 
     if args.ckpt:
@@ -175,10 +175,17 @@ def cmd_info(args: argparse.Namespace) -> None:
         model = SSD(cfg)  # no ImageNet weights needed to describe the model
         check_feature_maps(model)
     size = cfg.INPUT.IMAGE_SIZE
-    print(f"{'idx':>4} {'type':<16} {'output':<18} {'params':>10} {'MACs':>14}")
-    for row in layer_table(model, size):
+    rows = layer_table(model.eval(), size, latency=args.latency)
+    print(f"{'idx':>4} {'type':<16} {'output':<18} {'params':>10} {'MACs':>14}" + (f" {'ms':>8}" if args.latency else ""))
+    for row in rows:
         shape = "x".join(str(d) for d in row["shape"]) if row["shape"] else "-"
-        print(f"{row['index']:>4} {row['type']:<16} {shape:<18} {row['params']:>10,} {row['macs']:>14,}")
+        print(f"{row['index']:>4} {row['type']:<16} {shape:<18} {row['params']:>10,} {row['macs']:>14,}"
+              + (f" {row['ms']:>8.3f}" if args.latency else ""))
+    if args.latency:
+        import torch
+
+        print(f"ms: each layer's median over 30 batch-1 forwards, PyTorch eager mode, {torch.get_num_threads()} "
+              f"threads, CPU flags: {cpu_flags()}")
     totals = summary(model, size)
     print(f"params {totals['params']:,} ({totals['params'] / 2 ** 20:.2f} M = params/2^20)  "
           f"MACs {totals['macs'] / 1e6:.1f} M  size {totals['size_mib']:.2f} MiB  "

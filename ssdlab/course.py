@@ -115,6 +115,15 @@ def quant_config(kind: str, wbits: int, abits: int, iterations: int, profile: st
         step="quant", stage=stage or f"{model}_quant_{name}")
 
 
+def ptq_config(images: int, profile: str | None = None, start: str | Path | None = None,
+               extra: list[str] | None = None, model: str = "plain"):
+    """A course model's IAO W8A8 post-training quantization (ssdlab.quant.ptq) of `start` (its float baseline)
+    on `images` calibration images: the QAT recipe, run in <root>/<model>_ptq<images>-<digest>."""
+    return course_config(model, profile, ["MODEL.WEIGHTS", str(start or baseline(model)), "QUANTIZATION.TYPE", "IAO",
+                                          "QUANTIZATION.WBITS", "8", "QUANTIZATION.ABITS", "8", *(extra or [])],
+                         step="quant", stage=f"{model}_ptq{images}")
+
+
 def lesson_config(model: str = "plain", profile: str | None = None):
     """Notebook 01's training run of a course model: the course recipe for LESSON_ITERS iterations."""
     profile = profile or current_profile()

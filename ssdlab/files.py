@@ -1,8 +1,11 @@
 """Reading the files a user hands in and checking where outputs go: one clear error, before any work."""
 from __future__ import annotations
 
+import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ssdlab.errors import SSDLabError
 
@@ -46,3 +49,25 @@ def check_file_stem(name: str, option: str, error: type[SSDLabError]) -> None:
     if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
         raise error(f"{option} {name!r} must be a plain file name without a folder part (e.g. 'model'); "
                     "choose the folder with --out")
+
+
+@contextmanager
+def staged(*targets: Path) -> Iterator[list[Path]]:
+    """Temporary files beside the targets to write in the block; renamed onto the targets only when the block
+    ends without error (all of them, with ordinary permissions), removed otherwise: never a half-written file."""
+    temps: list[Path] = []
+    try:
+        for target in targets:
+            Path(target).parent.mkdir(parents=True, exist_ok=True)
+            handle, name = tempfile.mkstemp(dir=Path(target).parent, prefix=f".{Path(target).name}.", suffix=".tmp")
+            os.close(handle)
+            temps.append(Path(name))
+        yield temps
+        mask = os.umask(0)
+        os.umask(mask)
+        for temp, target in zip(temps, targets):
+            os.chmod(temp, 0o666 & ~mask)  # mkstemp makes 0600; a file made with open() gets 0666 minus the umask
+            os.replace(temp, target)
+    finally:
+        for temp in temps:
+            temp.unlink(missing_ok=True)

@@ -54,12 +54,6 @@ def calibrated_course_model(shapes_dir):
 
 
 @pytest.fixture(scope="session")
-def all_int8_course_model(shapes_dir, tmp_path_factory):
-    """As calibrated_course_model, with the input layer marked quantization=1 too: every conv quantized."""
-    text = (TESTS.parent / "ssdlab" / "configs" / "backbones" / "course_plain_quan.cfg").read_text()
-    marked = text.replace("activation=relu\n\n[convolutional]  # 1", "activation=relu\nquantization=1\n\n"
-                          "[convolutional]  # 1", 1)
-    assert marked != text
-    path = tmp_path_factory.mktemp("cfg") / "course_plain_all_quan.cfg"
-    path.write_text(marked)
-    return calibrated(shapes_dir, "QUANTIZATION.FINAL", "True", "MODEL.BACKBONE.CFG", str(path))
+def all_int8_course_model(shapes_dir):
+    """As calibrated_course_model on course_plain_int8.cfg (the input layer quantized too): every conv quantized."""
+    return calibrated(shapes_dir, "QUANTIZATION.FINAL", "True", "MODEL.BACKBONE.CFG", "course_plain_int8.cfg")

@@ -31,6 +31,7 @@ EXPECTED = {
     "mini_ssd_fpga.cfg": (416, [52], [128]),
     "course_plain.cfg": PLAIN,
     "course_plain_quan.cfg": PLAIN,
+    "course_plain_int8.cfg": PLAIN,
     "course_residual.cfg": RESIDUAL,
     "course_residual_quan.cfg": RESIDUAL,
 }

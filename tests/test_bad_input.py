@@ -425,3 +425,23 @@ def test_an_ssdlite_checkpoint_from_before_the_depthwise_bias_still_loads(tmp_pa
     ckpt.save_checkpoint(state, tmp_path / "old.pt")
     image = torch.randn(1, 3, 64, 64)
     assert torch.equal(ssdlab.load(tmp_path / "old.pt").forward_raw(image)[0], model.forward_raw(image)[0])
+
+
+def test_staged_writes_all_targets_or_none(tmp_path):
+    from ssdlab.files import staged
+
+    first, second = tmp_path / "a.txt", tmp_path / "sub" / "b.txt"
+    first.write_text("old")
+    with pytest.raises(RuntimeError):
+        with staged(first, second) as (a, b):
+            a.write_text("new")
+            raise RuntimeError("stopped half-way")
+    assert first.read_text() == "old" and not second.exists()
+    assert sorted(p.name for p in tmp_path.rglob("*") if p.is_file()) == ["a.txt"]  # no temporary file left
+    with staged(first, second) as (a, b):
+        a.write_text("new")
+        b.write_text("b")
+    assert (first.read_text(), second.read_text()) == ("new", "b")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert first.stat().st_mode & 0o777 == 0o666 & ~mask  # as open() would make it, not mkstemp's 0600

@@ -161,3 +161,28 @@ def test_the_committed_summary_record_holds_repo_relative_paths():
     stored = json.loads((BENCHMARKS / "bench.json").read_text())
     paths = [r[key] for r in stored["rows"] for key in ("checkpoint", "base")] + stored["missing"]
     assert paths and not any(Path(path).is_absolute() for path in paths)
+
+
+@pytest.mark.slow
+def test_int8_graph_records_every_row_and_regenerates_its_section(tmp_path):
+    """The smoke int8-graph run: one record per row, the section generated from the records alone."""
+    records, results = tmp_path / "int8.jsonl", tmp_path / "RESULTS.md"
+    command = [sys.executable, str(BENCHMARKS / "int8_graph.py"), "--profile", "smoke", "--runs", "2", "--no-qat",
+               "--percents", "0.3", "--records", str(records), "--results", str(results)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    assert [r["row"] for r in rows] == ["fp32", "ssdlab PTQ, heads float", "ssdlab PTQ, heads int8",
+                                        "ssdlab PTQ, every conv int8", "onnxruntime quantize_static",
+                                        "pruned p0.3, fp32", "pruned p0.3 + ssdlab PTQ, every conv int8"]
+    by_row = {r["row"]: r for r in rows}
+    assert by_row["fp32"]["cost"]["qlinearconv"] == 0 and by_row["ssdlab PTQ, every conv int8"]["cost"] == {
+        **by_row["ssdlab PTQ, every conv int8"]["cost"], "qlinearconv": 21, "float_conv": 0}
+    assert by_row["pruned p0.3, fp32"]["cost"]["params"] < by_row["fp32"]["cost"]["params"]
+    for r in rows:
+        assert r["cpu_flags"] == rows[0]["cpu_flags"] and r["commit"] and set(r["cost"]["latency"]) >= {"1"}
+        assert (r["weights_digest"] is None) == (r["row"] == "onnxruntime quantize_static")
+    first = results.read_text()
+    assert "<!-- int8-graph:start -->" in first and "CPU flags" in first
+    again = subprocess.run([*command, "--only", "summary"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert again.returncode == 0 and results.read_text() == first  # the records alone give the same section

@@ -213,6 +213,14 @@ def test_quan_variants_quantize_every_conv_but_the_first(base, quan):
     assert without_lines(quantized) == expected
 
 
+def test_the_int8_variant_quantizes_every_conv():
+    expected = without_lines(read_cfg(BACKBONES / "course_plain.cfg"))
+    for layer in expected:
+        if layer["type"] == "convolutional":
+            layer["quantization"] = 1
+    assert without_lines(read_cfg(BACKBONES / "course_plain_int8.cfg")) == expected
+
+
 def test_mobilenet_v2_ssd_topology():
     layers = read_cfg(BACKBONES / "mobilenet_v2_ssd.cfg")
     expected, width = [_conv(32, stride=2)], 32

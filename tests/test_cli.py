@@ -89,6 +89,16 @@ def test_info_macs_per_layer_add_up_and_match_a_hand_count(capsys):
     assert sum(int(r[-1].replace(",", "")) for r in rows.values()) == total
 
 
+def test_info_latency_adds_a_time_column_and_says_how_it_was_measured(capsys):
+    main(["info", "--ckpt", str(PACKAGE_CONFIGS.parent / "checkpoints" / "plain_shapes.pt"), "--latency"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-1] == "ms"
+    rows = [line.split() for line in lines[1:] if line.split()[0].isdigit() or line.startswith("head")]
+    assert len(rows) == 14 and all(float(row[-1]) >= 0 for row in rows)
+    assert float(rows[1][-1]) > 0  # a conv takes time
+    assert any(line.startswith("ms: ") and "CPU flags" in line for line in lines)
+
+
 def test_info_piped_into_a_reader_that_stops_early_is_quiet(tmp_path):
     recipe = PACKAGE_CONFIGS / "course" / "plain_shapes.yaml"
     piped = subprocess.run(f"'{sys.executable}' -m ssdlab info --config-file '{recipe}' | head -n 1", shell=True,

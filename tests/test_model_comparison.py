@@ -125,3 +125,25 @@ def test_compare_latency_interleaves_the_contenders(monkeypatch):
     assert result["a"]["max_ms"] == pytest.approx(20.0) and result["b"]["max_ms"] == pytest.approx(10.0)
     assert result["a"]["runs"] == 6 and result["a"]["p25_ms"] <= result["a"]["median_ms"] <= result["a"]["p75_ms"]
     assert result["a"]["cpu"] == profile.cpu_flags() and profile.latency_note(result["a"]).startswith("batch 1")
+
+
+def test_layer_latency_times_each_layer_by_its_own_forward(monkeypatch):
+    """A fake clock that moves only inside layer 3 (5 ms) and the head (2 ms): every other layer takes 0 ms."""
+    import ssdlab
+    from ssdlab.course import baseline
+
+    model = ssdlab.load(baseline("plain")).eval()
+    clock = [0.0]
+    monkeypatch.setattr(profile.time, "perf_counter", lambda: clock[0])
+
+    def costs(ms):
+        def hook(*_):
+            clock[0] += ms / 1000
+        return hook
+    model.backbone.module_list[3].register_forward_hook(costs(5.0))  # runs before layer_latency's own hooks
+    model.box_head.register_forward_hook(costs(2.0))
+    times = profile.layer_latency(model, 128, runs=4, warmup=1)
+    assert times[3] == pytest.approx(5.0) and times["head"] == pytest.approx(2.0)
+    assert all(times[i] == 0.0 for i in range(len(model.backbone.module_list)) if i != 3)
+    rows = profile.layer_table(model, 128, latency=True)
+    assert [row["ms"] for row in rows] == pytest.approx([times[row["index"]] for row in rows])

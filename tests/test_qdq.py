@@ -9,6 +9,7 @@ from ssdlab.export.qdq import QDQConv, qdq_model
 from ssdlab.export.weights import export_weights
 from ssdlab.model.ssd import build_model
 from ssdlab.quant.layers import QuantConv2d
+from ssdlab.export.onnx import optimized_ops
 from ssdlab.export.qdq import OnnxDetector
 from tests.conftest import TESTS, calibrated
 
@@ -23,16 +24,6 @@ def test_qdq_conv_computes_the_fake_quantized_conv(calibrated_course_model):
         assert torch.allclose(QDQConv(conv)(x), conv(x), atol=1e-5)
 
 
-def optimized_ops(path, tmp_path) -> list[str]:
-    """The op types of onnxruntime's fully optimized graph of an ONNX file (what it runs on this CPU)."""
-    import onnx
-
-    options = ort.SessionOptions()
-    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    return [node.op_type for node in onnx.load(str(tmp_path / "optimized.onnx")).graph.node]
-
-
 def conv_count(model) -> int:
     """Number of convs in a model."""
     return sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
@@ -41,7 +32,7 @@ def conv_count(model) -> int:
 def test_every_quantized_conv_runs_as_qlinearconv(calibrated_course_model, tmp_path):
     model, cfg, val = calibrated_course_model
     out = export_weights(model, tmp_path / "int8", "onnx", name="course")
-    ops = optimized_ops(out / "course.onnx", tmp_path)
+    ops = optimized_ops(out / "course.onnx")
     assert conv_count(model) == 21  # 9 backbone convs and 12 head convs
     assert ops.count("QLinearConv") == 20  # all but the input layer, which course_plain_quan.cfg leaves in float
     assert ops.count("QuantizeLinear") == 1  # the input layer's output, quantized once for layer 1
@@ -53,7 +44,7 @@ def test_every_quantized_conv_runs_as_qlinearconv(calibrated_course_model, tmp_p
 def test_a_marked_input_layer_makes_the_whole_graph_int8(all_int8_course_model, tmp_path):
     model, cfg, val = all_int8_course_model
     path = export_weights(model, tmp_path / "int8", "onnx", name="course") / "course.onnx"
-    ops = optimized_ops(path, tmp_path)
+    ops = optimized_ops(path)
     assert ops.count("QLinearConv") == conv_count(model) == 21
     assert "Conv" not in ops and "FusedConv" not in ops
     assert ops.count("QuantizeLinear") == 1  # the image, once; dequantized only before softmax and decoding
@@ -63,7 +54,7 @@ def test_a_marked_input_layer_makes_the_whole_graph_int8(all_int8_course_model, 
 
 def test_without_final_the_float_heads_read_dequantized_features(shapes_dir, tmp_path):
     model, _, _ = calibrated(shapes_dir)
-    ops = optimized_ops(export_weights(model, tmp_path / "int8", "onnx", name="c") / "c.onnx", tmp_path)
+    ops = optimized_ops(export_weights(model, tmp_path / "int8", "onnx", name="c") / "c.onnx")
     assert ops.count("QLinearConv") == 7  # backbone layers 1..12 less the last (it feeds only float heads)
     layers = qdq_model(model).backbone.module_list
     assert [i for i, layer in enumerate(layers) if hasattr(layer, "output_quant")] == [1, 3, 5, 7, 8, 10, 11]

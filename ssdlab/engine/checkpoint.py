@@ -7,9 +7,7 @@ A checkpoint is a dict of plain types and tensors (so `torch.load(weights_only=T
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from torch import nn
 
 from ssdlab.config import CfgNode, config_from_dict
 from ssdlab.errors import CheckpointError, ConfigError
-from ssdlab.files import load_tensors
+from ssdlab.files import load_tensors, staged
 
 FORMAT = "ssdlab-checkpoint"
 VERSION = 1
@@ -46,26 +44,11 @@ def weights_digest(checkpoint: dict) -> str:
 
 
 def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:
-    """Write to a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    """Write through a temporary file in the same folder, then rename: a crash never leaves half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        torch.save(checkpoint, tmp)
-        ordinary_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with staged(path) as (temp,):
+        torch.save(checkpoint, temp)
     return path
-
-
-def ordinary_permissions(path: str | Path) -> None:
-    """Give a mkstemp file (0600) the permissions of a file made with open() (0666 minus the umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -158,10 +141,8 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
 
 def write_last_checkpoint(output_dir: str | Path, path: Path) -> None:
     """Point OUTPUT_DIR/last_checkpoint at path (atomically)."""
-    marker = Path(output_dir) / "last_checkpoint"
-    tmp = marker.with_suffix(".tmp")
-    tmp.write_text(path.name + "\n")
-    os.replace(tmp, marker)
+    with staged(Path(output_dir) / "last_checkpoint") as (temp,):
+        temp.write_text(path.name + "\n")
 
 
 def release_copy(src: str | Path, dst: str | Path) -> Path:

@@ -23,8 +23,6 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -33,6 +31,7 @@ import torch
 from torchvision.ops import box_iou
 
 from ssdlab.errors import DataError
+from ssdlab.files import staged
 
 Predictions = dict[int, dict] | Sequence[dict]
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -205,16 +204,8 @@ def with_dataset_ids(dataset, results: list[dict], truth: dict) -> tuple[list[di
 
 def write_json_atomic(data, path: str | Path) -> None:
     """Write JSON to a temporary file next to path, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with staged(Path(path)) as (temp,):
+        temp.write_text(json.dumps(data))
 
 
 def ground_truth_json(results_json: str | Path) -> Path:

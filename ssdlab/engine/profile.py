@@ -58,8 +58,30 @@ def count_macs(model: nn.Module, image_size: int, channels: int = 3) -> int:
     return flop_counts(model, image_size, channels).get("Global", 0) // 2
 
 
-def layer_table(model: nn.Module, image_size: int) -> list[dict]:
-    """One row per backbone cfg layer and per head: index, type, output shape, params, MACs."""
+def layer_latency(model: nn.Module, image_size: int, runs: int = 30, warmup: int = 3,
+                  threads: int | None = None) -> dict[int | str, float]:
+    """Median ms of each backbone cfg layer (by index) and of the head ('head') over batch-1 forwards
+    (eager mode on the model's device, timed by forward hooks: each module's own time, its inputs ready)."""
+    modules: dict[int | str, nn.Module] = {**dict(enumerate(model.backbone.module_list)), "head": model.box_head}
+    times: dict[int | str, list[float]] = {key: [] for key in modules}
+    started: dict[int | str, float] = {}
+    hooks = [hook for key, module in modules.items()
+             for hook in (module.register_forward_pre_hook(_start_hook(started, key)),
+                          module.register_forward_hook(_stop_hook(started, times[key], key)))]
+    call = torch_call(model, image_size)
+    try:
+        with torch_threads(threads or torch.get_num_threads()):
+            for _ in range(warmup + runs):
+                call()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {key: statistics.median(values[warmup:]) for key, values in times.items()}
+
+
+def layer_table(model: nn.Module, image_size: int, latency: bool = False) -> list[dict]:
+    """One row per backbone cfg layer and per head: index, type, output shape, params, MACs (and with latency,
+    the median ms of layer_latency)."""
     shapes: dict[int, tuple] = {}
     hooks = [layer.register_forward_hook(_shape_hook(shapes, i))
              for i, layer in enumerate(model.backbone.module_list)]
@@ -76,7 +98,25 @@ def layer_table(model: nn.Module, image_size: int) -> list[dict]:
                      "macs": flops.get(f"{type(backbone).__name__}.module_list.{i}", 0) // 2})
     rows.append({"index": "head", "type": type(head).__name__, "shape": None,
                  "params": count_params(head), "macs": flops.get(type(head).__name__, 0) // 2})
+    if latency:
+        times = layer_latency(model, image_size)
+        for row in rows:
+            row["ms"] = times[row["index"]]
     return rows
+
+
+def _start_hook(started: dict, key: int | str) -> Callable:
+    """A forward pre-hook that notes when a module's forward starts."""
+    def hook(*_):
+        started[key] = time.perf_counter()
+    return hook
+
+
+def _stop_hook(started: dict, times: list[float], key: int | str) -> Callable:
+    """A forward hook that appends the ms since the module's forward started."""
+    def hook(*_):
+        times.append((time.perf_counter() - started[key]) * 1000)
+    return hook
 
 
 def _shape_hook(shapes: dict, index: int) -> Callable:

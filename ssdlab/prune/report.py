@@ -9,8 +9,6 @@ output folder, all or nothing: nothing is written when any step fails.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +20,7 @@ from ssdlab.engine.inference import check_classes, evaluate_model
 from ssdlab.engine.profile import (compare_latency, count_macs, count_params, latency_note, measure_latency, size_mib,
                                    torch_call)
 from ssdlab.errors import PruneError
-from ssdlab.files import check_file_stem, check_output_folder
+from ssdlab.files import check_file_stem, check_output_folder, staged
 from ssdlab.model.ssd import SSD
 from ssdlab.prune.plan import PrunePlan
 from ssdlab.prune.surgery import compact_model, make_plan, masked_model
@@ -156,20 +154,9 @@ def prune_checkpoint(path: str | Path, cfg: CfgNode, percent: float, mode: str =
 
 def write_outputs(out_dir: Path, tag: str, checkpoint: dict, cfg_text: str, report: str) -> dict[str, Path]:
     """Write the three files through temporary names, then rename them all (nothing half-written)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     targets = {"checkpoint": out_dir / f"{tag}.pt", "cfg": out_dir / f"{tag}.cfg", "report": out_dir / f"{tag}.txt"}
-    temps: dict[str, str] = {}
-    try:
-        for key, target in targets.items():
-            handle, temps[key] = tempfile.mkstemp(dir=out_dir, prefix=f".{target.name}.", suffix=".tmp")
-            os.close(handle)
-        torch.save(checkpoint, temps["checkpoint"])
-        Path(temps["cfg"]).write_text(cfg_text, encoding="utf-8")
-        Path(temps["report"]).write_text(report, encoding="utf-8")
-        for key, target in targets.items():
-            ckpt.ordinary_permissions(temps[key])
-            os.replace(temps[key], target)
-    finally:
-        for temp in temps.values():
-            Path(temp).unlink(missing_ok=True)
+    with staged(*targets.values()) as (weights, cfg, text):
+        torch.save(checkpoint, weights)
+        cfg.write_text(cfg_text, encoding="utf-8")
+        text.write_text(report, encoding="utf-8")
     return targets

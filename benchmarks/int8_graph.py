@@ -1,0 +1,241 @@
+"""int8 graphs of the plain course baseline in ONNX Runtime, side by side: ssdlab PTQ and QAT, onnxruntime's own PTQ.
+
+    python benchmarks/int8_graph.py                      # full profile: writes int8_graph.jsonl and its RESULTS section
+    python benchmarks/int8_graph.py --only summary       # the section again from the committed records
+
+Every row starts from the committed float baseline (`ssdlab/checkpoints/plain_shapes.pt`):
+- fp32: its BN-fused float graph (`export --format onnx`), the reference of every ratio;
+- ssdlab PTQ (`quantize --ptq 256`) and QAT (the course's QAT stage, QAT_ITERS iterations) as
+  int8 QDQ graphs, with the heads left float (QUANTIZATION.FINAL False), quantized, and with the
+  input layer quantized too (course_plain_int8.cfg);
+- onnxruntime `quantize_static` of the fp32 graph (QDQ, per-channel int8 weights, uint8
+  activations, MinMax calibration on the same 256 training images);
+- pruned: notebook 02's sparse training with `PRUNE.SR_WEIGHT macs`, pruned at each --percents
+  ratio without fine-tuning, as fp32 and with ssdlab PTQ of every conv.
+The rows are timed interleaved (`ssdlab.engine.profile.compare_latency`) at batch 1 on one
+thread and on every core, and evaluated on the val split through ONNX Runtime. One JSON record per
+row goes to benchmarks/int8_graph.jsonl (commit, machine and CPU flags, weights digest, metrics,
+cost); the RESULTS.md section between the int8-graph markers is generated from those records.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ssdlab.course import (QAT_ITERS, baseline, course_config, prepare_data, prune_stage, ptq_config,
+                           quant_config, sparse_config, train_recipe)
+from ssdlab.data.catalog import build_dataset
+from ssdlab.data.transforms import build_transforms
+from ssdlab.engine import checkpoint as ckpt
+from ssdlab.engine.inference import evaluate_model
+from ssdlab.engine.profile import compare_latency, cpu_flags, session_call, summary
+from ssdlab.engine.train import datasets
+from ssdlab.export.onnx import onnx_session, optimized_ops, write_onnx
+from ssdlab.export.qdq import OnnxDetector
+from ssdlab.quant.ptq import DEFAULT_IMAGES, calibration_batches, post_training_quantize
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_md import ROOT, display, machine, write_section  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+RECORDS = HERE / "int8_graph.jsonl"
+START, END = "<!-- int8-graph:start -->", "<!-- int8-graph:end -->"
+VARIANTS = {  # row suffix: QUANTIZATION.FINAL and backbone cfg
+    "heads float": ("False", "course_plain_quan.cfg"),
+    "heads int8": ("True", "course_plain_quan.cfg"),
+    "every conv int8": ("True", "course_plain_int8.cfg"),
+}
+
+
+def git_commit() -> str:
+    """The repository's HEAD commit (short), '+' when the working tree has changes."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+def variant_overrides(variant: str) -> list[str]:
+    """QUANTIZATION.FINAL and MODEL.BACKBONE.CFG of a VARIANTS row."""
+    final, cfg = VARIANTS[variant]
+    return ["QUANTIZATION.FINAL", final, "MODEL.BACKBONE.CFG", cfg]
+
+
+def ptq_checkpoint(variant: str, profile: str, images: int) -> Path:
+    """ssdlab PTQ of the baseline (the course's PTQ stage, notebook 05's for heads float and every conv int8)."""
+    return post_training_quantize(ptq_config(images, profile, extra=variant_overrides(variant)), images).checkpoint
+
+
+def qat_checkpoint(variant: str, profile: str) -> Path:
+    """ssdlab QAT of the baseline: the course's QAT stage (notebook 05's run for heads float)."""
+    extra = [] if variant == "heads float" else variant_overrides(variant)
+    stage = None if variant == "heads float" else "plain_quant_iao_w8a8_" + variant.replace(" ", "_")
+    return train_recipe(quant_config("IAO", 8, 8, QAT_ITERS[profile], profile, extra=extra, stage=stage)).checkpoint
+
+
+class Calibration:
+    """onnxruntime's CalibrationDataReader over preprocessed training images."""
+
+    def __init__(self, batches):
+        self.inputs = iter([{"images": image[None].numpy()} for batch in batches for image in batch])
+
+    def get_next(self) -> dict | None:
+        """The next calibration input, None at the end."""
+        return next(self.inputs, None)
+
+
+def ort_static(fp32: Path, out: Path, cfg, images: int) -> Path:
+    """onnxruntime quantize_static of the fp32 graph: QDQ, per-channel int8 weights, uint8 activations, MinMax."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    train = build_dataset(cfg.DATASETS.TRAIN, False, transform=build_transforms(cfg, False))
+    prepared, path = out / "fp32_prepared.onnx", out / "ort_static.onnx"
+    quant_pre_process(str(fp32), str(prepared))
+    quantize_static(str(prepared), str(path), Calibration(calibration_batches(train, images, 16, cfg.SOLVER.SEED)),
+                    quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
+                    weight_type=QuantType.QInt8)
+    return path
+
+
+def fused_convs(path: Path) -> dict:
+    """Convs in onnxruntime's optimized graph of a file: how many run as QLinearConv, how many in float."""
+    ops = optimized_ops(path)
+    return {"qlinearconv": ops.count("QLinearConv"), "float_conv": ops.count("Conv") + ops.count("FusedConv")}
+
+
+def sparse_checkpoint(profile: str) -> Path:
+    """Notebook 02's sparse training of the baseline with the L1 weighted by the MACs a channel carries."""
+    return train_recipe(sparse_config("plain", profile, extra=["PRUNE.SR_WEIGHT", "macs"],
+                                      stage="plain_sparse_macs")).checkpoint
+
+
+def pruned_rows(out: Path, profile: str, images: int, percents: tuple[float, ...]) -> dict[str, tuple[Path, Path]]:
+    """Pruned (no fine-tune) at each percent: fp32, and ssdlab PTQ of every conv."""
+    sparse = sparse_checkpoint(profile)
+    rows = {}
+    for percent in percents:
+        pruned = prune_stage(sparse, course_config("plain", profile), percent, quick=True).files["checkpoint"]
+        rows[f"pruned p{percent:g}, fp32"] = (write_onnx(ckpt.load(pruned), out, f"pruned_{percent:g}"), Path(pruned))
+        quantized = post_training_quantize(ptq_config(images, profile, start=pruned,
+                                                      extra=variant_overrides("every conv int8")), images).checkpoint
+        rows[f"pruned p{percent:g} + ssdlab PTQ, every conv int8"] = (
+            write_onnx(ckpt.load(quantized), out, f"pruned_ptq_{percent:g}"), quantized)
+    return rows
+
+
+def contenders(out: Path, profile: str, images: int, qat: bool,
+               percents: tuple[float, ...]) -> dict[str, tuple[Path, Path | None]]:
+    """Row name -> (ONNX file, ssdlab checkpoint or None for onnxruntime's PTQ)."""
+    start = baseline("plain")
+    rows = {"fp32": (write_onnx(ckpt.load(start), out, "fp32"), start)}
+    for variant in VARIANTS:
+        point = ptq_checkpoint(variant, profile, images)
+        rows[f"ssdlab PTQ, {variant}"] = (write_onnx(ckpt.load(point), out, f"ptq_{len(rows)}"), point)
+    cfg = course_config("plain", profile)
+    rows["onnxruntime quantize_static"] = (ort_static(rows["fp32"][0], out, cfg, images), None)
+    for variant in VARIANTS if qat else ():
+        point = qat_checkpoint(variant, profile)
+        rows[f"ssdlab QAT, {variant}"] = (write_onnx(ckpt.load(point), out, f"qat_{len(rows)}"), point)
+    return {**rows, **pruned_rows(out, profile, images, percents)}
+
+
+def detector_model(point: Path | None, reference):
+    """A row's ssdlab model (onnxruntime's PTQ row: the float baseline it quantized)."""
+    return ckpt.load(point) if point else reference
+
+
+def measure(rows: dict[str, tuple[Path, Path | None]], profile: str, runs: int) -> list[dict]:
+    """One record per row: latency at 1 thread and every core (interleaved), mAP through ONNX Runtime, graph counts."""
+    cfg = course_config("plain", profile)
+    val, size, reference = datasets(cfg, False), cfg.INPUT.IMAGE_SIZE, ckpt.load(baseline("plain"))
+    timings = {threads: compare_latency({name: session_call(onnx_session(path, threads), size)
+                                         for name, (path, _) in rows.items()}, runs=runs, threads=threads)
+               for threads in dict.fromkeys((1, torch.get_num_threads()))}
+    common = {"experiment": "int8_graph", "commit": git_commit(), "machine": machine(), "cpu_flags": cpu_flags(),
+              "date": datetime.date.today().isoformat(), "profile": profile, "start": display(baseline("plain"))}
+    records = []
+    for name, (path, point) in rows.items():
+        detector = OnnxDetector(path, detector_model(point, reference), torch.get_num_threads())
+        metrics = evaluate_model(detector, val, cfg)
+        state = ckpt.read_checkpoint(point) if point else None
+        totals = summary(detector_model(point, reference), size)
+        records.append({**common, "row": name, "checkpoint": display(point) if point else None,
+                        "weights_digest": ckpt.weights_digest(state) if state else None,
+                        "metrics": {"voc_map": metrics["voc_map"], "coco_ap": metrics["coco_ap"]},
+                        "cost": {"params": totals["params"], "macs": totals["macs"],
+                                 "file_mib": path.stat().st_size / 2 ** 20, **fused_convs(path),
+                                 "latency": {str(t): timing[name] for t, timing in timings.items()}}})
+    return records
+
+
+def ratio_cells(record: dict, fp32: dict) -> str:
+    """'median ms (ratio to fp32)' per thread count."""
+    latency, reference = record["cost"]["latency"], fp32["cost"]["latency"]
+    return " | ".join(f"{latency[t]['median_ms']:.2f} ({latency[t]['median_ms'] / reference[t]['median_ms']:.2f})"
+                      for t in latency)
+
+
+def table(records: list[dict]) -> str:
+    """The RESULTS.md section, generated from the records alone."""
+    fp32 = next(r for r in records if r["row"] == "fp32")
+    threads = list(fp32["cost"]["latency"])
+    first = fp32["cost"]["latency"][threads[0]]
+    lines = [START, "## int8 graphs in ONNX Runtime: ssdlab PTQ and QAT against onnxruntime's PTQ", "",
+             f"Generated by `python benchmarks/int8_graph.py --only summary` from `benchmarks/int8_graph.jsonl` "
+             f"(commit {fp32['commit']}, {fp32['date']}, profile {fp32['profile']}). Machine: {fp32['machine']}; "
+             f"CPU flags: {fp32['cpu_flags']}. Start: `{fp32['start']}`. Batch 1, median of {first['runs']} "
+             "interleaved runs; in brackets the ratio to fp32 at the same thread count.", "",
+             "| row | params | MMACs | QLinearConv / float convs | .onnx MiB | " + " | ".join(
+                 f"ms, {t} thread{'s' if t != '1' else ''} (ratio)" for t in threads) + " | VOC mAP@0.5 | Δ mAP (pt) |",
+             "|---|---|---|---|---|" + "---|" * len(threads) + "---|---|"]
+    for r in records:
+        cost, delta = r["cost"], (r["metrics"]["voc_map"] - fp32["metrics"]["voc_map"]) * 100
+        lines.append(f"| {r['row']} | {cost['params']:,} | {cost['macs'] / 1e6:.1f} | {cost['qlinearconv']} / "
+                     f"{cost['float_conv']} | {cost['file_mib']:.2f} | {ratio_cells(r, fp32)} | "
+                     f"{r['metrics']['voc_map']:.4f} | {delta:+.2f} |")
+    return "\n".join(lines + ["", NOTE, END])
+
+
+NOTE = (
+    "heads float: QUANTIZATION.FINAL False (the course default): the 12 head convs stay float and the last backbone "
+    "conv, read only by heads, is not fused. heads int8: FINAL True, the heads quantize their outputs too. every conv "
+    "int8: course_plain_int8.cfg also quantizes the input layer. onnxruntime quantize_static quantizes every conv of "
+    "the fp32 graph from its own calibration (no training). pruned: the baseline sparse-trained with the L1 "
+    "weighted by the MACs a channel carries (`PRUNE.SR_WEIGHT macs`, notebook 02's recipe otherwise), pruned at "
+    "that percent without fine-tuning. Each ssdlab row's weights are its checkpoint's (weights digest in the "
+    "record).")
+
+
+def main() -> None:
+    """Measure (or, with --only summary, only regenerate the section from the records)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--profile", default="full", choices=["full", "smoke"])
+    parser.add_argument("--only", choices=["summary"], help="regenerate the RESULTS.md section from the records")
+    parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="calibration images of every PTQ row")
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--no-qat", action="store_true", help="leave out the QAT rows (they train)")
+    parser.add_argument("--percents", type=float, nargs="*", default=[0.5, 0.7],
+                        help="prune ratios of the pruned rows (none: leave them out)")
+    parser.add_argument("--records", type=Path, default=RECORDS)
+    parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args()
+    if args.only != "summary":
+        prepare_data(args.profile)
+        with tempfile.TemporaryDirectory() as folder:
+            rows = contenders(Path(folder), args.profile, args.images, not args.no_qat, tuple(args.percents))
+            records = measure(rows, args.profile, args.runs)
+        args.records.write_text("".join(json.dumps(r) + "\n" for r in records))
+    records = [json.loads(line) for line in args.records.read_text().splitlines() if line]
+    write_section(table(records), args.results, START, END, before=("\n<!-- side-by-side:start -->",))
+    print(table(records))
+
+
+if __name__ == "__main__":
+    main()
