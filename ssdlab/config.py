@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import copy
 import difflib
+import logging
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,6 +20,15 @@ from ssdlab.errors import ConfigError
 from ssdlab.files import read_text
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
+UNREAD_KEYS = {  # keys of the seed's recipes that nothing in ssdlab reads: dropped with a warning, not kept
+    "MODEL.META_ARCHITECTURE": "ssdlab builds one detector, the SSD",
+    "MODEL.BACKBONE.NAME": "the backbone is the cfg file MODEL.BACKBONE.CFG",
+    "MODEL.BACKBONE.OUT_CHANNELS": "the level widths come from the feature layers of MODEL.BACKBONE.CFG",
+    "MODEL.BOX_HEAD.NAME": "the head is chosen by MODEL.BOX_HEAD.PREDICTOR",
+    "TEST.MAX_PER_CLASS": "detections are capped per image by TEST.MAX_PER_IMAGE",
+}
+
+log = logging.getLogger(__name__)
 
 
 class CfgNode(dict):
@@ -66,7 +76,6 @@ def _defaults() -> dict:
     """Every key ssdlab knows, with its default value (the seed's where it had one)."""
     return {
         "MODEL": {
-            "META_ARCHITECTURE": "SSDDetector",
             "DEVICE": "auto",  # auto = cuda when present, else cpu
             "THRESHOLD": 0.5,  # IoU for a prior to match a ground-truth box
             "NUM_CLASSES": 21,  # including background
@@ -76,8 +85,6 @@ def _defaults() -> dict:
             "FINE_TUNE": False,  # start from MODEL.WEIGHTS (another ssdlab checkpoint)
             "WEIGHTS": "",
             "BACKBONE": {
-                "NAME": "cfg_backbone",
-                "OUT_CHANNELS": [512, 1024, 512, 256, 256, 256],  # informative; taken from the cfg
                 "PRETRAINED": False,  # load ImageNet weights into the layers up to backbone=1
                 "CFG": "vgg_bn_ssd300.cfg",
                 "WEIGHTS": "",  # torchvision ImageNet state dict; default: torch hub cache
@@ -92,7 +99,6 @@ def _defaults() -> dict:
                 "CLIP": True,
             },
             "BOX_HEAD": {
-                "NAME": "SSDBoxHead",
                 "PREDICTOR": "SSDBoxPredictor",  # or SSDLiteBoxPredictor
                 "LITE_SEPARABLE": -1,  # SSDLite: levels with separable predictors (-1: all but the last)
             },
@@ -139,7 +145,6 @@ def _defaults() -> dict:
         "TEST": {
             "NMS_THRESHOLD": 0.45,
             "CONFIDENCE_THRESHOLD": 0.01,
-            "MAX_PER_CLASS": -1,
             "MAX_PER_IMAGE": 100,
             "PRE_NMS_TOP_K": 400,  # candidates kept per class before NMS (-1 = all)
             "BATCH_SIZE": 10,
@@ -291,16 +296,26 @@ def _parse_text(text: str, default: Any, bad: ConfigError) -> Any:
         raise bad from None
 
 
-def merge_dict(cfg: CfgNode, update: dict, where: str, prefix: str = "") -> None:
-    """Merge a nested dict into cfg, checking every key and typing every value."""
+def unread(key: str, where: str, quiet: bool = False) -> bool:
+    """True (after a warning naming where, unless quiet) for a key in UNREAD_KEYS."""
+    if key in UNREAD_KEYS and not quiet:
+        log.warning("%s: %s is not read by ssdlab (%s); remove it", where, key, UNREAD_KEYS[key])
+    return key in UNREAD_KEYS
+
+
+def merge_dict(cfg: CfgNode, update: dict, where: str, prefix: str = "", quiet: bool = False) -> None:
+    """Merge a nested dict into cfg, checking every key and typing every value (UNREAD_KEYS: dropped, with a
+    warning unless quiet)."""
     for key, value in update.items():
         full = f"{prefix}{key}"
+        if unread(full, where, quiet):
+            continue
         if key not in cfg:
             raise ConfigError(f"{where}: unknown key {full!r}{_closest(full, _all_keys(get_default_config()))}")
         if isinstance(cfg[key], CfgNode):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}: {full} is a section; give it keys, not {value!r}")
-            merge_dict(cfg[key], value, where, full + ".")
+            merge_dict(cfg[key], value, where, full + ".", quiet)
         else:
             cfg[key] = _coerce(value, cfg[key], full, where)
             check_range(full, cfg[key], where)
@@ -311,6 +326,8 @@ def merge_overrides(cfg: CfgNode, opts: list[str], where: str = "command line") 
     if len(opts) % 2:
         raise ConfigError(f"{where}: overrides come in KEY VALUE pairs; {opts[-1]!r} has no value")
     for key, text in zip(opts[0::2], opts[1::2]):
+        if unread(key, where):
+            continue
         node, parts = cfg, key.split(".")
         for i, part in enumerate(parts):
             if not isinstance(node, dict) or part not in node:
@@ -380,7 +397,8 @@ def portable(path: Path) -> str:
 
 
 def config_from_dict(data: dict) -> CfgNode:
-    """Rebuild a config saved in a checkpoint (unknown keys are ignored errors, not silently kept)."""
+    """Rebuild a config saved in a checkpoint (unknown keys are errors; UNREAD_KEYS of older checkpoints are
+    dropped quietly)."""
     cfg = get_default_config()
-    merge_dict(cfg, data, where="checkpoint config")
+    merge_dict(cfg, data, where="checkpoint config", quiet=True)
     return cfg.freeze()

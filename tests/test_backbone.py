@@ -10,7 +10,7 @@ from torch import nn
 from ssdlab.config import load_config
 from ssdlab.errors import CheckpointError
 from ssdlab.model.backbone import CfgBackbone, L2Norm, Shortcut, load_backbone_cfg
-from ssdlab.model.cfg import parse_cfg
+from ssdlab.model.cfg import feature_layers, infer_channels, parse_cfg, read_cfg
 from ssdlab.model.pretrained import arch_of, conv_units, load_imagenet_weights, map_state_dict
 
 CONFIGS = Path(__file__).resolve().parents[1] / "ssdlab" / "configs"
@@ -85,7 +85,9 @@ def test_recipe_loads_and_matches_its_cfg(recipe):
     priors = cfg.MODEL.PRIORS
     assert cfg.INPUT.IMAGE_SIZE == size
     assert priors.FEATURE_MAPS == sizes
-    assert cfg.MODEL.BACKBONE.OUT_CHANNELS == channels
+    layers = read_cfg(cfg.MODEL.BACKBONE.CFG)
+    widths = infer_channels(layers, cfg.INPUT.CHANNELS)
+    assert [widths[i] for i in feature_layers(layers)] == channels
     levels = len(sizes)
     assert all(len(v) == levels for v in (priors.STRIDES, priors.MIN_SIZES, priors.MAX_SIZES,
                                          priors.ASPECT_RATIOS, priors.BOXES_PER_LOCATION))

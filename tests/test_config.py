@@ -1,7 +1,7 @@
 """Config: defaults, YAML recipes, KEY VALUE overrides and their errors."""
 import pytest
 
-from ssdlab.config import get_default_config, load_config, merge_overrides
+from ssdlab.config import UNREAD_KEYS, config_from_dict, get_default_config, load_config, merge_overrides
 from ssdlab.errors import ConfigError
 
 
@@ -54,6 +54,26 @@ def test_unknown_yaml_key_names_key_file_and_closest(tmp_path):
         load_config(path)
     message = str(err.value)
     assert "SOLVER.MAX_ITERS" in message and str(path) in message and "SOLVER.MAX_ITER" in message
+
+
+def test_keys_nothing_reads_are_dropped_with_a_warning_naming_file_and_key(tmp_path, caplog):
+    path = write(tmp_path, "MODEL:\n  META_ARCHITECTURE: SSDDetector\n  BACKBONE:\n    NAME: cfg_backbone\n"
+                           "    OUT_CHANNELS: [512, 1024]\n  BOX_HEAD:\n    NAME: SSDBoxHead\nTEST:\n  MAX_PER_CLASS: -1\n")
+    with caplog.at_level("WARNING", logger="ssdlab.config"):
+        cfg = load_config(path, ["TEST.MAX_PER_CLASS", "100"])
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 6 and all("is not read by ssdlab" in m and "remove it" in m for m in warned)
+    assert all(any(key in m and str(path) in m for m in warned) for key in UNREAD_KEYS)
+    assert any("command line: TEST.MAX_PER_CLASS" in m for m in warned)
+    assert "META_ARCHITECTURE" not in cfg.MODEL and "OUT_CHANNELS" not in cfg.MODEL.BACKBONE
+
+
+def test_an_older_checkpoint_config_with_unread_keys_loads_quietly(caplog):
+    data = get_default_config().to_dict()
+    data["MODEL"]["BACKBONE"]["OUT_CHANNELS"] = [64, 96]
+    with caplog.at_level("WARNING", logger="ssdlab.config"):
+        cfg = config_from_dict(data)
+    assert not caplog.records and cfg == get_default_config()
 
 
 def test_unknown_override_names_closest_key():

@@ -419,7 +419,7 @@ def test_compact_cfg_and_checkpoint_round_trip(zoo, tmp_path, recipe, variant):
         assert {k: v for k, v in layer.items() if k not in ("line", "filters")} == same
         if layer["type"] in ("convolutional", "depthwise"):
             assert layer["filters"] == len(result.kept_out(i)) == result.widths_after[i]
-    assert list(compact.cfg.MODEL.BACKBONE.OUT_CHANNELS) == [result.widths_after[f] for f in feature_layers(layers)]
+    assert compact.backbone.out_channels == [result.widths_after[f] for f in feature_layers(layers)]
     path = ckpt.save_checkpoint(ckpt.make_checkpoint(compact), tmp_path / "pruned.pt")
     loaded = ckpt.load(path)
     assert loaded.cfg_text == text and same_state(state(loaded), state(compact))

@@ -201,7 +201,6 @@ def compact_config(model: SSD, result: PrunePlan, layers: list[dict]):
     """The model's config with the head levels, priors and widths of the compact cfg."""
     cfg = model.cfg.clone()
     levels = result.levels
-    cfg.MODEL.BACKBONE.OUT_CHANNELS = [result.widths_after[f] for f in feature_layers(layers)]
     cfg.MODEL.BACKBONE.PRETRAINED = False
     for key in _PRIOR_LISTS:
         cfg.MODEL.PRIORS[key] = list(cfg.MODEL.PRIORS[key])[:levels]
