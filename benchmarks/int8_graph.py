@@ -11,7 +11,9 @@ Every row starts from the committed float baseline (`ssdlab/checkpoints/plain_sh
 - onnxruntime `quantize_static` of the fp32 graph (QDQ, per-channel int8 weights, uint8
   activations, MinMax calibration on the same 256 training images);
 - pruned: notebook 02's sparse training with `PRUNE.SR_WEIGHT macs`, pruned at each --percents
-  ratio without fine-tuning, as fp32 and with ssdlab PTQ of every conv.
+  ratio (kept widths rounded up to 8) as fp32, fine-tuned --tune iterations (the sparse model
+  teaching), then ssdlab PTQ of every conv; Torch-Pruning (when installed) of the same sparse model
+  at the same ratio, ranked by |γ| across layers and by its default (filter L2 norm, per layer).
 The rows are timed interleaved (`ssdlab.engine.profile.compare_latency`) at batch 1 on one
 thread and on every core, and evaluated on the val split through ONNX Runtime. One JSON record per
 row goes to benchmarks/int8_graph.jsonl (commit, machine and CPU flags, weights digest, metrics,
@@ -30,7 +32,7 @@ from pathlib import Path
 import torch
 
 from ssdlab.course import (QAT_ITERS, baseline, course_config, prepare_data, prune_stage, ptq_config,
-                           quant_config, sparse_config, train_recipe)
+                           quant_config, sparse_config, train_recipe, tune_config)
 from ssdlab.data.catalog import build_dataset
 from ssdlab.data.transforms import build_transforms
 from ssdlab.engine import checkpoint as ckpt
@@ -47,6 +49,8 @@ from results_md import ROOT, display, machine, write_section  # noqa: E402
 HERE = Path(__file__).resolve().parent
 RECORDS = HERE / "int8_graph.jsonl"
 START, END = "<!-- int8-graph:start -->", "<!-- int8-graph:end -->"
+ROUND_TO = 8  # the pruned rows' kept widths: multiples of 8 run about 15% faster in ONNX Runtime than odd widths
+TORCH_PRUNED: dict = {}  # Torch-Pruning row name -> its pruned model (no ssdlab checkpoint)
 VARIANTS = {  # row suffix: QUANTIZATION.FINAL and backbone cfg
     "heads float": ("False", "course_plain_quan.cfg"),
     "heads int8": ("True", "course_plain_quan.cfg"),
@@ -116,22 +120,54 @@ def sparse_checkpoint(profile: str) -> Path:
                                       stage="plain_sparse_macs")).checkpoint
 
 
-def pruned_rows(out: Path, profile: str, images: int, percents: tuple[float, ...]) -> dict[str, tuple[Path, Path]]:
-    """Pruned (no fine-tune) at each percent: fp32, and ssdlab PTQ of every conv."""
+def pruned_rows(out: Path, profile: str, images: int, percents: tuple[float, ...],
+                tune: int) -> dict[str, tuple[Path, Path | None]]:
+    """At each percent: ssdlab's prune (widths rounded up to 8), fine-tuned for `tune` iterations with the sparse model
+    as teacher, then ssdlab PTQ of every conv; Torch-Pruning of the same sparse model at the same ratio."""
     sparse = sparse_checkpoint(profile)
-    rows = {}
+    rows: dict[str, tuple[Path, Path | None]] = {}
     for percent in percents:
-        pruned = prune_stage(sparse, course_config("plain", profile), percent, quick=True).files["checkpoint"]
-        rows[f"pruned p{percent:g}, fp32"] = (write_onnx(ckpt.load(pruned), out, f"pruned_{percent:g}"), Path(pruned))
+        name = f"pruned p{percent:g}"
+        pruned = Path(prune_stage(sparse, course_config("plain", profile), percent, quick=True,
+                                  round_to=ROUND_TO).files["checkpoint"])
+        rows[f"{name}, fp32"] = (write_onnx(ckpt.load(pruned), out, f"pruned_{percent:g}"), pruned)
+        if tune:
+            pruned = train_recipe(tune_config(pruned, tune, profile, teacher=sparse)).checkpoint
+            name = f"{name} + {tune} it"
+            rows[f"{name}, fp32"] = (write_onnx(ckpt.load(pruned), out, f"tuned_{percent:g}"), pruned)
         quantized = post_training_quantize(ptq_config(images, profile, start=pruned,
                                                       extra=variant_overrides("every conv int8")), images).checkpoint
-        rows[f"pruned p{percent:g} + ssdlab PTQ, every conv int8"] = (
+        rows[f"{name} + ssdlab PTQ, every conv int8"] = (
             write_onnx(ckpt.load(quantized), out, f"pruned_ptq_{percent:g}"), quantized)
+        rows.update(torch_pruning_rows(out, sparse, percent))
     return rows
 
 
-def contenders(out: Path, profile: str, images: int, qat: bool,
-               percents: tuple[float, ...]) -> dict[str, tuple[Path, Path | None]]:
+def torch_pruning_rows(out: Path, sparse: Path, percent: float) -> dict[str, tuple[Path, None]]:
+    """Torch-Pruning of the sparse model at a ratio, no fine-tune: |γ| ranked across layers (network slimming), and
+    its default (L2 norm of the filters, the same ratio in every layer); the head convs keep their outputs."""
+    try:
+        import torch_pruning as tp
+    except ImportError:
+        print("torch-pruning is not installed (pip install torch-pruning): its rows are left out")
+        return {}
+    rows = {}
+    for label, importance, global_ in (("|γ| across layers", tp.importance.BNScaleImportance(), True),
+                                       ("defaults (L2, per layer)", tp.importance.MagnitudeImportance(p=2), False)):
+        net = ckpt.load(sparse).eval()
+        heads = [m for m in net.box_head.modules() if isinstance(m, torch.nn.Conv2d)]
+        size = net.cfg.INPUT.IMAGE_SIZE
+        tp.pruner.MetaPruner(net, torch.randn(1, 3, size, size), importance=importance, pruning_ratio=percent,
+                             global_pruning=global_, ignored_layers=heads,
+                             forward_fn=lambda model, x: model.forward_raw(x)).step()
+        name = f"Torch-Pruning {tp.__version__} p{percent:g}, {label}"
+        TORCH_PRUNED[name] = net
+        rows[name] = (write_onnx(net, out, f"tp_{len(TORCH_PRUNED)}"), None)
+    return rows
+
+
+def contenders(out: Path, profile: str, images: int, qat: bool, percents: tuple[float, ...],
+               tune: int) -> dict[str, tuple[Path, Path | None]]:
     """Row name -> (ONNX file, ssdlab checkpoint or None for onnxruntime's PTQ)."""
     start = baseline("plain")
     rows = {"fp32": (write_onnx(ckpt.load(start), out, "fp32"), start)}
@@ -143,12 +179,12 @@ def contenders(out: Path, profile: str, images: int, qat: bool,
     for variant in VARIANTS if qat else ():
         point = qat_checkpoint(variant, profile)
         rows[f"ssdlab QAT, {variant}"] = (write_onnx(ckpt.load(point), out, f"qat_{len(rows)}"), point)
-    return {**rows, **pruned_rows(out, profile, images, percents)}
+    return {**rows, **pruned_rows(out, profile, images, percents, tune)}
 
 
-def detector_model(point: Path | None, reference):
-    """A row's ssdlab model (onnxruntime's PTQ row: the float baseline it quantized)."""
-    return ckpt.load(point) if point else reference
+def detector_model(name: str, point: Path | None, reference):
+    """A row's ssdlab model (onnxruntime's PTQ row: the float baseline it quantized; Torch-Pruning's: its model)."""
+    return ckpt.load(point) if point else TORCH_PRUNED.get(name, reference)
 
 
 def measure(rows: dict[str, tuple[Path, Path | None]], profile: str, runs: int) -> list[dict]:
@@ -162,10 +198,11 @@ def measure(rows: dict[str, tuple[Path, Path | None]], profile: str, runs: int) 
               "date": datetime.date.today().isoformat(), "profile": profile, "start": display(baseline("plain"))}
     records = []
     for name, (path, point) in rows.items():
-        detector = OnnxDetector(path, detector_model(point, reference), torch.get_num_threads())
+        model = detector_model(name, point, reference)
+        detector = OnnxDetector(path, model, torch.get_num_threads())
         metrics = evaluate_model(detector, val, cfg)
         state = ckpt.read_checkpoint(point) if point else None
-        totals = summary(detector_model(point, reference), size)
+        totals = summary(model, size)
         records.append({**common, "row": name, "checkpoint": display(point) if point else None,
                         "weights_digest": ckpt.weights_digest(state) if state else None,
                         "metrics": {"voc_map": metrics["voc_map"], "coco_ap": metrics["coco_ap"]},
@@ -209,8 +246,10 @@ NOTE = (
     "int8: course_plain_int8.cfg also quantizes the input layer. onnxruntime quantize_static quantizes every conv of "
     "the fp32 graph from its own calibration (no training). pruned: the baseline sparse-trained with the L1 "
     "weighted by the MACs a channel carries (`PRUNE.SR_WEIGHT macs`, notebook 02's recipe otherwise), pruned at "
-    "that percent without fine-tuning. Each ssdlab row's weights are its checkpoint's (weights digest in the "
-    "record).")
+    "that percent (kept widths rounded up to 8; compensated, no fine-tune), then fine-tuned (`+ N it`, LR 0.0005, "
+    "the sparse model as teacher). Torch-Pruning: the same sparse model pruned at the same ratio by Torch-Pruning's "
+    "MetaPruner (head convs keep their outputs; no compensation, no fine-tune). Each ssdlab row's weights are its "
+    "checkpoint's (weights digest in the record).")
 
 
 def main() -> None:
@@ -221,15 +260,17 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="calibration images of every PTQ row")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--no-qat", action="store_true", help="leave out the QAT rows (they train)")
-    parser.add_argument("--percents", type=float, nargs="*", default=[0.5, 0.7],
+    parser.add_argument("--percents", type=float, nargs="*", default=[0.3, 0.5],
                         help="prune ratios of the pruned rows (none: leave them out)")
+    parser.add_argument("--tune", type=int, default=500, help="fine-tune iterations of the pruned rows (0: none)")
     parser.add_argument("--records", type=Path, default=RECORDS)
     parser.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
     if args.only != "summary":
         prepare_data(args.profile)
         with tempfile.TemporaryDirectory() as folder:
-            rows = contenders(Path(folder), args.profile, args.images, not args.no_qat, tuple(args.percents))
+            rows = contenders(Path(folder), args.profile, args.images, not args.no_qat, tuple(args.percents),
+                              args.tune)
             records = measure(rows, args.profile, args.runs)
         args.records.write_text("".join(json.dumps(r) + "\n" for r in records))
     records = [json.loads(line) for line in args.records.read_text().splitlines() if line]

@@ -1,4 +1,4 @@
-"""`python -m ssdlab COMMAND`: data, train, eval, demo, info, prune, quantize, export, tour (flags as in the seed)."""
+"""`python -m ssdlab COMMAND`: data, train, eval, demo, info, prune, quantize, export, tour (flags as in the original SSD code)."""
 from __future__ import annotations
 
 import argparse
@@ -12,7 +12,7 @@ from ssdlab.errors import STOPPED, SSDLabError
 
 
 def _config_args(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    """--config-file and trailing KEY VALUE overrides, as in the seed."""
+    """--config-file and trailing KEY VALUE overrides, as in the original SSD code."""
     parser.add_argument("--config-file", required=required, metavar="FILE", help="YAML recipe")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                         help="config overrides, e.g. SOLVER.MAX_ITER 1000")

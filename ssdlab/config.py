@@ -1,6 +1,6 @@
 """Configuration: defaults for every key, YAML recipes and trailing KEY VALUE overrides.
 
-The key names are the seed's (lufficc/SSD style) so its users feel at home:
+The key names are the original SSD code's (lufficc/SSD style) so its users feel at home:
 
     cfg = load_config("ssdlab/configs/course/plain_shapes.yaml", ["SOLVER.MAX_ITER", "100"])
     cfg.SOLVER.MAX_ITER  # -> 100 (typed from the default)
@@ -20,7 +20,7 @@ from ssdlab.errors import ConfigError
 from ssdlab.files import read_text
 
 PACKAGE_CONFIGS = Path(__file__).resolve().parent / "configs"
-UNREAD_KEYS = {  # keys of the seed's recipes that nothing in ssdlab reads: dropped with a warning, not kept
+UNREAD_KEYS = {  # keys of the original SSD code's recipes that nothing in ssdlab reads: dropped with a warning, not kept
     "MODEL.META_ARCHITECTURE": "ssdlab builds one detector, the SSD",
     "MODEL.BACKBONE.NAME": "the backbone is the cfg file MODEL.BACKBONE.CFG",
     "MODEL.BACKBONE.OUT_CHANNELS": "the level widths come from the feature layers of MODEL.BACKBONE.CFG",
@@ -73,7 +73,7 @@ class CfgNode(dict):
 
 
 def _defaults() -> dict:
-    """Every key ssdlab knows, with its default value (the seed's where it had one)."""
+    """Every key ssdlab knows, with its default value (the original SSD code's where it had one)."""
     return {
         "MODEL": {
             "DEVICE": "auto",  # auto = cuda when present, else cpu

@@ -140,17 +140,34 @@ def sparse_config(model: str = "plain", profile: str | None = None, start: str |
                          step="sparse", stage=stage)
 
 
-def pruned_path(sparse: str | Path, percent: float, mode: str = "normal") -> Path:
-    """Where prune_stage writes the compact model of a sparse checkpoint: beside it, named by mode and percent."""
+def tune_config(pruned: str | Path, iterations: int, profile: str | None = None, teacher: str | Path | None = None,
+                model: str = "plain", stage: str | None = None):
+    """A short fine-tune of a pruned course model (its own architecture, no sparsity, LR 0.0005), optionally
+    distilled from `teacher`; stage default <model>_tuned<iterations>."""
+    return course_config(model, profile, [
+        "MODEL.FINE_TUNE", "True", "MODEL.WEIGHTS", str(pruned), "PRUNE.TYPE", "no", "SOLVER.LR", "0.0005",
+        "SOLVER.MAX_ITER", str(iterations), "SOLVER.WARMUP_ITERS", str(min(20, iterations // 4)),
+        "SOLVER.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "0", "DISTILL.TEACHER", str(teacher or "")],
+        stage=stage or f"{model}_tuned{iterations}")
+
+
+def pruned_path(sparse: str | Path, percent: float, mode: str = "normal", round_to: int = 1) -> Path:
+    """Where prune_stage writes the compact model of a sparse checkpoint: beside it, named by mode, percent and
+    (when kept widths are rounded up to a multiple) that multiple."""
     sparse = Path(sparse)
-    return sparse.parent / f"{sparse.stem}_{mode}_p{percent:g}.pt"
+    return sparse.parent / f"{sparse.stem}_{mode}_p{percent:g}{f'_r{round_to}' if round_to > 1 else ''}.pt"
 
 
 def prune_stage(sparse: str | Path, cfg, percent: float, mode: str = "normal", dataset=None,
-                quick: bool = False) -> PruneReport:
-    """Prune a sparse checkpoint into pruned_path (the same request gives the same file: notebooks 04, 06, tour)."""
-    return prune_checkpoint(sparse, cfg, percent, mode, quick=quick, dataset=dataset,
-                            tag=pruned_path(sparse, percent, mode).stem)
+                quick: bool = False, round_to: int = 1) -> PruneReport:
+    """Prune a sparse checkpoint into pruned_path (the same request gives the same file: notebooks 04, 06, tour);
+    round_to > 1 rounds every kept width up to a multiple of it (`prune --regular 1`; CPU kernels run whole
+    blocks of 8 or 16 channels)."""
+    if round_to > 1:
+        cfg = cfg.clone()
+        cfg.PRUNE.ROUND_TO = round_to
+    return prune_checkpoint(sparse, cfg, percent, mode, regular=round_to > 1, quick=quick, dataset=dataset,
+                            tag=pruned_path(sparse, percent, mode, round_to).stem)
 
 
 def train_recipe(cfg) -> TrainResult:

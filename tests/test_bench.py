@@ -168,20 +168,26 @@ def test_int8_graph_records_every_row_and_regenerates_its_section(tmp_path):
     """The smoke int8-graph run: one record per row, the section generated from the records alone."""
     records, results = tmp_path / "int8.jsonl", tmp_path / "RESULTS.md"
     command = [sys.executable, str(BENCHMARKS / "int8_graph.py"), "--profile", "smoke", "--runs", "2", "--no-qat",
-               "--percents", "0.3", "--records", str(records), "--results", str(results)]
+               "--percents", "0.3", "--tune", "4", "--records", str(records), "--results", str(results)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in records.read_text().splitlines()]
-    assert [r["row"] for r in rows] == ["fp32", "ssdlab PTQ, heads float", "ssdlab PTQ, heads int8",
-                                        "ssdlab PTQ, every conv int8", "onnxruntime quantize_static",
-                                        "pruned p0.3, fp32", "pruned p0.3 + ssdlab PTQ, every conv int8"]
+    names = [r["row"] for r in rows]
+    assert names[:8] == ["fp32", "ssdlab PTQ, heads float", "ssdlab PTQ, heads int8", "ssdlab PTQ, every conv int8",
+                         "onnxruntime quantize_static", "pruned p0.3, fp32", "pruned p0.3 + 4 it, fp32",
+                         "pruned p0.3 + 4 it + ssdlab PTQ, every conv int8"]
+    assert [n.split(" p0.3, ")[1] for n in names[8:]] == ["|γ| across layers", "defaults (L2, per layer)"]
     by_row = {r["row"]: r for r in rows}
     assert by_row["fp32"]["cost"]["qlinearconv"] == 0 and by_row["ssdlab PTQ, every conv int8"]["cost"] == {
         **by_row["ssdlab PTQ, every conv int8"]["cost"], "qlinearconv": 21, "float_conv": 0}
     assert by_row["pruned p0.3, fp32"]["cost"]["params"] < by_row["fp32"]["cost"]["params"]
+    assert by_row["pruned p0.3 + 4 it, fp32"]["cost"]["params"] == by_row["pruned p0.3, fp32"]["cost"]["params"]
+    assert by_row["pruned p0.3 + 4 it, fp32"]["weights_digest"] != by_row["pruned p0.3, fp32"]["weights_digest"]
+    assert all(r["cost"]["macs"] < rows[0]["cost"]["macs"] for r in rows[8:])
     for r in rows:
         assert r["cpu_flags"] == rows[0]["cpu_flags"] and r["commit"] and set(r["cost"]["latency"]) >= {"1"}
-        assert (r["weights_digest"] is None) == (r["row"] == "onnxruntime quantize_static")
+        assert (r["weights_digest"] is None) == (r["row"] == "onnxruntime quantize_static"
+                                                 or r["row"].startswith("Torch-Pruning"))
     first = results.read_text()
     assert "<!-- int8-graph:start -->" in first and "CPU flags" in first
     again = subprocess.run([*command, "--only", "summary"], capture_output=True, text=True, timeout=300, cwd=tmp_path)

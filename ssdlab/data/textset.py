@@ -1,4 +1,4 @@
-"""The "Oxford hand" text format, the seed's format for any custom dataset.
+"""The "Oxford hand" text format, the original SSD code's format for any custom dataset.
 
 ``NAME.data`` holds ``key= value`` lines (``#`` starts a comment)::
 

@@ -21,7 +21,7 @@ with the geometric steps does not change what the network sees, except that the 
 is now distorted too. Distorting after the resize costs size^2 pixels instead of the whole
 image (the cost of a sample: data-pipeline section of benchmarks/RESULTS.md).
 
-Resize uses ``torch.nn.functional.interpolate`` (bilinear, no antialias, like the seed's
+Resize uses ``torch.nn.functional.interpolate`` (bilinear, no antialias, like the original SSD code's
 ``cv2.resize``): on one thread it was 2-8x faster than PIL for 128-300 px outputs
 (375x500 -> 300: 0.9 ms vs 1.9 ms; 1100x1500 -> 300: 1.8 ms vs 15.6 ms).
 """
@@ -127,7 +127,7 @@ class PhotometricDistort(RandomTransform):
     """Random brightness, contrast, saturation and hue, then a random channel swap (each p=0.5).
 
     Contrast comes before or after the HSV changes (p=0.5 each), as in the SSD recipe.
-    Unlike the seed, values are clipped to [0, 255] (S to [0, 1]) so every step sees a valid image.
+    Unlike the original SSD code, values are clipped to [0, 255] (S to [0, 1]) so every step sees a valid image.
     """
 
     def __init__(self, brightness_delta: float = 32.0, contrast: tuple[float, float] = (0.5, 1.5),

@@ -4,14 +4,14 @@ Predictions are given per dataset index, as ``{i: {"boxes", "labels", "scores"}}
 list with one such dict per image (numpy arrays or tensors). Boxes are xyxy in pixels of the
 ORIGINAL image, labels are 1..C-1. Ground truth comes from ``dataset.get_annotation(i)``.
 
-VOC algorithm (the devkit's, which the seed's numbers use), per class:
+VOC algorithm (the devkit's, which the original SSD code's numbers use), per class:
   1. sort all detections of the class by score (highest first);
   2. each detection takes the ground-truth box (same image, same class) of highest IoU;
      if that IoU >= iou_threshold: a difficult box -> the detection is ignored (neither TP
      nor FP); an unmatched box -> TP (the box is now matched); an already matched box -> FP
      (a duplicate); below the threshold -> FP;
   3. AP from the precision/recall curve: the area under its monotone envelope ("area", the
-     seed's choice) or the mean of the envelope at recall 0, 0.1, ..., 1 ("11-point", VOC2007).
+     original SSD code's choice) or the mean of the envelope at recall 0, 0.1, ..., 1 ("11-point", VOC2007).
 Boxes use continuous coordinates (area = (x2 - x1) * (y2 - y1)), not the devkit's "+1 pixel".
 A class with no (non-difficult) ground truth has AP nan and is left out of the mean.
 

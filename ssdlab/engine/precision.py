@@ -2,7 +2,7 @@
 
 `SOLVER.PRECISION`:
 
-- `fp32`: every operation in float32 (the default, and the seed's).
+- `fp32`: every operation in float32 (the default, and the original SSD code's).
 - `bf16`: the forward pass runs under `torch.autocast(dtype=torch.bfloat16)`: convolutions
   and matrix products compute in bfloat16 (float32's range, an 8-bit mantissa), which a CPU
   with AVX512-BF16 or AMX and recent GPUs run about 1.5-2x faster. Weights, gradients, the

@@ -1,4 +1,4 @@
-"""Learning-rate schedules: linear warm-up, then multi-step decay (the seed's) or cosine."""
+"""Learning-rate schedules: linear warm-up, then multi-step decay (the original SSD code's) or cosine."""
 from __future__ import annotations
 
 import bisect
@@ -36,7 +36,7 @@ class WarmupSchedule:
 
 
 def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimizer:
-    """SGD with momentum (the seed's) or AdamW, over every trainable parameter.
+    """SGD with momentum (the original SSD code's) or AdamW, over every trainable parameter.
 
     Fused (one kernel for all parameters) on the CPU and CUDA: the same update, several times faster
     than the per-parameter loop torch uses by default on the CPU.

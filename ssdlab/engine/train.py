@@ -63,7 +63,7 @@ def default_threads() -> int:
 
 
 def scale_for_world(cfg: CfgNode, world: int) -> CfgNode:
-    """The seed's scaling for N processes: lr × N; MAX_ITER and LR_STEPS ÷ N (BATCH_SIZE is per process)."""
+    """The original SSD code's scaling for N processes: lr × N; MAX_ITER and LR_STEPS ÷ N (BATCH_SIZE is per process)."""
     if world == 1:
         return cfg
     cfg = cfg.clone()

@@ -1,10 +1,10 @@
-"""Export a model's weights for hardware: the seed's .bin layout plus a JSON manifest.
+"""Export a model's weights for hardware: the original SSD code's .bin layout plus a JSON manifest.
 
 The exported network is the BN-fused model (ssdlab.export.fuse): every conv has a weight and
 a bias. Tensors are written in state-dict order — backbone convs in cfg order, then every
 class head, then every box head — as little-endian float32 without headers:
 
-    <name>_weights.bin   all weights, one after another (the seed's file)
+    <name>_weights.bin   all weights, one after another (the original SSD code's file)
     <name>_bias.bin      all biases
     <name>_priors.bin    the prior boxes (cx, cy, w, h in [0, 1]), float32 [N, 4]
     <name>_codes.bin     IAO models: the integer weight codes (int8 up to 8 bits, else int16)
@@ -14,7 +14,7 @@ class head, then every box head — as little-endian float32 without headers:
                          the input scale and zero point; the input preprocessing and the priors
 
 `txt` writes the same tensors as readable text, `npz` as one NumPy archive. `load_weights`
-reads edited .bin files back into the fused model (the seed's FPGA round trip).
+reads edited .bin files back into the fused model (the original SSD code's FPGA round trip).
 """
 from __future__ import annotations
 

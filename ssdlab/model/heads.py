@@ -6,9 +6,9 @@ box * 4 + coordinate), so permuting NCHW -> NHWC and reshaping to [B, -1, C]
 orders the predictions row -> column -> box, and concatenating the levels gives
 level -> row -> column -> box: the order of the priors.
 
-Both heads register `cls_headers` before `reg_headers` (the seed's state-dict
+Both heads register `cls_headers` before `reg_headers` (the original SSD code's state-dict
 order, which the weight export keeps). Convs start Xavier-uniform with zero
-biases (the seed's choice); BatchNorm starts at gamma 1, beta 0.
+biases (the original SSD code's choice); BatchNorm starts at gamma 1, beta 0.
 """
 from __future__ import annotations
 
@@ -62,7 +62,7 @@ class SSDHead(BoxHead):
 
 
 def separable_conv(in_channels: int, out_channels: int) -> nn.Sequential:
-    """Depthwise 3x3 (`conv`, with a bias as in the seed) -> BatchNorm (`bn`) -> ReLU6 (`act`) -> 1x1 conv
+    """Depthwise 3x3 (`conv`, with a bias as in the original SSD code) -> BatchNorm (`bn`) -> ReLU6 (`act`) -> 1x1 conv
     (`pointwise`)."""
     return nn.Sequential(OrderedDict(
         conv=nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels),
@@ -80,7 +80,7 @@ def lite_predictor(in_channels: int, out_channels: int, last: bool) -> nn.Module
 class SSDLiteHead(BoxHead):
     """The SSDLite head: separable 3x3 predictors, plain 1x1 convs from level `separable` on.
 
-    `separable` = -1 (the seed's layout) makes only the last level plain; a pruned model whose
+    `separable` = -1 (the original SSD code's layout) makes only the last level plain; a pruned model whose
     last levels were dropped keeps its remaining separable predictors by passing the count.
     """
 

@@ -4,7 +4,7 @@ Channels are grouped by the tensors they flow through. A conv starts a new chann
 a maxpool and a depthwise conv keep their input's space; a shortcut joins the spaces of the
 two tensors it adds. Every space is one *group*, pruned with one mask:
 
-- `normal` groups have a single conv producing them (the seed's prunable layers);
+- `normal` groups have a single conv producing them (the original SSD code's prunable layers);
 - `shortcut` groups join several convs through residual adds: the mask is the union (OR)
   of the producers' masks, so added tensors keep the same channels;
 - `coupled` groups pass through a depthwise conv (an expand conv and its depthwise conv):

@@ -1,7 +1,7 @@
 """Carry out a pruning plan on a model: mask, compensate, and build the compact model.
 
 A pruned channel (BN γ = 0) outputs the constant a = act(β) everywhere. Compensation moves
-that constant into the layers that read it (REFERENCE §4.6): for a consumer conv,
+that constant into the layers that read it: for a consumer conv,
 `offset[o] = Σ_c (Σ_kh,kw W[o, c]) · a[c]` goes into its BN running mean (−) or its bias (+);
 constants pass unchanged through maxpools and add across shortcuts; the heads absorb it in
 their biases (SSDLite: through the depthwise conv and BN into the pointwise bias). Then β of
