@@ -192,3 +192,17 @@ def test_int8_graph_records_every_row_and_regenerates_its_section(tmp_path):
     assert "<!-- int8-graph:start -->" in first and "CPU flags" in first
     again = subprocess.run([*command, "--only", "summary"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert again.returncode == 0 and results.read_text() == first  # the records alone give the same section
+
+
+def test_results_md_holds_only_generated_sections():
+    """Outside its header, RESULTS.md is the scripts' sections, each naming the command that generates it; the
+    dated exploration lives in NOTES.md."""
+    text = (BENCHMARKS / "RESULTS.md").read_text()
+    blocks = list(re.finditer(r"<!-- ([\w-]+):start -->(.*?)<!-- \1:end -->", text, re.S))
+    outside = re.sub(r"<!-- ([\w-]+):start -->.*?<!-- \1:end -->", "", text, flags=re.S)
+    header = outside.split("\n\n", 2)
+    assert len(blocks) >= 10 and not re.sub(r"\s", "", "".join(header[2:]))
+    assert not re.search(r"\d\.\d", "".join(header[:2]))  # no figure typed into the header
+    for block in blocks:
+        assert re.search(r"python benchmarks/\w+\.py|make bench", block.group(2)), block.group(1)
+    assert "2026-11-30" in (BENCHMARKS / "NOTES.md").read_text()
