@@ -157,7 +157,7 @@ def _defaults() -> dict:
             "SR_SCHEDULE": "constant",  # constant | step
             "SR_STEP_AT": 0.5,  # step: fraction of MAX_ITER after which SR is scaled
             "SR_STEP_FACTOR": 0.1,
-            "SR_WEIGHT": "none",  # none | params | macs: scale each layer's SR by what one of its channels carries
+            "SR_WEIGHT": "none",  # none | params | macs | latency: scale each layer's SR by what one of its channels carries
             "ROUND_TO": 8,
         },
         "DISTILL": {  # fine-tuning a pruned model from its unpruned teacher (ssdlab.prune.distill)

@@ -1,5 +1,6 @@
 """Sparse training: the L1 subgradient on the prunable BN γ, its schedule, and its effect on a run."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -9,7 +10,8 @@ from ssdlab.engine.train import train
 from ssdlab.errors import ConfigError
 from ssdlab.model.ssd import build_model
 from ssdlab.config import PACKAGE_CONFIGS, load_config
-from ssdlab.prune.plan import ModelSpec, channel_cost, spatial_sizes
+from ssdlab.model.cfg import infer_channels
+from ssdlab.prune.plan import ModelSpec, channel_cost, layer_costs, spatial_sizes
 from ssdlab.prune.sparsity import SparsityHook, gamma_record, prunable_bns, sparsity_hooks, sr_at, sr_weights
 
 
@@ -82,7 +84,40 @@ def test_params_weighting_scales_sr_per_layer_around_one(tiny_cfg):
     by_macs = channel_cost(ModelSpec.from_model(model), "normal", "macs")
     assert macs[1] / macs[0] == pytest.approx(by_macs[1] / by_macs[0])
     with pytest.raises(ConfigError, match="PRUNE.SR_WEIGHT"):
-        SparsityHook(tiny_cfg("PRUNE.TYPE", "normal", "PRUNE.SR_WEIGHT", "latency"), model)
+        SparsityHook(tiny_cfg("PRUNE.TYPE", "normal", "PRUNE.SR_WEIGHT", "fastest"), model)
+
+
+def test_latency_cost_is_the_macs_cost_weighed_by_each_layers_measured_speed():
+    cfg = load_config(PACKAGE_CONFIGS / "course" / "plain_shapes.yaml")
+    spec = ModelSpec.from_model(build_model(cfg))
+    macs = channel_cost(spec, "normal", "macs")
+    keys = [key for key, _, m in layer_costs(spec, infer_channels(spec.layers), 6)]
+    uniform = channel_cost(spec, "normal", "latency", dict.fromkeys(keys, 2e-6))
+    assert all(uniform[i] == pytest.approx(2e-6 * macs[i]) for i in macs)  # one speed everywhere: MACs x speed
+    slow_first = channel_cost(spec, "normal", "latency", {**dict.fromkeys(keys, 1e-6), 0: 5e-6})
+    h = spatial_sizes(spec.layers, spec.image_size)
+    assert slow_first[0] == pytest.approx(5e-6 * 3 * 9 * h[0] ** 2 + 1e-6 * 24 * 9 * h[1] ** 2)  # own conv slower
+    assert slow_first[8] == pytest.approx(1e-6 * macs[8])
+    with pytest.raises(ValueError, match="speed"):
+        channel_cost(spec, "normal", "latency")
+
+
+def test_latency_weighting_measures_once_and_keeps_the_table_in_the_run(tiny_cfg, tmp_path):
+    model = build_model(tiny_cfg())
+    table = tmp_path / "run" / "layer_latency.json"
+    training = model.training
+    measured = sr_weights(model, "normal", "latency", table)
+    assert model.training == training  # timed on a copy: the model is still in its mode
+    stored = json.loads(table.read_text())
+    assert stored["cpu"] and set(stored["ms"]) >= {"0", "1", "2", "3", "head"}
+    stored["ms"]["0"] *= 1000  # a resumed run reads the table instead of timing again
+    table.write_text(json.dumps(stored))
+    again = sr_weights(model, "normal", "latency", table)
+    assert again[0] / again[1] > 10 * measured[0] / measured[1]
+    widths = {i: bn.num_features for i, bn in prunable_bns(model, "normal").items()}
+    assert sum(again[i] * widths[i] for i in widths) / sum(widths.values()) == pytest.approx(1.0)
+    hook = SparsityHook(tiny_cfg("PRUNE.TYPE", "normal", "PRUNE.SR_WEIGHT", "latency", out="run"), model)
+    assert (Path(hook.cfg.OUTPUT_DIR) / "layer_latency.json").is_file()
 
 
 def _mean_gamma(model) -> float:

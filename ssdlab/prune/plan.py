@@ -348,35 +348,57 @@ def _head_cost(spec: ModelSpec, channels: list[int], sizes: list[int]) -> tuple[
     return params, macs
 
 
-COSTS = ("params", "macs")
+COSTS = ("params", "macs", "latency")
 
 
-def channel_cost(spec: ModelSpec, mode: str, kind: str = "params") -> dict[int, int]:
-    """Parameters (kind 'params') or MACs per image ('macs') one channel of each prunable group carries (removing
-    it from every member of the group and from the inputs of its consumers), keyed by the group's producer layers."""
-    column = COSTS.index(kind)
+def channel_cost(spec: ModelSpec, mode: str, kind: str = "params",
+                 speed: dict[int | str, float] | None = None) -> dict[int, float]:
+    """Parameters (kind 'params'), MACs per image ('macs') or estimated ms ('latency': each conv's MACs times its
+    measured ms per MAC in `speed`, see layer_speed) one channel of each prunable group carries (removing it from
+    every member of the group and from the inputs of its consumers), keyed by the group's producer layers."""
+    if kind == "latency" and speed is None:
+        raise ValueError("channel_cost(kind='latency') needs the measured ms per MAC of each layer (speed)")
     widths = infer_channels(spec.layers, spec.in_channels)
     levels = len(feature_layers(spec.layers))
-    full = model_cost(spec, widths, levels)[column]
-    saved = {}
+
+    def cost(w: list[int]) -> float:
+        if kind == "latency":
+            return sum(macs * speed.get(key, 0.0) for key, _, macs in layer_costs(spec, w, levels))
+        return model_cost(spec, w, levels)[COSTS.index(kind)]
+
+    full, saved = cost(widths), {}
     for group in prunable_groups(spec.layers, mode, spec.in_channels):
         narrower = [w - 1 if i in group.members else w for i, w in enumerate(widths)]
-        saved.update(dict.fromkeys(group.producers, full - model_cost(spec, narrower, levels)[column]))
+        saved.update(dict.fromkeys(group.producers, full - cost(narrower)))
     return saved
+
+
+def layer_speed(spec: ModelSpec, ms: dict[int | str, float]) -> dict[int | str, float]:
+    """ms per MAC of every conv layer (cfg index) and of the head ('head'), from their measured ms
+    (ssdlab.engine.profile.layer_latency) and their MACs at the full widths."""
+    widths = infer_channels(spec.layers, spec.in_channels)
+    return {key: ms[key] / macs for key, _, macs in layer_costs(spec, widths, len(feature_layers(spec.layers)))
+            if macs and key in ms}
+
+
+def layer_costs(spec: ModelSpec, widths: list[int], levels: int) -> list[tuple[int | str, int, int]]:
+    """(cfg index or 'head', params, MACs) of every conv layer of layers 0..len(widths)-1 and of the head on the
+    first `levels` levels (an L2Norm's scale counts as its layer's params)."""
+    layers = spec.layers[:len(widths)]
+    sizes = spatial_sizes(layers, spec.image_size)
+    rows = []
+    for i, layer in enumerate(layers):
+        c_in = widths[i - 1] if i > 0 else spec.in_channels
+        params, macs = _conv_cost(layer, c_in, widths[i], sizes[i]) if layer["type"] in (
+            "convolutional", "depthwise") else (0, 0)
+        params += widths[i] if layer.get("feature") == "l2_norm" else 0
+        if params or macs:
+            rows.append((i, params, macs))
+    features = feature_layers(spec.layers)[:levels]
+    return rows + [("head", *_head_cost(spec, [widths[f] for f in features], [sizes[f] for f in features]))]
 
 
 def model_cost(spec: ModelSpec, widths: list[int], levels: int) -> tuple[int, int]:
     """(params, MACs) of the detector whose cfg layers 0..len(widths)-1 have these output widths."""
-    layers = spec.layers[:len(widths)]
-    sizes = spatial_sizes(layers, spec.image_size)
-    params = macs = 0
-    for i, layer in enumerate(layers):
-        c_in = widths[i - 1] if i > 0 else spec.in_channels
-        if layer["type"] in ("convolutional", "depthwise"):
-            p, m = _conv_cost(layer, c_in, widths[i], sizes[i])
-            params, macs = params + p, macs + m
-        if layer.get("feature") == "l2_norm":
-            params += widths[i]
-    features = feature_layers(spec.layers)[:levels]
-    head_p, head_m = _head_cost(spec, [widths[f] for f in features], [sizes[f] for f in features])
-    return params + head_p, macs + head_m
+    rows = layer_costs(spec, widths, levels)
+    return sum(r[1] for r in rows), sum(r[2] for r in rows)

@@ -5,21 +5,31 @@ the L1 subgradient `SR · sign(γ)` to the gradient of every prunable γ (PRUNE.
 layers: normal | shortcut | coupled; see ssdlab.prune.plan). With PRUNE.SR_SCHEDULE `step`,
 SR is multiplied by PRUNE.SR_STEP_FACTOR once PRUNE.SR_STEP_AT of SOLVER.MAX_ITER is done,
 so the network can recover accuracy at the end while the small γ stay small. With
-PRUNE.SR_WEIGHT `params` (or `macs`), each layer's SR is scaled by the parameters (or the MACs per
-image) one of its channels carries, relative to the mean over all prunable channels, so the global
-threshold of the plan meets the expensive channels first: the same share of channels then removes
-more parameters (or more computation: the wide, late layers carry the parameters, the early
-high-resolution ones the MACs).
+PRUNE.SR_WEIGHT `params` (or `macs`, `latency`), each layer's SR is scaled by the parameters (or the
+MACs per image, or the estimated CPU ms) one of its channels carries, relative to the mean over all
+prunable channels, so the global threshold of the plan meets the expensive channels first: the same
+share of channels then removes more parameters (or more computation: the wide, late layers carry
+the parameters, the early high-resolution ones the MACs). `latency` times every layer of the model
+once on this machine's CPU (batch 1, eager mode; ssdlab.engine.profile.layer_latency) and weighs each
+conv's MACs by its measured ms per MAC: layers that run slowly for their MACs (high resolution, few
+channels) count for more. The table is kept in OUTPUT_DIR/layer_latency.json, so a resumed run uses
+the same weights.
 """
 from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from ssdlab.config import CfgNode
+from ssdlab.engine.profile import cpu_flags, layer_latency
 from ssdlab.errors import ConfigError
-from ssdlab.prune.plan import COSTS, MODES, ModelSpec, channel_cost, prunable_layers
+from ssdlab.files import staged
+from ssdlab.prune.plan import COSTS, MODES, ModelSpec, channel_cost, layer_speed, prunable_layers
 
 SCHEDULES = ("constant", "step")
 WEIGHTS = ("none", *COSTS)
@@ -50,16 +60,35 @@ def prunable_bns(model: nn.Module, mode: str) -> dict[int, nn.BatchNorm2d]:
             for i in prunable_layers(model.backbone.defs, mode, model.cfg.INPUT.CHANNELS)}
 
 
-def sr_weights(model: nn.Module, mode: str, weight: str) -> dict[int, float]:
-    """Per prunable layer, the factor on SR: 1 for `none`; for `params` or `macs`, what one of its channels
-    carries over the mean across all prunable channels."""
+def measured_layer_ms(model: nn.Module, table: Path | None = None) -> dict[int | str, float]:
+    """Median CPU ms of every backbone layer and of the head (batch 1, on a copy of the model), read from `table`
+    when it exists, else measured and written there."""
+    if table is not None and table.is_file():
+        stored = json.loads(table.read_text())["ms"]
+        return {int(k) if k.isdigit() else k: v for k, v in stored.items()}
+    net = copy.deepcopy(getattr(model, "module", model)).cpu()
+    with torch.random.fork_rng():
+        ms = layer_latency(net, net.cfg.INPUT.IMAGE_SIZE)
+    if table is not None:
+        table.parent.mkdir(parents=True, exist_ok=True)
+        with staged(table) as (temp,):
+            temp.write_text(json.dumps({"cpu": cpu_flags(), "threads": torch.get_num_threads(),
+                                        "ms": {str(k): v for k, v in ms.items()}}, indent=1) + "\n")
+    return ms
+
+
+def sr_weights(model: nn.Module, mode: str, weight: str, table: Path | None = None) -> dict[int, float]:
+    """Per prunable layer, the factor on SR: 1 for `none`; for `params`, `macs` or `latency`, what one of its
+    channels carries over the mean across all prunable channels (latency: see measured_layer_ms)."""
     if weight not in WEIGHTS:
         raise ConfigError(f"PRUNE.SR_WEIGHT = {weight!r} is unknown; use one of {', '.join(WEIGHTS)}")
     bns = prunable_bns(model, mode)
     if weight == "none":
         return dict.fromkeys(bns, 1.0)
     net = getattr(model, "module", model)
-    cost = channel_cost(ModelSpec.from_model(net), mode, weight)
+    spec = ModelSpec.from_model(net)
+    speed = layer_speed(spec, measured_layer_ms(net, table)) if weight == "latency" else None
+    cost = channel_cost(spec, mode, weight, speed)
     widths = {i: bn.num_features for i, bn in bns.items()}
     mean = sum(cost[i] * widths[i] for i in bns) / sum(widths.values())
     return {i: cost[i] / mean for i in bns}
@@ -73,7 +102,8 @@ class SparsityHook:
         sr_at(cfg, 0)  # validates the schedule now rather than mid-run
         self.cfg = cfg
         self.bns = prunable_bns(model, cfg.PRUNE.TYPE)
-        self.weights = sr_weights(model, cfg.PRUNE.TYPE, cfg.PRUNE.SR_WEIGHT)
+        self.weights = sr_weights(model, cfg.PRUNE.TYPE, cfg.PRUNE.SR_WEIGHT,
+                                  Path(cfg.OUTPUT_DIR) / "layer_latency.json")
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, iteration: int) -> None:
