@@ -305,17 +305,18 @@ def drive(browser: Browser, lab_url: str, token: str) -> None:
     browser.js("arguments[0].scrollIntoView({block: 'start'})", explorer)
     before = settled_change(browser, {"summary": None, "image": None}, "running the notebook", 60)
     check(before["percent"] is not None and before["regular"] is not None, "no prune-% readout or regular checkbox")
-    log(f"before: prune % {before['percent']}, regular {before['regular']}: {before['summary']}")
+    log(f"before: prune {before['percent']}, regular {before['regular']}: {before['summary']}")
     browser.screenshot(OUT / "before.png")
 
     handle = browser.find(".ssdlab-percent .noUi-handle")
     check(handle is not None, "no slider handle (.ssdlab-percent .noUi-handle)")
-    down = float(before["percent"]) >= 0.3  # two pages of 5 steps of 0.01, away from the ends
+    shown = float(before["percent"].rstrip("%")) / 100  # the readout shows the ratio in %
+    down = shown >= 0.3  # two pages of 5 steps of 0.01, away from the ends
     browser.keys(handle, (PAGE_DOWN if down else PAGE_UP) * 2)
     slid = settled_change(browser, before, "moving the slider")
-    expected = f"{float(before['percent']) + (-0.1 if down else 0.1):.2f}"
+    expected = f"{shown + (-0.1 if down else 0.1):.0%}"
     check(slid["percent"] == expected, f"the slider readout is {slid['percent']}, expected {expected}")
-    log(f"slider: prune % {slid['percent']}, regular {slid['regular']}: {slid['summary']}")
+    log(f"slider: prune {slid['percent']}, regular {slid['regular']}: {slid['summary']}")
     browser.screenshot(OUT / "slider.png")
 
     checkbox = browser.find(".ssdlab-regular input[type=checkbox]")
@@ -323,7 +324,7 @@ def drive(browser: Browser, lab_url: str, token: str) -> None:
     browser.click(checkbox)
     after = settled_change(browser, slid, "switching `regular`")
     check(after["regular"] is not slid["regular"], "the regular checkbox did not switch")
-    log(f"after:  prune % {after['percent']}, regular {after['regular']}: {after['summary']}")
+    log(f"after:  prune {after['percent']}, regular {after['regular']}: {after['summary']}")
     browser.screenshot(OUT / "after.png")
 
 

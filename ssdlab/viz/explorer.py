@@ -1,6 +1,6 @@
 """The threshold explorer: widgets over the pure pruning plan (notebook 03).
 
-A prune-percent slider and toggles (mode, regular, max) re-run `ssdlab.prune.plan.plan` on
+A prune-ratio slider (shown in %) and toggles (mode, regular, max) re-run `ssdlab.prune.plan.plan` on
 every change and redraw: the global |γ| histogram with the threshold line, kept vs pruned
 channels per layer, params and MACs before/after, and a warning past the highest safe ratio.
 The "evaluate" button measures the masked (compensated) model's mAP at the chosen setting —
@@ -21,6 +21,7 @@ from IPython import get_ipython
 from IPython.display import display
 
 from ssdlab.errors import PruneError
+from ssdlab.model.cfg import feature_layers
 from ssdlab.prune.plan import MODES, ModelSpec, PrunePlan, plan, prunable_groups
 from ssdlab.prune.surgery import bn_gammas, masked_model
 
@@ -32,8 +33,10 @@ class ThresholdExplorer:
         self.model, self.evaluate_fn = model, evaluate
         self.spec = ModelSpec.from_model(model)
         self.gammas = bn_gammas(model)
-        self.percent = widgets.FloatSlider(value=percent, min=0.0, max=0.99, step=0.01, description="prune %",
-                                           continuous_update=True, readout_format=".2f")
+        self.percent = widgets.FloatSlider(value=percent, min=0.0, max=0.99, step=0.01, description="prune",
+                                           continuous_update=True, readout_format=".0%",
+                                           layout=widgets.Layout(width="520px"),
+                                           style={"description_width": "initial"})
         self.mode = widgets.ToggleButtons(options=list(MODES), value=mode, description="mode")
         self.regular = widgets.Checkbox(value=False, description="regular (multiples of 8)")
         self.drop_levels = widgets.Checkbox(value=False, description="max (drop head levels)")
@@ -42,6 +45,7 @@ class ThresholdExplorer:
         self.output = widgets.Output()
         self.plan: PrunePlan | None = None
         self.figure = None
+        self.unpruned_score: float | None = None  # evaluated once, on the first press of the button
         for name, part in (("percent", self.percent), ("mode", self.mode), ("regular", self.regular),
                            ("max", self.drop_levels), ("summary", self.summary), ("warning", self.warning),
                            ("result", self.result), ("evaluate", self.button), ("kept", self.output)):
@@ -62,7 +66,7 @@ class ThresholdExplorer:
             self.warning.value = f"<b style='color:#b00'>{err}</b>"
             self.summary.value = ""
             return
-        self.summary.value = summary_text(self.plan)
+        self.summary.value = summary_text(self.plan, self.figure_data())
         self.warning.value = warning_text(self.plan)
         self.redraw()
 
@@ -72,6 +76,7 @@ class ThresholdExplorer:
         layers = sorted(i for g in groups for i in g.producers)
         kept = {i: len(self.plan.kept_out(i)) if i <= self.plan.cut else 0 for i in layers} if self.plan else {}
         return {"gammas": np.concatenate([self.gammas[i] for i in layers]), "layers": layers,
+                "features": feature_layers(self.spec.layers),
                 "threshold": self.plan.threshold if self.plan else None,
                 "widths": {i: self.plan.widths_before[i] for i in layers} if self.plan else {}, "kept": kept}
 
@@ -89,8 +94,11 @@ class ThresholdExplorer:
             self.result.value = "no evaluation function given" if self.evaluate_fn is None else ""
             return None
         self.result.value = "evaluating..."
+        if self.unpruned_score is None:
+            self.unpruned_score = float(self.evaluate_fn(self.model))
         score = float(self.evaluate_fn(masked_model(self.model, self.plan, "compensated")))
-        self.result.value = f"masked + compensated model: <b>VOC mAP@0.5 {score:.4f}</b>"
+        self.result.value = (f"VOC mAP@0.5: unpruned {self.unpruned_score:.4f} → masked + compensated "
+                             f"<b>{score:.4f}</b> ({(score - self.unpruned_score) * 100:+.2f} points)")
         return score
 
     def widget(self) -> widgets.Widget:
@@ -100,12 +108,17 @@ class ThresholdExplorer:
                              widgets.HBox([self.button, self.result])]).add_class("ssdlab-explorer")
 
 
-def summary_text(result: PrunePlan) -> str:
-    """Params, MACs and channels before -> after as one HTML line."""
-    return (f"threshold |γ| ≥ {result.threshold:.4g} · channels {result.channels_before:,} → "
-            f"{result.channels_after:,} · params {result.params_before:,} → {result.params_after:,} "
-            f"(<b>−{result.compression():.1%}</b>) · MACs {result.macs_before / 1e6:.1f} M → "
-            f"{result.macs_after / 1e6:.1f} M · head levels {result.levels}")
+def summary_text(result: PrunePlan, data: dict) -> str:
+    """Params, MACs, prunable channels (all of them, those past a `max` cut counted as pruned) and head levels
+    before -> after as HTML lines."""
+    before, after = sum(data["widths"].values()), sum(data["kept"].values())
+    levels = len(data["features"])
+    dropped = (f" (<code>max</code> drops levels {result.levels}–{levels - 1} and every layer after layer "
+               f"{result.cut}: their channels count as pruned)") if result.levels < levels else ""
+    return (f"threshold |γ| ≥ {result.threshold:.4g} · prunable channels {before:,} → {after:,}<br>"
+            f"params {result.params_before:,} → {result.params_after:,} (<b>−{result.compression():.1%}</b>) · "
+            f"MACs {result.macs_before / 1e6:.1f} M → {result.macs_after / 1e6:.1f} M · head levels {levels} → "
+            f"{result.levels}{dropped}")
 
 
 def warning_text(result: PrunePlan) -> str:
@@ -114,7 +127,7 @@ def warning_text(result: PrunePlan) -> str:
         return f"highest safe percent: {result.highest_safe:.3f}"
     return (f"<b style='color:#b00'>past the highest safe percent {result.highest_safe:.3f}: layer "
             f"{result.emptied[0]} has no channel above the threshold</b> (it keeps its largest; "
-            "`max` drops the head levels after it)")
+            "<code>max</code> drops the head levels after it)")
 
 
 def draw_plan(data: dict):
@@ -124,7 +137,8 @@ def draw_plan(data: dict):
     if data["threshold"] is not None:
         left.axvline(data["threshold"], color="#c44e52", linestyle="--", label="threshold")
         left.legend()
-    left.set(xlabel="|γ|", ylabel="channels", title="BN |γ| of the prunable layers")
+    left.set_yscale("log")  # sparse training piles many γ at 0: a linear axis would show only that spike
+    left.set(xlabel="|γ|", ylabel="channels (log scale)", title="BN |γ| of the prunable layers")
     names = [str(i) for i in data["layers"]]
     kept = [data["kept"].get(i, 0) for i in data["layers"]]
     pruned = [data["widths"].get(i, 0) - k for i, k in zip(data["layers"], kept)]
