@@ -269,8 +269,8 @@ def summary_table(bench: Bench, rows: list[dict], missing: list[str], timings: d
     lines = [START, "## Every model side by side (`make bench`)", "",
              f"Machine: {machine()}. CPU latency: batch 1, torch threads: {torch.get_num_threads()}, median of "
              f"{bench.profile.latency_runs} runs of the network (no post-processing) in PyTorch eager mode, every row "
-             "re-measured one after the other in a fresh process at the end of the run; QAT rows run fake quantization, so they are not "
-             "faster than float (int8 in ONNX Runtime: see the side-by-side section).", "",
+             "re-measured one after the other in a fresh process at the end of the run; QAT rows run fake quantization, "
+             "so they are not faster than float (int8 in ONNX Runtime: see the side-by-side section).", "",
              f"Profile `{bench.name}` (shapes data: {bench.profile.n_train} train / {bench.profile.n_val} val images). "
              "VOC mAP@0.5 (area) and COCO AP on the val split. Size counts each quantized weight at its bit width. "
              "Compression = 1 − params / params of the row's dense reference; smaller = 1 − size / its size. "

@@ -1,4 +1,4 @@
-"""`python -m ssdlab COMMAND`: data, train, eval, demo, info, prune, quantize, export, tour (flags as in the original SSD code)."""
+"""`python -m ssdlab COMMAND`: data, train, eval, demo, info, prune, quantize, export, tour (the original SSD code's flags)."""
 from __future__ import annotations
 
 import argparse

@@ -9,8 +9,8 @@ Stages: every run of the course (lesson training, sparse training, QAT, fine-tun
 `<root>/<stage>-<digest>`, the digest taken over its effective training settings and its start's
 weights (`run_digest`). The same request is computed once and reused by whoever asks for it
 through these helpers (the tour, the notebooks), and different requests never share a folder, so
-nothing retrains or deletes another caller's run. (The CLI writes to the recipe's OUTPUT_DIR.) A pruned model is written beside its sparse model,
-named by mode and percent (`prune_stage`).
+nothing retrains or deletes another caller's run. (The CLI writes to the recipe's OUTPUT_DIR.) A pruned
+model is written beside its sparse model, named by mode and percent (`prune_stage`).
 """
 from __future__ import annotations
 

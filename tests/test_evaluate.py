@@ -211,8 +211,8 @@ def loop_voc_ap(data: TinyDataset, preds: dict, cls: int) -> float:
     gts = {i: data.get_annotation(i) for i in range(len(data))}
     taken = {i: np.zeros(len(gts[i][0]), bool) for i in gts}
     npos = sum(int(((labels == cls) & ~hard).sum()) for _, labels, hard in gts.values())
-    dets = sorted(((s, i, b) for i, p in preds.items() for b, l, s in zip(p["boxes"], p["labels"], p["scores"])
-                   if l == cls), key=lambda d: -d[0])
+    dets = sorted(((s, i, b) for i, p in preds.items() for b, label, s in zip(p["boxes"], p["labels"], p["scores"])
+                   if label == cls), key=lambda d: -d[0])
     tp, fp = [], []
     for _, i, box in dets:
         boxes, labels, hard = gts[i]

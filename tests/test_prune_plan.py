@@ -366,7 +366,7 @@ def test_mobilenet_modes():
         f"prunable channels normal {channels['normal']}, shortcut {channels['shortcut']}, "
         f"coupled {channels['coupled']} ({channels['coupled'] / channels['normal']:.2f}x)")
     # every expand conv + depthwise pair is one coupled group; depthwise layers are never producers
-    depthwise = [i for i, l in enumerate(layers) if l["type"] == "depthwise"]
+    depthwise = [i for i, layer in enumerate(layers) if layer["type"] == "depthwise"]
     assert len(depthwise) == 21 and not set(depthwise) & set(counts["coupled"])
     coupled = [g for g in prunable_groups(layers, "coupled") if g.kind == "coupled"]
     assert sorted(d for g in coupled for d in g.depthwise) == depthwise
@@ -378,7 +378,7 @@ def test_coupled_depthwise_follows_expand_conv(regular):
     _, spec = shipped("mobile_v2_ssd_voc0712.yaml")
     gammas = random_gammas(spec.layers, seed=9)
     result = plan(spec, gammas, 0.5, "coupled", regular=regular)
-    depthwise = [i for i, l in enumerate(spec.layers) if l["type"] == "depthwise"]
+    depthwise = [i for i, layer in enumerate(spec.layers) if layer["type"] == "depthwise"]
     for d in depthwise:
         assert spec.layers[d - 1]["type"] == "convolutional"
         np.testing.assert_array_equal(result.kept[d], result.kept[d - 1])
@@ -402,8 +402,8 @@ def test_l2norm_layer_never_prunable():
     assert len(blocked) == 1 and blocked[0].members == [12, 13] and "L2Norm" in blocked[0].blocked
     for mode in MODES:
         assert 12 not in prunable_layers(layers, mode)
-        assert prunable_layers(layers, mode) == [i for i, l in enumerate(layers)
-                                                 if l["type"] == "convolutional" and i != 12]
+        assert prunable_layers(layers, mode) == [i for i, layer in enumerate(layers)
+                                                 if layer["type"] == "convolutional" and i != 12]
     _, spec = shipped("vgg_bn_ssd300_voc0712.yaml")
     gammas = random_gammas(spec.layers, seed=10)
     result = plan(spec, gammas, 0.7)

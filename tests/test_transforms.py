@@ -236,7 +236,10 @@ def test_course_switches_leave_out_zoom_out_and_crop():
     full = build_transforms(load_config(None), is_train=True)
     light = build_transforms(load_config(None, ["INPUT.EXPAND_MAX_RATIO", "1.0", "INPUT.CROP", "False"]), True)
     none = build_transforms(load_config(None, ["SOLVER.AUGMENT", "False"]), True)
-    kinds = lambda pipeline: {type(t) for t in pipeline.transforms}
+
+    def kinds(pipeline):
+        return {type(t) for t in pipeline.transforms}
+
     assert {Expand, RandomSampleCrop} <= kinds(full)
     assert not {Expand, RandomSampleCrop} & kinds(light) and len(kinds(light)) == len(kinds(full)) - 2
     assert len(kinds(none)) == len(kinds(light)) - 2

@@ -1,6 +1,7 @@
 """COCO instances annotations (``annotations/instances_*.json``) read through pycocotools.
 
-Crowd boxes (``iscrowd=1``) and background categories (labelme's ``_background_``) are dropped; ``bbox = [x, y, w, h]`` becomes xyxy; category ids
+Crowd boxes (``iscrowd=1``) and background categories (labelme's ``_background_``) are dropped;
+``bbox = [x, y, w, h]`` becomes xyxy; category ids
 (1..90 with gaps in COCO) become contiguous labels 1..K in sorted id order, and the class
 names come from the categories. With ``remove_empty`` (training) images left without any
 box are dropped. ``label_to_category`` maps labels back to category ids for COCOeval, and

@@ -88,7 +88,7 @@ def _best_gt(gt_boxes: np.ndarray, det_boxes: np.ndarray, iou_threshold: float) 
 def _class_pr(images: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
               iou_threshold: float) -> tuple[np.ndarray, np.ndarray, int]:
     """Recall, precision and #non-difficult GT of one class from per-image (gt, difficult, det, score)."""
-    scores, hits, offsets, difficult = [], [], [], []
+    scores, hits, difficult = [], [], []
     start = 0
     for gt_boxes, gt_difficult, det_boxes, det_scores in images:
         best = _best_gt(gt_boxes, det_boxes, iou_threshold)

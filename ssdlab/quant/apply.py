@@ -3,7 +3,8 @@
 Backbone layers marked `quantization=1` in the cfg are swapped: conv+BN layers become
 `IAOConvBN` under IAO, and under DoReFa/BWN their conv becomes a `QuantConv2d`; with
 QUANTIZATION.FINAL the prediction-head convs become `QuantConv2d` too (SSDLite heads keep their
-BN in float); under IAO their outputs (the class logits and box offsets) are quantized as well. Weights and BN state are kept, so a float checkpoint continues as QAT.
+BN in float); under IAO their outputs (the class logits and box offsets) are quantized as well.
+Weights and BN state are kept, so a float checkpoint continues as QAT.
 """
 from __future__ import annotations
 
