@@ -9,6 +9,7 @@ re-evaluates each baseline on a freshly generated val split.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -48,9 +49,11 @@ def section() -> str:
 
 
 def main() -> None:
-    """Rewrite the section in RESULTS.md and print it."""
+    """Rewrite the section in RESULTS.md (or --out) and print it."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "RESULTS.md")
     text = section()
-    write_section(text, Path(__file__).resolve().parent / "RESULTS.md", START, END)
+    write_section(text, parser.parse_args().out, START, END, before=("\n<!-- pruning:start -->",))
     print(text)
 
 

@@ -9,8 +9,12 @@ course (the course recipes from scratch, course_training.py), pruning (baseline,
 several ratios, regular, max, fine-tuned with and without distillation, pruning.py), mobilenet
 (depthwise-coupled vs shortcut vs normal on MobileNetV2-SSDLite, mobilenet_pruning.py), quantization
 (QAT of each course model: DoReFa, IAO at W8A8 and W4A4, BWN binary and ternary, quantization.py),
-combined (prune-then-quantize and quantize-then-prune of each course model) and side_by_side
-(training speed against torchvision, fp32 vs int8 in ONNX Runtime, side_by_side.py). Each family
+combined (prune-then-quantize and quantize-then-prune of each course model), side_by_side
+(training speed against torchvision, fp32 vs int8 in ONNX Runtime, side_by_side.py), then, each
+by its own script into the same folder: integer (the integer-only reference of the IAO rows,
+integer.py), int8_graph (int8 graphs in ONNX Runtime: ssdlab PTQ/QAT, onnxruntime, pruned,
+Torch-Pruning, int8_graph.py), data_pipeline (the cost of a training sample, data_pipeline.py)
+and baselines (the committed baselines, baselines.py). Each family
 keeps its rows in a JSON file next to RESULTS.md and rewrites its own section; the summary then
 loads every stored checkpoint once more, in a fresh process, to measure params, size, MACs and CPU
 latency the same way for all rows, writes the summary section and the plots pareto.png (VOC mAP vs
@@ -45,7 +49,8 @@ from results_md import ROOT, display, machine, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
-FAMILIES = ("course", "pruning", "mobilenet", "quantization", "combined", "side_by_side")
+SCRIPT_FAMILIES = ("integer", "int8_graph", "data_pipeline", "baselines")  # run as their own scripts
+FAMILIES = ("course", "pruning", "mobilenet", "quantization", "combined", "side_by_side", *SCRIPT_FAMILIES)
 ROW_FAMILIES = ("baseline", "from scratch", "sparse", "pruned", "pruned + fine-tuned", "QAT", "prune → quantize",
                 "quantize → prune")
 STORES = {"course": "course_training.json", "pruning": "pruning.json", "mobilenet": "mobilenet_pruning.json",
@@ -115,7 +120,29 @@ def run_family(bench: Bench, family: str) -> str:
         return [run_quantized(bench, family, model, command) for model in COURSE_MODELS][-1]
     if family == "side_by_side":
         return side_by_side.run_all(bench.store(family), bench.results, iao_checkpoint(bench), command, p)
+    if family in SCRIPT_FAMILIES:
+        subprocess.run([sys.executable, str(HERE / f"{family}.py"), *script_arguments(bench, family)], check=True,
+                       stdout=subprocess.DEVNULL)
+        return ""
     raise ValueError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
+
+
+def script_arguments(bench: Bench, family: str) -> list[str]:
+    """The command-line arguments of a family run by its own script: its records and RESULTS.md in bench.out
+    (smoke: the tiny settings)."""
+    smoke = bench.name == "smoke"
+    if family == "integer":
+        stored = bench.load("quantization")
+        points = [stored[m]["iao-w8a8"]["checkpoint"] for m in COURSE_MODELS if "iao-w8a8" in stored.get(m, {})]
+        return ["--ckpt", *(points or [str(iao_checkpoint(bench))]), "--out", str(bench.results), "--data",
+                str(bench.profile.data)]
+    if family == "int8_graph":
+        return ["--profile", bench.name, "--records", str(bench.out / "int8_graph.jsonl"), "--results",
+                str(bench.results), *(["--runs", "2", "--no-qat", "--percents", "0.3", "--tune", "4"] if smoke else [])]
+    if family == "data_pipeline":
+        return ["--data", str(bench.profile.data), "--out", str(bench.results),
+                *(["--samples", "8", "--rounds", "1", "--steps", "2"] if smoke else [])]
+    return ["--out", str(bench.results)]
 
 
 def run_quantized(bench: Bench, family: str, model: str, command: str) -> str:

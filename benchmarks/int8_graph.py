@@ -234,7 +234,8 @@ def table(records: list[dict]) -> str:
              "|---|---|---|---|---|" + "---|" * len(threads) + "---|---|"]
     for r in records:
         cost, delta = r["cost"], (r["metrics"]["voc_map"] - fp32["metrics"]["voc_map"]) * 100
-        lines.append(f"| {r['row']} | {cost['params']:,} | {cost['macs'] / 1e6:.1f} | {cost['qlinearconv']} / "
+        name = r["row"].replace("|", "\\|")  # a pipe in a row name would split the cell
+        lines.append(f"| {name} | {cost['params']:,} | {cost['macs'] / 1e6:.1f} | {cost['qlinearconv']} / "
                      f"{cost['float_conv']} | {cost['file_mib']:.2f} | {ratio_cells(r, fp32)} | "
                      f"{r['metrics']['voc_map']:.4f} | {delta:+.2f} |")
     return "\n".join(lines + ["", NOTE, END])

@@ -29,11 +29,11 @@ HERE = Path(__file__).resolve().parent
 START, END = "<!-- integer:start -->", "<!-- integer:end -->"
 
 
-def row(path: Path) -> dict:
-    """The comparison for one IAO checkpoint on the shapes val split."""
+def row(path: Path, data: Path) -> dict:
+    """The comparison for one IAO checkpoint on the val split of a shapes folder."""
     model = ckpt.load(path).eval()
     cfg = model.cfg.clone()
-    cfg.DATASETS.TEST = [f"{PROFILES['full']['data']}:val"]
+    cfg.DATASETS.TEST = [f"{data}:val"]
     cfg.freeze()
     val = datasets(cfg, is_train=False)
     began = time.perf_counter()
@@ -72,9 +72,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt", type=Path, nargs="+", required=True, help="IAO QAT checkpoints")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--data", type=Path, default=Path(PROFILES["full"]["data"]), help="shapes folder (its val split)")
     args = parser.parse_args()
-    rows = [row(path) for path in args.ckpt]
-    (HERE / "integer.json").write_text(json.dumps(rows, indent=1))
+    rows = [row(path, args.data) for path in args.ckpt]
+    (args.out.parent / "integer.json").write_text(json.dumps(rows, indent=1))  # beside the RESULTS.md it writes
     command = "python benchmarks/integer.py --ckpt " + " ".join(display(p) for p in args.ckpt)
     write_section(table(rows, command), args.out, START, END)
     print(table(rows, command))

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
 ROW_FAMILIES = {"baseline", "from scratch", "sparse", "pruned", "pruned + fine-tuned", "QAT", "prune → quantize",
                 "quantize → prune"}
-SECTIONS = ("bench", "course-training", "pruning", "mobilenet-pruning", "quantization", "side-by-side")
+SECTIONS = ("bench", "course-training", "pruning", "mobilenet-pruning", "quantization", "side-by-side", "integer",
+            "int8-graph", "data-pipeline", "baselines")
 
 
 def section(text: str, name: str) -> str:
@@ -164,13 +165,9 @@ def test_the_committed_summary_record_holds_repo_relative_paths():
 
 
 @pytest.mark.slow
-def test_int8_graph_records_every_row_and_regenerates_its_section(tmp_path):
-    """The smoke int8-graph run: one record per row, the section generated from the records alone."""
-    records, results = tmp_path / "int8.jsonl", tmp_path / "RESULTS.md"
-    command = [sys.executable, str(BENCHMARKS / "int8_graph.py"), "--profile", "smoke", "--runs", "2", "--no-qat",
-               "--percents", "0.3", "--tune", "4", "--records", str(records), "--results", str(results)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-3000:]
+def test_int8_graph_records_every_row_and_regenerates_its_section(smoke_bench, tmp_path):
+    """The smoke bench's int8-graph family: one record per row, the section generated from the records alone."""
+    records, results = smoke_bench / "int8_graph.jsonl", tmp_path / "RESULTS.md"
     rows = [json.loads(line) for line in records.read_text().splitlines()]
     names = [r["row"] for r in rows]
     assert names[:8] == ["fp32", "ssdlab PTQ, heads float", "ssdlab PTQ, heads int8", "ssdlab PTQ, every conv int8",
@@ -188,10 +185,11 @@ def test_int8_graph_records_every_row_and_regenerates_its_section(tmp_path):
         assert r["cpu_flags"] == rows[0]["cpu_flags"] and r["commit"] and set(r["cost"]["latency"]) >= {"1"}
         assert (r["weights_digest"] is None) == (r["row"] == "onnxruntime quantize_static"
                                                  or r["row"].startswith("Torch-Pruning"))
-    first = results.read_text()
-    assert "<!-- int8-graph:start -->" in first and "CPU flags" in first
-    again = subprocess.run([*command, "--only", "summary"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert again.returncode == 0 and results.read_text() == first  # the records alone give the same section
+    first = section((smoke_bench / "RESULTS.md").read_text(), "int8-graph")
+    assert "CPU flags" in first and "Torch-Pruning" in first
+    again = subprocess.run([sys.executable, str(BENCHMARKS / "int8_graph.py"), "--only", "summary", "--records",
+                            str(records), "--results", str(results)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and section(results.read_text(), "int8-graph") == first  # from the records alone
 
 
 def test_results_md_holds_only_generated_sections():
