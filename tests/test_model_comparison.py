@@ -34,6 +34,10 @@ def test_plot_pareto_colours_names_and_joins_the_front():
     assert line.get_xdata().tolist() == [1.0, 3.0] and line.get_ydata().tolist() == [0.5, 0.9]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["float", "int8", "Pareto front"]
     plt.close(fig)
+    fig, ax = plt.subplots()
+    plot_pareto(ax, ["a long run name", "b", "c"], [3.0, 1.0, 2.0], [0.9, 0.5, 0.4], numbered=True)
+    assert [t.get_text() for t in ax.texts] == ["1", "2", "3"]  # short labels that cannot overlap as names do
+    plt.close(fig)
 
 
 def test_course_checkpoints_lists_the_baseline_finished_runs_and_pruned_models(tmp_path, monkeypatch):

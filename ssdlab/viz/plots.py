@@ -36,15 +36,17 @@ def pareto_front(sizes, scores) -> np.ndarray:
     return front
 
 
-def plot_pareto(ax: Axes, names, sizes, scores, groups=None) -> np.ndarray:
-    """Size against accuracy, one colour per group, every point named, the Pareto front joined; returns the front."""
+def plot_pareto(ax: Axes, names, sizes, scores, groups=None, numbered: bool = False) -> np.ndarray:
+    """Size against accuracy, one colour per group, every point named (numbered: 1, 2, ... in the order of names,
+    for a key table beside the plot when names are long), the Pareto front joined; returns the front."""
     sizes, scores = np.asarray(sizes, dtype=np.float64), np.asarray(scores, dtype=np.float64)
     groups = np.asarray(["" for _ in sizes] if groups is None else groups, dtype=object)
     for group in dict.fromkeys(groups):
         mine = groups == group
         ax.scatter(sizes[mine], scores[mine], s=60, label=group or None, zorder=3)
-    for name, x, y in zip(names, sizes, scores):
-        ax.annotate(str(name), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
+    for number, (name, x, y) in enumerate(zip(names, sizes, scores), start=1):
+        ax.annotate(str(number) if numbered else str(name), (x, y), textcoords="offset points", xytext=(5, 4),
+                    fontsize=8 if numbered else 7)
     front = pareto_front(sizes, scores)
     order = np.argsort(sizes[front])
     ax.step(sizes[front][order], scores[front][order], where="post", color="grey", linestyle="--",
