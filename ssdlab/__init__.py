@@ -4,7 +4,9 @@
     model = ssdlab.load("runs/plain/model_final.pt")     # a ready model from one checkpoint
     cfg = ssdlab.load_config("ssdlab/configs/course/plain_shapes.yaml", ["SOLVER.MAX_ITER", "100"])
     result = ssdlab.train(cfg)
+    ssdlab.evaluate(model); ssdlab.prune_channels(sparse, 0.5); ssdlab.quantize(recipe, ckpt); ssdlab.export_model(model, out)
 """
+from ssdlab.api import evaluate, export_model, prune_channels, quantize
 from ssdlab.config import load_config
 from ssdlab.errors import (CfgError, CheckpointError, ConfigError, DataError, PruneError, QuantError,
                            SSDLabError)
@@ -40,5 +42,7 @@ def seed_everything(seed: int) -> None:
     _seed(seed)
 
 
-__all__ = ["load", "load_config", "build_model", "train", "seed_everything", "SSDLabError", "ConfigError",
+__all__ = ["load", "load_config", "build_model", "train", "evaluate", "prune_channels", "quantize", "export_model",
+           "seed_everything",
+           "SSDLabError", "ConfigError",
            "CfgError", "DataError", "CheckpointError", "PruneError", "QuantError"]

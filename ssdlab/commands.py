@@ -207,48 +207,41 @@ def prune_mode(args: argparse.Namespace, stored: CfgNode) -> str:
 
 def cmd_prune(args: argparse.Namespace) -> None:
     """Prune a checkpoint: write the compact model, its cfg and the report; print the report."""
-    from ssdlab.engine.train import datasets
-    from ssdlab.prune.report import prune_checkpoint
+    from ssdlab.api import prune_channels
 
     path, state, cfg = checkpoint_and_config(args)
-    report = prune_checkpoint(path, cfg, args.percent, prune_mode(args, cfg), bool(args.regular), bool(args.max),
-                              bool(args.quick), args.out, args.tag, dataset=datasets(cfg, is_train=False))
+    report = prune_channels(path, args.percent, prune_mode(args, cfg), cfg, bool(args.regular), bool(args.max),
+                            bool(args.quick), args.out, args.tag)
     print(report.text, end="")
     for kind, file in report.files.items():
         print(f"{kind}: {file}")
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    """QAT: `train` starting from --ckpt with the recipe's QUANTIZATION.* (and the overrides); --ptq: calibration only."""
-    from ssdlab.quant.apply import quant_spec
+    """QAT: `train` starting from --ckpt with the recipe's QUANTIZATION.* (and the overrides); --ptq: calibration only
+    (into <OUTPUT_DIR>_ptq<N> unless OUTPUT_DIR is given)."""
+    from ssdlab.api import quantize
 
-    opts = [*_opts(args), "MODEL.FINE_TUNE", "True", "MODEL.WEIGHTS", args.ckpt]
-    cfg = load_config(args.config_file, opts)
-    if quant_spec(cfg) is None:
-        raise ConfigError(f"{args.config_file} sets QUANTIZATION.TYPE no; add QUANTIZATION.TYPE IAO|dorefa|BWN "
-                          "(and WBITS/ABITS) to the recipe or the command line")
-    if args.ptq is None:
-        return _run_training(cfg, args.fresh, "quantization-aware training")
-    return _run_ptq(cfg if "OUTPUT_DIR" in opts[0::2] else load_config(
-        args.config_file, [*opts, "OUTPUT_DIR", f"{cfg.OUTPUT_DIR}_ptq{args.ptq}"]), args.ptq, args.fresh)
-
-
-def _run_ptq(cfg: CfgNode, images: int, fresh: bool) -> int:
-    """Post-training quantization on `images` calibration images; print where it went and the metrics."""
-    from ssdlab.quant.ptq import post_training_quantize
-
-    result = post_training_quantize(cfg, images, resume=not fresh)
-    state = "reused (--fresh calibrates again)" if result.reused else f"done in {result.train_seconds:.1f} s"
-    print(f"post-training quantization on {images} calibration images {state}: {result.checkpoint}")
-    _print_metrics(result.metrics)
-    return 0
+    overrides = _opts(args)
+    if args.ptq is not None and "OUTPUT_DIR" not in overrides[0::2]:
+        overrides += ["OUTPUT_DIR", f"{load_config(args.config_file, overrides).OUTPUT_DIR}_ptq{args.ptq}"]
+    result = quantize(args.config_file, args.ckpt, overrides, args.ptq, args.fresh)
+    if args.ptq is not None:
+        state = "reused (--fresh calibrates again)" if result.reused else f"done in {result.train_seconds:.1f} s"
+        print(f"post-training quantization on {args.ptq} calibration images {state}: {result.checkpoint}")
+    elif dist.is_main():
+        print(f"quantization-aware training {_run_state(result)} at iteration {result.iteration}: {result.checkpoint}")
+    if dist.is_main():
+        _print_metrics(result.metrics)
+    dist.cleanup()
+    return 0 if result.finished else STOPPED
 
 
 def cmd_export(args: argparse.Namespace) -> None:
     """Export a checkpoint's fused weights (or ONNX) into a new folder."""
-    from ssdlab.export.weights import export_weights
+    from ssdlab.api import export_model
 
-    out = export_weights(ckpt.load(args.ckpt), args.out, args.format, args.name, args.force, args.int8)
+    out = export_model(args.ckpt, args.out, args.format, args.name, args.force, args.int8)
     for path in sorted(out.iterdir()):
         print(f"{path}  ({path.stat().st_size:,} bytes)")
 

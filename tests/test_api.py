@@ -1,0 +1,68 @@
+"""The public API (`ssdlab.evaluate/prune_channels/quantize/export_model`): each step gives what its library function gives."""
+import json
+
+import pytest
+import torch
+
+import ssdlab
+from ssdlab.course import baseline
+from ssdlab.data.catalog import build_dataset
+from ssdlab.data.transforms import build_transforms
+from ssdlab.engine.inference import evaluate_model
+from ssdlab.errors import ConfigError
+from ssdlab.prune.surgery import make_plan
+from tests.conftest import TESTS
+
+RECIPE = TESTS.parent / "ssdlab" / "configs" / "course" / "plain_quant.yaml"
+
+
+@pytest.fixture(scope="module")
+def plain():
+    return ssdlab.load(baseline("plain"))
+
+
+@pytest.fixture(scope="module")
+def val(shapes_dir, plain):
+    return build_dataset([f"{shapes_dir}:val"], False, transform=build_transforms(plain.cfg, False))
+
+
+def data_overrides(shapes_dir) -> list[str]:
+    return ["DATASETS.TRAIN", f"['{shapes_dir}:train']", "DATASETS.TEST", f"['{shapes_dir}:val']"]
+
+
+def test_evaluate_is_the_library_evaluation(plain, val):
+    got = ssdlab.evaluate(plain, val)
+    assert got["voc_map"] == evaluate_model(plain, val, plain.cfg)["voc_map"] and 0 < got["voc_map"] <= 1
+
+
+def test_prune_writes_the_compact_model_of_the_plan(plain, val, tmp_path):
+    report = ssdlab.prune_channels(baseline("plain"), 0.3, out=tmp_path, tag="p03", quick=True, dataset=val)
+    plan = make_plan(plain, 0.3)
+    assert report.plan.mode == "normal" and report.plan.params_after == plan.params_after
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p03.cfg", "p03.pt", "p03.txt"]
+    compact = ssdlab.load(tmp_path / "p03.pt")
+    assert sum(p.numel() for p in compact.parameters()) == plan.params_after
+    assert report.rows[-1]["voc_map"] == pytest.approx(ssdlab.evaluate(compact, val)["voc_map"])
+
+
+def test_quantize_calibrates_with_ptq_and_refuses_a_float_recipe(shapes_dir, tmp_path):
+    overrides = [*data_overrides(shapes_dir), "OUTPUT_DIR", str(tmp_path / "ptq")]
+    result = ssdlab.quantize(RECIPE, baseline("plain"), overrides, ptq=16)
+    model = ssdlab.load(result.checkpoint)
+    assert model.quant_spec.kind == "IAO" and 0 < result.metrics["voc_map"] <= 1
+    assert torch.load(result.checkpoint, weights_only=False)["calibration_images"] == 16
+    again = ssdlab.quantize(RECIPE, baseline("plain"), overrides, ptq=16)
+    assert again.reused and again.checkpoint == result.checkpoint
+    with pytest.raises(ConfigError, match="QUANTIZATION.TYPE no"):
+        ssdlab.quantize(RECIPE, baseline("plain"), [*overrides, "QUANTIZATION.TYPE", "no"])
+
+
+def test_export_names_the_files_after_the_checkpoint(plain, tmp_path):
+    folder = ssdlab.export_model(baseline("plain"), tmp_path / "bin")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert (folder / "plain_shapes_weights.bin").is_file() and manifest["tensors"]
+    onnx = ssdlab.export_model(plain, tmp_path / "onnx", "onnx", name="plain")
+    assert (onnx / "plain.onnx").is_file()
+    with pytest.raises(ssdlab.SSDLabError, match="already exists"):
+        ssdlab.export_model(plain, tmp_path / "onnx", "onnx")
+    assert torch.is_tensor(plain.priors)
