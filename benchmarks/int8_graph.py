@@ -50,7 +50,7 @@ HERE = Path(__file__).resolve().parent
 RECORDS = HERE / "int8_graph.jsonl"
 START, END = "<!-- int8-graph:start -->", "<!-- int8-graph:end -->"
 ROUND_TO = 8  # the pruned rows' kept widths: multiples of 8 run about 15% faster in ONNX Runtime than odd widths
-TORCH_PRUNED: dict = {}  # Torch-Pruning row name -> its pruned model (no ssdlab checkpoint)
+Source = Path | torch.nn.Module | None  # a row's model: its ssdlab checkpoint, Torch-Pruning's model, or None
 VARIANTS = {  # row suffix: QUANTIZATION.FINAL and backbone cfg
     "heads float": ("False", "course_plain_quan.cfg"),
     "heads int8": ("True", "course_plain_quan.cfg"),
@@ -121,11 +121,11 @@ def sparse_checkpoint(profile: str) -> Path:
 
 
 def pruned_rows(out: Path, profile: str, images: int, percents: tuple[float, ...],
-                tune: int) -> dict[str, tuple[Path, Path | None]]:
+                tune: int) -> dict[str, tuple[Path, Source]]:
     """At each percent: ssdlab's prune (widths rounded up to 8), fine-tuned for `tune` iterations with the sparse model
     as teacher, then ssdlab PTQ of every conv; Torch-Pruning of the same sparse model at the same ratio."""
     sparse = sparse_checkpoint(profile)
-    rows: dict[str, tuple[Path, Path | None]] = {}
+    rows: dict[str, tuple[Path, Source]] = {}
     for percent in percents:
         name = f"pruned p{percent:g}"
         pruned = Path(prune_stage(sparse, course_config("plain", profile), percent, quick=True,
@@ -143,7 +143,7 @@ def pruned_rows(out: Path, profile: str, images: int, percents: tuple[float, ...
     return rows
 
 
-def torch_pruning_rows(out: Path, sparse: Path, percent: float) -> dict[str, tuple[Path, None]]:
+def torch_pruning_rows(out: Path, sparse: Path, percent: float) -> dict[str, tuple[Path, torch.nn.Module]]:
     """Torch-Pruning of the sparse model at a ratio, no fine-tune: |γ| ranked across layers (network slimming), and
     its default (L2 norm of the filters, the same ratio in every layer); the head convs keep their outputs."""
     try:
@@ -161,14 +161,13 @@ def torch_pruning_rows(out: Path, sparse: Path, percent: float) -> dict[str, tup
                              global_pruning=global_, ignored_layers=heads,
                              forward_fn=lambda model, x: model.forward_raw(x)).step()
         name = f"Torch-Pruning {tp.__version__} p{percent:g}, {label}"
-        TORCH_PRUNED[name] = net
-        rows[name] = (write_onnx(net, out, f"tp_{len(TORCH_PRUNED)}"), None)
+        rows[name] = (write_onnx(net, out, f"tp_{percent:g}_{int(global_)}"), net)
     return rows
 
 
 def contenders(out: Path, profile: str, images: int, qat: bool, percents: tuple[float, ...],
-               tune: int) -> dict[str, tuple[Path, Path | None]]:
-    """Row name -> (ONNX file, ssdlab checkpoint or None for onnxruntime's PTQ)."""
+               tune: int) -> dict[str, tuple[Path, Source]]:
+    """Row name -> (ONNX file, its Source: None for onnxruntime's PTQ)."""
     start = baseline("plain")
     rows = {"fp32": (write_onnx(ckpt.load(start), out, "fp32"), start)}
     for variant in VARIANTS:
@@ -182,12 +181,14 @@ def contenders(out: Path, profile: str, images: int, qat: bool, percents: tuple[
     return {**rows, **pruned_rows(out, profile, images, percents, tune)}
 
 
-def detector_model(name: str, point: Path | None, reference):
-    """A row's ssdlab model (onnxruntime's PTQ row: the float baseline it quantized; Torch-Pruning's: its model)."""
-    return ckpt.load(point) if point else TORCH_PRUNED.get(name, reference)
+def detector_model(source: Source, reference):
+    """A row's model for decoding and counting (onnxruntime's PTQ row: the float baseline it quantized)."""
+    if isinstance(source, Path):
+        return ckpt.load(source)
+    return reference if source is None else source
 
 
-def measure(rows: dict[str, tuple[Path, Path | None]], profile: str, runs: int) -> list[dict]:
+def measure(rows: dict[str, tuple[Path, Source]], profile: str, runs: int) -> list[dict]:
     """One record per row: latency at 1 thread and every core (interleaved), mAP through ONNX Runtime, graph counts."""
     cfg = course_config("plain", profile)
     val, size, reference = datasets(cfg, False), cfg.INPUT.IMAGE_SIZE, ckpt.load(baseline("plain"))
@@ -197,8 +198,9 @@ def measure(rows: dict[str, tuple[Path, Path | None]], profile: str, runs: int) 
     common = {"experiment": "int8_graph", "commit": git_commit(), "machine": machine(), "cpu_flags": cpu_flags(),
               "date": datetime.date.today().isoformat(), "profile": profile, "start": display(baseline("plain"))}
     records = []
-    for name, (path, point) in rows.items():
-        model = detector_model(name, point, reference)
+    for name, (path, source) in rows.items():
+        point = source if isinstance(source, Path) else None
+        model = detector_model(source, reference)
         detector = OnnxDetector(path, model, torch.get_num_threads())
         metrics = evaluate_model(detector, val, cfg)
         state = ckpt.read_checkpoint(point) if point else None

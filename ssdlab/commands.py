@@ -29,17 +29,14 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train a recipe; under torchrun every process runs this."""
-    return _run_training(load_config(args.config_file, _opts(args)), args.fresh, "training")
-
-
-
-
-def _run_training(cfg: CfgNode, fresh: bool, label: str) -> int:
-    """Train (resuming unless fresh), print where it stopped and the metrics (rank 0); the exit status."""
+    """Train a recipe (resuming unless --fresh); under torchrun every process runs this."""
     from ssdlab.engine.train import train
 
-    result = train(cfg, resume=not fresh)
+    return _report(train(load_config(args.config_file, _opts(args)), resume=not args.fresh), "training")
+
+
+def _report(result: TrainResult, label: str) -> int:
+    """Print where a run stopped and its metrics (rank 0); the exit status."""
     if dist.is_main():
         print(f"{label} {_run_state(result)} at iteration {result.iteration}: {result.checkpoint}")
         _print_metrics(result.metrics)
@@ -226,15 +223,12 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.ptq is not None and "OUTPUT_DIR" not in overrides[0::2]:
         overrides += ["OUTPUT_DIR", f"{load_config(args.config_file, overrides).OUTPUT_DIR}_ptq{args.ptq}"]
     result = quantize(args.config_file, args.ckpt, overrides, args.ptq, args.fresh)
-    if args.ptq is not None:
-        state = "reused (--fresh calibrates again)" if result.reused else f"done in {result.train_seconds:.1f} s"
-        print(f"post-training quantization on {args.ptq} calibration images {state}: {result.checkpoint}")
-    elif dist.is_main():
-        print(f"quantization-aware training {_run_state(result)} at iteration {result.iteration}: {result.checkpoint}")
-    if dist.is_main():
-        _print_metrics(result.metrics)
-    dist.cleanup()
-    return 0 if result.finished else STOPPED
+    if args.ptq is None:
+        return _report(result, "quantization-aware training")
+    state = "reused (--fresh calibrates again)" if result.reused else f"done in {result.train_seconds:.1f} s"
+    print(f"post-training quantization on {args.ptq} calibration images {state}: {result.checkpoint}")
+    _print_metrics(result.metrics)
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> None:

@@ -26,9 +26,9 @@ import torch
 from torch import nn
 
 from ssdlab.config import CfgNode
+from ssdlab.engine.evaluate import write_json_atomic
 from ssdlab.engine.profile import cpu_flags, layer_latency
 from ssdlab.errors import ConfigError
-from ssdlab.files import staged
 from ssdlab.prune.plan import COSTS, MODES, ModelSpec, channel_cost, layer_speed, prunable_layers
 
 SCHEDULES = ("constant", "step")
@@ -71,9 +71,8 @@ def measured_layer_ms(model: nn.Module, table: Path | None = None) -> dict[int |
         ms = layer_latency(net, net.cfg.INPUT.IMAGE_SIZE)
     if table is not None:
         table.parent.mkdir(parents=True, exist_ok=True)
-        with staged(table) as (temp,):
-            temp.write_text(json.dumps({"cpu": cpu_flags(), "threads": torch.get_num_threads(),
-                                        "ms": {str(k): v for k, v in ms.items()}}, indent=1) + "\n")
+        write_json_atomic({"cpu": cpu_flags(), "threads": torch.get_num_threads(),
+                           "ms": {str(k): v for k, v in ms.items()}}, table)
     return ms
 
 

@@ -33,6 +33,7 @@ class ThresholdExplorer:
         self.model, self.evaluate_fn = model, evaluate
         self.spec = ModelSpec.from_model(model)
         self.gammas = bn_gammas(model)
+        self.levels = len(feature_layers(self.spec.layers))  # head levels of the unpruned model
         self.percent = widgets.FloatSlider(value=percent, min=0.0, max=0.99, step=0.01, description="prune",
                                            continuous_update=True, readout_format=".0%",
                                            layout=widgets.Layout(width="520px"),
@@ -66,9 +67,10 @@ class ThresholdExplorer:
             self.warning.value = f"<b style='color:#b00'>{err}</b>"
             self.summary.value = ""
             return
-        self.summary.value = summary_text(self.plan, self.figure_data())
+        data = self.figure_data()
+        self.summary.value = summary_text(self.plan, data, self.levels)
         self.warning.value = warning_text(self.plan)
-        self.redraw()
+        self.redraw(data)
 
     def figure_data(self) -> dict:
         """What the figure shows: pooled |γ|, threshold, and per-layer width and kept count."""
@@ -76,13 +78,12 @@ class ThresholdExplorer:
         layers = sorted(i for g in groups for i in g.producers)
         kept = {i: len(self.plan.kept_out(i)) if i <= self.plan.cut else 0 for i in layers} if self.plan else {}
         return {"gammas": np.concatenate([self.gammas[i] for i in layers]), "layers": layers,
-                "features": feature_layers(self.spec.layers),
                 "threshold": self.plan.threshold if self.plan else None,
                 "widths": {i: self.plan.widths_before[i] for i in layers} if self.plan else {}, "kept": kept}
 
-    def redraw(self) -> None:
-        """Draw the histogram and the bar chart into the output area."""
-        self.figure = draw_plan(self.figure_data())
+    def redraw(self, data: dict) -> None:
+        """Draw the histogram and the bar chart of figure_data() into the output area."""
+        self.figure = draw_plan(data)
         if get_ipython() is not None:  # in a notebook; tests read figure_data() instead
             self.output.clear_output(wait=True)
             with self.output:
@@ -108,11 +109,10 @@ class ThresholdExplorer:
                              widgets.HBox([self.button, self.result])]).add_class("ssdlab-explorer")
 
 
-def summary_text(result: PrunePlan, data: dict) -> str:
+def summary_text(result: PrunePlan, data: dict, levels: int) -> str:
     """Params, MACs, prunable channels (all of them, those past a `max` cut counted as pruned) and head levels
-    before -> after as HTML lines."""
+    (of `levels`) before -> after as HTML lines."""
     before, after = sum(data["widths"].values()), sum(data["kept"].values())
-    levels = len(data["features"])
     dropped = (f" (<code>max</code> drops levels {result.levels}–{levels - 1} and every layer after layer "
                f"{result.cut}: their channels count as pruned)") if result.levels < levels else ""
     return (f"threshold |γ| ≥ {result.threshold:.4g} · prunable channels {before:,} → {after:,}<br>"
