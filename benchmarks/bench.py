@@ -35,7 +35,7 @@ import torch
 
 from ssdlab.course import COURSE_MODELS, baseline
 from ssdlab.engine import checkpoint as ckpt
-from ssdlab.prune.report import measure
+from ssdlab.engine.profile import measure
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import course_training  # noqa: E402

@@ -31,16 +31,16 @@ from pathlib import Path
 
 import torch
 
-from ssdlab.course import (QAT_ITERS, baseline, course_config, prepare_data, prune_stage, ptq_config,
-                           quant_config, sparse_config, train_recipe, tune_config)
-from ssdlab.data.catalog import build_dataset
+from ssdlab.course import (QAT_ITERS, baseline, course_config, prepare_data, prune_stage, ptq_config, quant_config,
+                           sparse_config, train_recipe, tune_config)
+from ssdlab.data.catalog import build_dataset, datasets
 from ssdlab.data.transforms import build_transforms
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import evaluate_model
 from ssdlab.engine.profile import compare_latency, cpu_flags, session_call, summary
-from ssdlab.engine.train import datasets
-from ssdlab.export.onnx import onnx_session, optimized_ops, write_onnx
+from ssdlab.export.onnx import write_onnx
 from ssdlab.export.qdq import OnnxDetector
+from ssdlab.export.runtime import optimized_ops, onnx_session
 from ssdlab.quant.ptq import DEFAULT_IMAGES, calibration_batches, post_training_quantize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

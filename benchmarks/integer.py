@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from ssdlab.course import PROFILES
+from ssdlab.data.catalog import datasets
 from ssdlab.engine import checkpoint as ckpt
-from ssdlab.engine.train import datasets
 from ssdlab.export.intref import compare_integer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -22,8 +22,8 @@ import torch
 from ssdlab.config import PACKAGE_CONFIGS, CfgNode, load_config
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.train import train
-from ssdlab.model.cfg import parse_cfg
-from ssdlab.model.ssd import feature_sizes, read_backbone_text
+from ssdlab.model.cfg import parse_cfg, read_backbone_text
+from ssdlab.model.ssd import feature_sizes
 from ssdlab.prune.plan import MODES
 from ssdlab.prune.surgery import make_plan
 

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import torch
 
-from ssdlab.config import PACKAGE_CONFIGS, CfgNode
-from ssdlab.course import COURSE_MODELS, baseline, course_config
+from ssdlab.config import PACKAGE_CONFIGS, CfgNode, merge_overrides
+from ssdlab.course import COURSE_MODELS, baseline, course_config, tune_config
+from ssdlab.data.catalog import datasets
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import evaluate_model
 from ssdlab.engine.profile import measure_latency
-from ssdlab.engine.train import datasets, train
+from ssdlab.engine.train import train
 from ssdlab.model.cfg import infer_channels, read_cfg
 from ssdlab.prune.plan import MODES, prunable_layers
 from ssdlab.prune.report import prune_checkpoint
@@ -79,11 +80,9 @@ def fine_tune(model: str, pruned: Path, teacher: Path | None, runs: Path, iterat
               profile: BenchProfile = FULL) -> dict:
     """Fine-tune a pruned model (optionally distilled from the teacher); its final metrics."""
     out = runs / f"{pruned.parent.name.replace('_sparse', '')}_tuned_{'distilled' if teacher else 'plain'}"
-    cfg = course_config(model, profile.course, [
-        "MODEL.FINE_TUNE", "True", "MODEL.WEIGHTS", str(pruned), "PRUNE.TYPE", "no", "SOLVER.LR", "0.0005",
-        "SOLVER.WARMUP_ITERS", str(min(20, iterations // 4)), "SOLVER.CHECKPOINT_PERIOD", "0",
-        "DISTILL.TEACHER", str(teacher or ""), *profile.overrides(out, iterations)])
-    result = train(cfg, resume=False)
+    cfg = tune_config(pruned, iterations, profile.course, teacher, model).clone()  # the course's fine-tune recipe
+    merge_overrides(cfg, profile.overrides(out, iterations))
+    result = train(cfg.freeze(), resume=False)
     return {"model": model, "distilled": teacher is not None, "iterations": iterations,
             "voc_map": result.metrics["voc_map"], "coco_ap": result.metrics["coco_ap"],
             "minutes": result.train_seconds / 60, "checkpoint": str(result.checkpoint)}

@@ -25,10 +25,11 @@ import torch
 
 from ssdlab.config import CfgNode
 from ssdlab.course import COURSE_MODELS, baseline, quant_config, sparse_config
+from ssdlab.data.catalog import datasets
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import evaluate_model
 from ssdlab.engine.profile import count_params, measure_latency, size_mib
-from ssdlab.engine.train import datasets, train
+from ssdlab.engine.train import train
 from ssdlab.prune.report import prune_checkpoint
 from ssdlab.prune.surgery import make_plan
 

@@ -32,14 +32,15 @@ from torch import Tensor, nn
 
 from ssdlab.config import PACKAGE_CONFIGS, load_config
 from ssdlab.course import baseline, course_config
+from ssdlab.data.catalog import datasets
 from ssdlab.data.transforms import build_target_transform
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import evaluate_model
 from ssdlab.engine.profile import count_params, measure_latency, session_latency
-from ssdlab.engine.train import datasets
-from ssdlab.export.onnx import onnx_session, write_onnx
+from ssdlab.export.onnx import write_onnx
 from ssdlab.export.qdq import OnnxDetector
-from ssdlab.model.ssd import build_model
+from ssdlab.export.runtime import onnx_session
+from ssdlab.model.build import build_model
 from ssdlab.quant.apply import calibrate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -8,8 +8,7 @@
 """
 from ssdlab.api import evaluate, export_model, prune_channels, quantize
 from ssdlab.config import load_config
-from ssdlab.errors import (CfgError, CheckpointError, ConfigError, DataError, PruneError, QuantError,
-                           SSDLabError)
+from ssdlab.errors import CfgError, CheckpointError, ConfigError, DataError, PruneError, QuantError, SSDLabError
 
 __version__ = "0.1.0"
 
@@ -22,8 +21,8 @@ def load(path, device="cpu"):
 
 
 def build_model(cfg):
-    """A fresh SSD for a config (see ssdlab.model.ssd.SSD)."""
-    from ssdlab.model.ssd import build_model as _build
+    """A fresh SSD for a config (see ssdlab.model.build.build_model)."""
+    from ssdlab.model.build import build_model as _build
 
     return _build(cfg)
 

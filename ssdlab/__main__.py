@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return getattr(commands, f"cmd_{args.command}")(args) or 0
     except SSDLabError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {err.cli_message()}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C while starting, a second one while training, or one while evaluating
         print(f"\ninterrupted (Ctrl-C): {args.command} stopped; files it finished writing are kept (training: the "

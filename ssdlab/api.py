@@ -23,8 +23,8 @@ if TYPE_CHECKING:  # `import ssdlab` stays light: torch is imported by the step 
 
 def evaluate(model: "nn.Module", dataset=None, cfg: CfgNode | None = None, device: str = "cpu") -> dict:
     """VOC and COCO metrics of a model (eval mode) on `dataset`, by default its config's DATASETS.TEST."""
+    from ssdlab.data.catalog import datasets
     from ssdlab.engine.inference import check_classes, evaluate_model
-    from ssdlab.engine.train import datasets
 
     cfg = cfg or model.cfg
     dataset = dataset if dataset is not None else datasets(cfg, is_train=False)
@@ -38,8 +38,8 @@ def prune_channels(checkpoint: str | Path, percent: float, mode: str | None = No
     """Prune a sparse checkpoint at `percent` (see ssdlab.prune.report.prune_checkpoint): the compact model, its cfg
     and the report are written beside it (or into `out`); cfg defaults to the checkpoint's, mode to its PRUNE.TYPE
     (normal when it was not sparse-trained), dataset to the cfg's DATASETS.TEST."""
+    from ssdlab.data.catalog import datasets
     from ssdlab.engine import checkpoint as ckpt
-    from ssdlab.engine.train import datasets
     from ssdlab.prune.report import prune_checkpoint
 
     cfg = cfg or ckpt.checkpoint_config(ckpt.read_checkpoint(checkpoint), str(checkpoint))

@@ -104,10 +104,10 @@ def check_output_file(path: Path | None, option: str) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> None:
     """Evaluate a checkpoint on DATASETS.TEST (VOC and COCO metrics)."""
+    from ssdlab.data.catalog import datasets
     from ssdlab.engine.diagnose import diagnose, format_diagnosis
     from ssdlab.engine.evaluate import format_ap_table
     from ssdlab.engine.inference import check_classes, predict, score
-    from ssdlab.engine.train import datasets
 
     check_output_file(args.detections, "--detections")
     path, state, cfg = checkpoint_and_config(args)
@@ -133,7 +133,7 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def _eval_integer(model, cfg: CfgNode) -> None:
     """The integer-only reference next to the fake-quantized model: mAP and detection agreement."""
-    from ssdlab.engine.train import datasets
+    from ssdlab.data.catalog import datasets
     from ssdlab.export.intref import IntegerReference, compare_integer
 
     reference = IntegerReference(model.cpu())  # refuses a model without integer arithmetic before any data is read
@@ -149,7 +149,7 @@ def _eval_integer(model, cfg: CfgNode) -> None:
 
 def cmd_demo(args: argparse.Namespace) -> None:
     """Draw detections on every image of a folder; print objects, ms and FPS per image."""
-    from ssdlab.engine.demo import run_demo
+    from ssdlab.viz.demo import run_demo
 
     path, state, cfg = checkpoint_and_config(args)
     model = model_for_testing(state, path, cfg)
@@ -162,15 +162,14 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def cmd_info(args: argparse.Namespace) -> None:
     """Print the layer table and totals of a recipe's model or a checkpoint's."""
     from ssdlab.engine.profile import cpu_flags, layer_table, summary
-    from ssdlab.model.ssd import SSD, check_feature_maps
+    from ssdlab.model.build import build_model
 
     if args.ckpt:
         model = ckpt.load(args.ckpt)
         cfg = model.cfg
     else:
         cfg = load_config(args.config_file, _opts(args))
-        model = SSD(cfg)  # no ImageNet weights needed to describe the model
-        check_feature_maps(model)
+        model = build_model(cfg, imagenet=False)  # no ImageNet weights needed to describe the model
     size = cfg.INPUT.IMAGE_SIZE
     rows = layer_table(model.eval(), size, latency=args.latency)
     print(f"{'idx':>4} {'type':<16} {'output':<18} {'params':>10} {'MACs':>14}" + (f" {'ms':>8}" if args.latency else ""))

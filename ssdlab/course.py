@@ -23,18 +23,20 @@ import tempfile
 import time
 from pathlib import Path
 
+from ssdlab.api import prune_channels
 from ssdlab.config import PACKAGE_CONFIGS, load_config
+from ssdlab.data.catalog import datasets
 from ssdlab.data.shapes import TRAIN_IMAGES, generate_shapes
 from ssdlab.engine import checkpoint as ckpt
-from ssdlab.engine.demo import run_demo
 from ssdlab.engine.checkpoint import release_copy
-from ssdlab.engine.profile import compare_latency, latency_note, session_call
-from ssdlab.engine.train import (RESUMABLE_CHANGES, TrainResult, datasets, fine_tune_start, flat_settings,
-                                 run_changed, start_digest, train)
+from ssdlab.engine.profile import compare_latency, latency_note, session_call, measure
+from ssdlab.engine.train import (RESUMABLE_CHANGES, TrainResult, fine_tune_start, flat_settings, run_changed,
+                                 start_digest, train)
 from ssdlab.errors import ConfigError
-from ssdlab.model.ssd import read_backbone_text
-from ssdlab.prune.report import PruneReport, measure, prune_checkpoint
+from ssdlab.model.cfg import read_backbone_text
+from ssdlab.prune.report import PruneReport
 from ssdlab.prune.surgery import make_plan
+from ssdlab.viz.demo import run_demo
 
 log = logging.getLogger(__name__)
 
@@ -166,8 +168,8 @@ def prune_stage(sparse: str | Path, cfg, percent: float, mode: str = "normal", d
     if round_to > 1:
         cfg = cfg.clone()
         cfg.PRUNE.ROUND_TO = round_to
-    return prune_checkpoint(sparse, cfg, percent, mode, regular=round_to > 1, quick=quick, dataset=dataset,
-                            tag=pruned_path(sparse, percent, mode, round_to).stem)
+    return prune_channels(sparse, percent, mode, cfg, regular=round_to > 1, quick=quick, dataset=dataset,
+                          tag=pruned_path(sparse, percent, mode, round_to).stem)
 
 
 def train_recipe(cfg) -> TrainResult:
@@ -229,8 +231,9 @@ def ort_int8_vs_fp32(quantized, float_model, threads: int = 1) -> dict | None:
     model's fp32 graph ('fp32'), interleaved; None without onnx and onnxruntime (pip install 'ssdlab[deploy]')."""
     if not (importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime")):
         return None
-    from ssdlab.export.onnx import onnx_session, write_onnx
+    from ssdlab.export.onnx import write_onnx
     from ssdlab.export.qdq import write_int8_onnx
+    from ssdlab.export.runtime import onnx_session
 
     size = quantized.cfg.INPUT.IMAGE_SIZE
     with tempfile.TemporaryDirectory() as folder:
@@ -344,7 +347,7 @@ def measure_checkpoints(paths: dict[str, Path], dataset, cfg, latency: bool = Tr
         row = measure(name, net, None if stored else dataset, cfg, latency=latency)
         if stored:
             row.update(voc_map=stored["voc_map"], coco_ap=stored.get("coco_ap"))
-        spec = getattr(net, "quant_spec", None)
+        spec = net.quant_spec
         row.update(quantization=f"{spec.kind} W{spec.wbits}A{spec.abits}" if spec else "float",
                    map_from="checkpoint" if stored else "evaluated", checkpoint=str(path))
         rows.append(row)

@@ -17,6 +17,10 @@ class SSDLabError(Exception):
             message = message.rstrip().rsplit(f"{type(self).__module__}.{type(self).__qualname__}: ", 1)[-1]
         super().__init__(message)
 
+    def cli_message(self) -> str:
+        """The message as the command line shows it."""
+        return str(self)
+
 
 class ConfigError(SSDLabError):
     """A YAML recipe or a KEY VALUE override is wrong."""
@@ -35,7 +39,29 @@ class CheckpointError(SSDLabError):
 
 
 class PruneError(SSDLabError):
-    """A pruning request cannot be carried out."""
+    """A pruning request cannot be carried out.
+
+    Its message names the request's arguments by markers ({percent}, {mode}, {drop_levels}): worded as the
+    Python arguments of ssdlab.prune_channels in str(err), as the prune command's options in cli_message().
+    """
+
+    PYTHON = {"{percent}": "percent", "{mode}": "mode=", "{drop_levels}": "drop_levels=True"}
+    CLI = {"{percent}": "--percent", "{mode}": "--mode ", "{drop_levels}": "--max 1"}
+
+    def __init__(self, message: str = ""):
+        self.template = message
+        super().__init__(_worded(message, self.PYTHON))
+
+    def cli_message(self) -> str:
+        """The message naming --percent, --mode and --max 1."""
+        return _worded(self.template, self.CLI)
+
+
+def _worded(template: str, words: dict[str, str]) -> str:
+    """template with each marker replaced by its wording."""
+    for marker, word in words.items():
+        template = template.replace(marker, word)
+    return template
 
 
 class QuantError(SSDLabError):

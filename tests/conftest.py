@@ -31,9 +31,9 @@ def tiny_cfg(shapes_dir, tmp_path):
 def calibrated(shapes_dir: Path, *overrides: str):
     """The committed plain baseline as an IAO W8A8 model, ranges calibrated on 48 training images: (model, cfg, val)."""
     from ssdlab.course import baseline
-    from ssdlab.data.catalog import build_dataset
+    from ssdlab.data.catalog import build_dataset, datasets
     from ssdlab.data.transforms import build_transforms
-    from ssdlab.engine.train import architecture_config, datasets, initial_model
+    from ssdlab.engine.train import architecture_config, initial_model
     from ssdlab.quant.apply import calibrate
 
     cfg = load_config(TESTS.parent / "ssdlab" / "configs" / "course" / "plain_quant.yaml",

@@ -130,8 +130,8 @@ def test_bad_input_is_one_clear_line(args, message, tmp_path):
 
 
 def test_demo_wants_a_folder_of_images(tmp_path):
-    from ssdlab.engine.demo import image_files
     from ssdlab.errors import DataError
+    from ssdlab.viz.demo import image_files
 
     (tmp_path / "a.png").write_bytes(b"")
     with pytest.raises(DataError, match="a.png is a file; give the folder"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from ssdlab.config import load_config
-from ssdlab.model.ssd import build_model
+from ssdlab.model.build import build_model
 from ssdlab.prune.surgery import make_plan
 from ssdlab.viz.explorer import ThresholdExplorer
 

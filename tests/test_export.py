@@ -11,7 +11,7 @@ from ssdlab.engine.checkpoint import make_checkpoint, save_checkpoint
 from ssdlab.errors import ExportError
 from ssdlab.export.fuse import fuse_model
 from ssdlab.export.weights import export_weights, load_weights
-from ssdlab.model.ssd import build_model
+from ssdlab.model.build import build_model
 from tests.conftest import TESTS
 
 QUAN = ["MODEL.BACKBONE.CFG", str(TESTS / "data" / "tiny_quan.cfg")]
@@ -84,7 +84,7 @@ def test_iao_export_has_codes_scales_and_int32_biases(tiny_cfg, tmp_path):
 
 def test_onnx_matches_pytorch(tiny_cfg, tmp_path):
     pytest.importorskip("onnxruntime")
-    from ssdlab.export.onnx import ScoresAndBoxes, run_onnx
+    from ssdlab.export.runtime import run_onnx, ScoresAndBoxes
 
     model = trained_like(build_model(tiny_cfg()))
     out = export_weights(model, tmp_path / "o", "onnx")

@@ -5,7 +5,7 @@ from torch import nn
 
 from ssdlab.config import load_config
 from ssdlab.export.fuse import count_batchnorms, fuse_conv_bn, fuse_model
-from ssdlab.model.ssd import build_model
+from ssdlab.model.build import build_model
 
 CASES = [("course/plain_shapes.yaml", "course_plain.cfg", None),
          ("course/residual_shapes.yaml", "course_residual.cfg", None),

@@ -14,7 +14,7 @@ from ssdlab.engine.inference import predict
 from ssdlab.errors import ExportError
 from ssdlab.export import intref
 from ssdlab.export.fuse import fuse_model
-from ssdlab.model.ssd import SSD, build_model
+from ssdlab.model.build import build_model
 from tests.conftest import TESTS
 from tests.test_export import trained_like
 
@@ -106,7 +106,7 @@ def test_integer_reference_on_a_residual_model(monkeypatch):
     quan = text.split("[convolutional]")[0] + "[convolutional]" + first + "".join(
         "[convolutional]\nquantization=1" + part for part in rest)
     cfg = load_config(COURSE_CONFIGS / "residual_shapes.yaml", ["QUANTIZATION.TYPE", "IAO"])
-    model = trained_like(SSD(cfg, cfg_text=quan), size=128)
+    model = trained_like(build_model(cfg, cfg_text=quan, imagenet=False), size=128)
     fused, fake = fuse_model(model), {}
     convs = (1, 3, 5, 6, 9)  # the first quantized convs; 9 reads the pooled sum of 4 and 6 (a linear conv)
     for index in convs:

@@ -102,7 +102,7 @@ def test_loss_by_hand():
     bbox_pred[0, 0] = torch.tensor([0.5, -2.0, 0.0, 1.2])
     bbox_pred[0, 1] = 100.0  # a background prior: no regression loss
     targets = torch.zeros(1, 6, 4)
-    losses = MultiBoxLoss(neg_pos_ratio=3)(torch.tensor([logits]), bbox_pred, labels, targets)
+    losses = MultiBoxLoss(neg_pos_ratio=3)(torch.tensor([logits]), bbox_pred, {"labels": labels, "boxes": targets})
     expected_cls = sum(cross_entropy(logits[i], lab) for i, lab in [(0, 2), (2, 0), (3, 0), (5, 0)])
     expected_reg = sum(smooth_l1(v) for v in [0.5, -2.0, 0.0, 1.2])  # 0.125 + 1.5 + 0 + 0.72
     assert losses["cls_loss"].item() == pytest.approx(expected_cls, rel=1e-5)
@@ -116,9 +116,9 @@ def test_loss_divides_by_positives_of_the_batch():
     labels[0, [1, 2]] = 1
     labels[1, 7] = 3
     loss = MultiBoxLoss(3)
-    both = loss(logits, pred, labels, targets)
-    first = loss(logits[:1], pred[:1], labels[:1], targets[:1])
-    second = loss(logits[1:], pred[1:], labels[1:], targets[1:])
+    both = loss(logits, pred, {"labels": labels, "boxes": targets})
+    first = loss(logits[:1], pred[:1], {"labels": labels[:1], "boxes": targets[:1]})
+    second = loss(logits[1:], pred[1:], {"labels": labels[1:], "boxes": targets[1:]})
     for key in ("cls_loss", "reg_loss"):  # batch sum / 3 positives = (2 * first + 1 * second) / 3
         torch.testing.assert_close(both[key], (2 * first[key] + second[key]) / 3)
 
@@ -127,7 +127,7 @@ def test_zero_positives_is_finite_and_still_teaches_background():
     logits = torch.randn(2, 30, 5, requires_grad=True)
     pred = torch.randn(2, 30, 4, requires_grad=True)
     labels = torch.zeros(2, 30, dtype=torch.long)
-    losses = MultiBoxLoss(3)(logits, pred, labels, torch.zeros(2, 30, 4))
+    losses = MultiBoxLoss(3)(logits, pred, {"labels": labels, "boxes": torch.zeros(2, 30, 4)})
     assert losses["reg_loss"].item() == 0
     assert torch.isfinite(losses["cls_loss"]) and losses["cls_loss"].item() > 0
     sum(losses.values()).backward()

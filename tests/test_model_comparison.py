@@ -7,11 +7,11 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 from ssdlab import course  # noqa: E402
+from ssdlab.data.catalog import datasets  # noqa: E402
 from ssdlab.engine import checkpoint as ckpt  # noqa: E402
 from ssdlab.engine import profile  # noqa: E402
 from ssdlab.engine.inference import evaluate_model  # noqa: E402
-from ssdlab.engine.train import datasets  # noqa: E402
-from ssdlab.model.ssd import build_model  # noqa: E402
+from ssdlab.model.build import build_model  # noqa: E402
 from ssdlab.viz.plots import pareto_front, plot_pareto  # noqa: E402
 from tests.conftest import TESTS  # noqa: E402
 

@@ -10,6 +10,7 @@ from ssdlab.config import load_config
 from ssdlab.data.loader import make_train_loader
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine import precision
+from ssdlab.engine.plugins import AfterBackward
 from ssdlab.engine.precision import training_dtype
 from ssdlab.engine.train import Trainer, train
 from ssdlab.errors import ConfigError
@@ -82,7 +83,7 @@ def test_bf16_run_saves_float32_weights_and_resumes_exactly(tiny_cfg, caplog):
             os.kill(os.getpid(), signal.SIGINT)
 
     cfg = tiny_cfg(*settings, out="resumed")
-    assert not train(cfg, after_backward=[ctrl_c_at_2], progress=False).finished
+    assert not train(cfg, plugins=[AfterBackward(ctrl_c_at_2)], progress=False).finished
     resumed = train(cfg, progress=False)
     a = ckpt.read_checkpoint(straight.checkpoint)["model"]
     b = ckpt.read_checkpoint(resumed.checkpoint)["model"]

@@ -7,9 +7,12 @@ import sys
 import pytest
 import torch
 
+import ssdlab
+from ssdlab.data.catalog import datasets
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.profile import count_params
-from ssdlab.engine.train import datasets, train
+from ssdlab.engine.train import train
+from ssdlab.errors import PruneError
 from ssdlab.model.ssd import SSD
 from ssdlab.prune.distill import distillation_losses
 from ssdlab.prune.report import prune_checkpoint
@@ -112,8 +115,8 @@ NO_BN = (TESTS / "data" / "tiny.cfg").read_text().replace("batch_normalize=1", "
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--percent", "1.0"], "outside [0, 1)"),
-    (["--percent", "-0.1"], "outside [0, 1)"),
+    (["--percent", "1.0"], "--percent 1.0 is outside [0, 1)"),
+    (["--percent", "-0.1"], "--percent -0.1 is outside [0, 1)"),
     (["--percent", "0.999"], "highest safe ratio"),
 ])
 def test_bad_prune_requests_write_nothing(sparse_run, tmp_path, args, message):
@@ -122,6 +125,17 @@ def test_bad_prune_requests_write_nothing(sparse_run, tmp_path, args, message):
     done = ssdlab_cli("prune", "--ckpt", str(path), "--out", str(out), "--quick", "1", *args, cwd=tmp_path)
     assert done.returncode == 2 and message in done.stderr and "Traceback" not in done.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_prune_errors_name_the_python_arguments_in_python_and_the_options_on_the_command_line(sparse_run, tmp_path):
+    path, _ = sparse_run
+    with pytest.raises(PruneError) as raised:
+        ssdlab.prune_channels(path, 0.999, quick=True, out=tmp_path / "p")
+    python, cli = str(raised.value), raised.value.cli_message()
+    assert "Lower percent to at most" in python and "pass drop_levels=True" in python and "--" not in python
+    assert "Lower --percent to at most" in cli and "pass --max 1" in cli and "{" not in cli
+    with pytest.raises(PruneError, match=r"^percent 1.5 is outside \[0, 1\)"):
+        ssdlab.prune_channels(path, 1.5, quick=True, out=tmp_path / "p")
 
 
 def test_no_prunable_layers_and_not_sparse_are_explained(tiny_cfg, tmp_path):

@@ -20,10 +20,11 @@ import torch
 from ssdlab.config import load_config
 from ssdlab.engine.profile import count_macs, count_params
 from ssdlab.errors import PruneError
+from ssdlab.model.build import build_model
 from ssdlab.model.cfg import feature_layers, infer_channels, parse_cfg, read_cfg, write_cfg
-from ssdlab.model.ssd import SSD, build_model
-from ssdlab.prune.plan import (MODES, ModelSpec, channel_groups, model_cost, plan, prunable_groups,
-                               prunable_layers, spatial_sizes, threshold_index)
+from ssdlab.model.ssd import SSD
+from ssdlab.prune.plan import (MODES, ModelSpec, channel_groups, model_cost, plan, prunable_groups, prunable_layers,
+                               spatial_sizes, threshold_index)
 from ssdlab.prune.surgery import compact_config, compact_layers
 
 CONFIGS = Path(__file__).resolve().parents[1] / "ssdlab" / "configs"

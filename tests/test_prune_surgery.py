@@ -19,8 +19,9 @@ from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.profile import count_macs, count_params
 from ssdlab.errors import PruneError
 from ssdlab.model.backbone import Shortcut
+from ssdlab.model.build import build_model
 from ssdlab.model.cfg import feature_layers, parse_cfg
-from ssdlab.model.ssd import SSD, build_model
+from ssdlab.model.ssd import SSD
 from ssdlab.prune.plan import prunable_groups
 from ssdlab.prune.surgery import bn_gammas, compact_model, make_plan, masked_model, prune_model
 

@@ -4,12 +4,12 @@ import torch
 
 import ssdlab
 from ssdlab.__main__ import main
+from ssdlab.config import load_config
 from ssdlab.course import baseline
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.errors import CheckpointError, QuantError
 from ssdlab.quant.layers import IAOConvBN
 from ssdlab.quant.ptq import calibration_batches, post_training_quantize
-from ssdlab.config import load_config
 from tests.conftest import TESTS
 
 RECIPE = TESTS.parent / "ssdlab" / "configs" / "course" / "plain_quant.yaml"
@@ -77,7 +77,7 @@ def test_refusals_name_what_to_do(ptq_cfg):
 
 def test_ptq_gives_the_same_int8_graph_as_qat(ptq_cfg, tmp_path):
     pytest.importorskip("onnxruntime")
-    from ssdlab.export.onnx import optimized_ops
+    from ssdlab.export.runtime import optimized_ops
     from ssdlab.export.weights import export_weights
 
     model = ssdlab.load(post_training_quantize(ptq_cfg(), images=32).checkpoint)

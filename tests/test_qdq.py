@@ -2,15 +2,14 @@
 import pytest
 import torch
 
+from ssdlab.engine.evaluate import agreement
 from ssdlab.engine.inference import predict
 from ssdlab.errors import ExportError
-from ssdlab.engine.evaluate import agreement
-from ssdlab.export.qdq import QDQConv, qdq_model
+from ssdlab.export.qdq import QDQConv, qdq_model, OnnxDetector
+from ssdlab.export.runtime import optimized_ops
 from ssdlab.export.weights import export_weights
-from ssdlab.model.ssd import build_model
+from ssdlab.model.build import build_model
 from ssdlab.quant.layers import QuantConv2d
-from ssdlab.export.onnx import optimized_ops
-from ssdlab.export.qdq import OnnxDetector
 from tests.conftest import TESTS, calibrated
 
 ort = pytest.importorskip("onnxruntime")

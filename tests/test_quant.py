@@ -10,7 +10,7 @@ import ssdlab
 from ssdlab.engine.profile import MIB, size_mib
 from ssdlab.engine.train import train
 from ssdlab.errors import QuantError
-from ssdlab.model.ssd import build_model
+from ssdlab.model.build import build_model
 from ssdlab.quant import quantizers as q
 from ssdlab.quant.layers import ActQuant, IAOConvBN, QuantConv2d, QuantSpec
 from tests.conftest import TESTS

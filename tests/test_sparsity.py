@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from ssdlab.config import PACKAGE_CONFIGS, load_config
 from ssdlab.engine.train import train
 from ssdlab.errors import ConfigError
-from ssdlab.model.ssd import build_model
-from ssdlab.config import PACKAGE_CONFIGS, load_config
+from ssdlab.lessons import plugins_from_config
+from ssdlab.model.build import build_model
 from ssdlab.model.cfg import infer_channels
 from ssdlab.prune.plan import ModelSpec, channel_cost, layer_costs, spatial_sizes
-from ssdlab.prune.sparsity import SparsityHook, gamma_record, prunable_bns, sparsity_hooks, sr_at, sr_weights
+from ssdlab.prune.sparsity import SparsityHook, gamma_record, prunable_bns, sr_at, sr_weights
 
 
 def test_hook_adds_sr_times_sign_to_prunable_gammas_only(tiny_cfg):
@@ -39,9 +40,10 @@ def test_step_schedule_scales_sr_after_the_step(tiny_cfg):
 
 
 def test_sparsity_is_off_by_default_and_bad_types_are_named(tiny_cfg):
-    assert sparsity_hooks(tiny_cfg(), build_model(tiny_cfg())) == []
+    assert plugins_from_config(tiny_cfg()) == []
     with pytest.raises(ConfigError, match="PRUNE.TYPE"):
-        sparsity_hooks(tiny_cfg("PRUNE.TYPE", "strong"), build_model(tiny_cfg()))
+        plugins_from_config(tiny_cfg("PRUNE.TYPE", "strong"))
+    assert [type(p).__name__ for p in plugins_from_config(tiny_cfg("PRUNE.TYPE", "normal"))] == ["SparsityPlugin"]
     with pytest.raises(ConfigError, match="PRUNE.SR_SCHEDULE"):
         SparsityHook(tiny_cfg("PRUNE.TYPE", "normal", "PRUNE.SR_SCHEDULE", "cosine"), build_model(tiny_cfg()))
 

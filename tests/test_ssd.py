@@ -7,9 +7,10 @@ import torch
 from ssdlab.config import PACKAGE_CONFIGS, get_default_config
 from ssdlab.errors import ConfigError
 from ssdlab.model.box_coder import encode
+from ssdlab.model.build import imagenet_arch, build_model
 from ssdlab.model.heads import SSDHead, SSDLiteHead
 from ssdlab.model.matcher import match
-from ssdlab.model.ssd import SSD, build_model, imagenet_arch
+from ssdlab.model.ssd import SSD
 
 TINY_CFG = """
 # three stride-2 convs: 32, 16 (level 0), 8 (level 1) at 64 px

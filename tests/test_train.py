@@ -12,6 +12,7 @@ import ssdlab
 from ssdlab import course
 from ssdlab.config import load_config
 from ssdlab.engine import checkpoint as ckpt
+from ssdlab.engine.plugins import AfterBackward, Plugin
 from ssdlab.engine.schedule import WarmupSchedule, build_optimizer
 from ssdlab.engine.train import read_metrics, train
 from ssdlab.errors import CheckpointError, ConfigError
@@ -90,7 +91,7 @@ def test_interrupt_then_resume_gives_identical_weights(tiny_cfg):
             os.kill(os.getpid(), signal.SIGINT)
 
     cfg = tiny_cfg("SOLVER.MAX_ITER", "10", out="resumed")
-    first = train(cfg, after_backward=[ctrl_c_at_4], progress=False)
+    first = train(cfg, plugins=[AfterBackward(ctrl_c_at_4)], progress=False)
     assert not first.finished and first.iteration == 5  # the iteration in flight completes, then it saves
     assert ckpt.last_checkpoint(cfg.OUTPUT_DIR) == first.checkpoint
     second = train(cfg, progress=False)
@@ -151,7 +152,7 @@ def test_after_backward_runs_before_the_optimizer_step(tiny_cfg):
         for p in model.parameters():
             p.grad = torch.zeros_like(p)
 
-    result = train(cfg, after_backward=[zero_grads], progress=False)
+    result = train(cfg, plugins=[AfterBackward(zero_grads)], progress=False)
     assert calls == [0, 1, 2]
     trained = ckpt.read_checkpoint(result.checkpoint)["model"]
     ssdlab.seed_everything(cfg.SOLVER.SEED)
@@ -160,15 +161,15 @@ def test_after_backward_runs_before_the_optimizer_step(tiny_cfg):
     assert all(torch.equal(trained[k], fresh[k]) for k in params)
 
 
-def test_model_transform_is_applied_before_training(tiny_cfg):
+def test_a_plugins_setup_changes_the_model_before_training(tiny_cfg):
     cfg = tiny_cfg("SOLVER.MAX_ITER", "3", "DATASETS.TEST", "[]")
 
-    def freeze_backbone(model, _cfg):
-        for p in model.backbone.parameters():
-            p.requires_grad_(False)
-        return model
+    class FreezeBackbone(Plugin):
+        def setup(self, model, device):
+            for p in model.backbone.parameters():
+                p.requires_grad_(False)
 
-    result = train(cfg, model_transform=freeze_backbone, progress=False)
+    result = train(cfg, plugins=[FreezeBackbone()], progress=False)
     ssdlab.seed_everything(cfg.SOLVER.SEED)
     fresh = ssdlab.build_model(cfg).state_dict()
     trained = ckpt.read_checkpoint(result.checkpoint)["model"]

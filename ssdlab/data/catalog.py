@@ -19,11 +19,13 @@ import os
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ssdlab.config import CfgNode
 from ssdlab.data.base import ConcatDetectionDataset, DetectionDataset
 from ssdlab.data.coco import COCODataset
 from ssdlab.data.textset import TextDataset
+from ssdlab.data.transforms import build_target_transform, build_transforms
 from ssdlab.data.voc import VOCDataset
-from ssdlab.errors import DataError
+from ssdlab.errors import ConfigError, DataError
 
 VOC_NAMES = {f"voc_{year}_{split}": (year, split) for year in ("2007", "2012")
              for split in ("train", "val", "trainval", "test")}
@@ -96,3 +98,15 @@ def build_dataset(name: str | Sequence[str], is_train: bool, transform: Callable
     parts = [build_one(str(n), is_train, transform=transform, target_transform=target_transform, cache=cache)
              for n in names]
     return parts[0] if len(parts) == 1 else ConcatDetectionDataset(parts)
+
+
+def datasets(cfg: CfgNode, is_train: bool, with_transforms: bool = True):
+    """The configured training (DATASETS.TRAIN) or test (DATASETS.TEST, first name) dataset."""
+    names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST[:1]
+    key = "DATASETS.TRAIN" if is_train else "DATASETS.TEST"
+    if not names:
+        raise ConfigError(f"{key} is empty; name a dataset (e.g. shapes_train) or a .data file")
+    transform = build_transforms(cfg, is_train) if with_transforms else None
+    target = build_target_transform(cfg) if is_train and with_transforms else None
+    return build_dataset(names, is_train, transform=transform, target_transform=target,
+                         cache=cfg.DATASETS.CACHE)

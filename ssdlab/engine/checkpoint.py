@@ -2,7 +2,8 @@
 
 A checkpoint is a dict of plain types and tensors (so `torch.load(weights_only=True)` reads it):
     format, version, model (state dict), cfg_text (backbone .cfg), config (resolved), class_names,
-    iteration, metrics, and for resuming: optimizer, scheduler, rng.
+    quant (the QuantSpec of a quantized model, else None), iteration, metrics, and for resuming:
+    optimizer, scheduler, rng.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch import nn
 from ssdlab.config import CfgNode, config_from_dict
 from ssdlab.errors import CheckpointError, ConfigError
 from ssdlab.files import load_tensors, staged
+from ssdlab.quant.layers import QUANTIZER_STATE
 
 FORMAT = "ssdlab-checkpoint"
 VERSION = 1
@@ -30,7 +32,8 @@ def make_checkpoint(model: nn.Module, iteration: int = 0, metrics: dict | None =
     return {"format": FORMAT, "version": VERSION,
             "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
             "cfg_text": model.cfg_text, "config": model.cfg.to_dict(),
-            "class_names": list(model.class_names), "iteration": int(iteration),
+            "class_names": list(model.class_names),
+            "quant": model.quant_spec.to_dict() if model.quant_spec is not None else None, "iteration": int(iteration),
             "metrics": metrics or {}, **training_state}
 
 
@@ -85,7 +88,6 @@ def checkpoint_config(checkpoint: dict, where: str = "checkpoint") -> CfgNode:
         raise CheckpointError(f"{where}: its stored config does not fit this ssdlab: {err}") from None
 
 
-QUANTIZER_STATE = re.compile(r".*\.(act|out)_quant\.\w+")  # range buffers: absent from float checkpoints, learned in QAT
 # SSDLite heads' depthwise bias, absent from checkpoints written before it was added (zero = no bias)
 LITE_DEPTHWISE_BIAS = re.compile(r"box_head\.(cls|reg)_headers\.\d+\.conv\.bias")
 
@@ -114,11 +116,11 @@ def load_state_checked(model: nn.Module, state: dict, where: str = "checkpoint")
 
 
 def model_from_checkpoint(checkpoint: dict, where: str = "checkpoint") -> nn.Module:
-    """Rebuild the model a checkpoint describes and load its weights."""
-    from ssdlab.model.ssd import SSD
+    """Rebuild the model a checkpoint describes (quantized as its stored QuantSpec says) and load its weights."""
+    from ssdlab.model.build import stored_model
 
-    cfg = checkpoint_config(checkpoint, where)
-    model = SSD(cfg, cfg_text=checkpoint["cfg_text"], class_names=checkpoint.get("class_names"))
+    model = stored_model(checkpoint_config(checkpoint, where), checkpoint["cfg_text"], checkpoint.get("class_names"),
+                         checkpoint.get("quant"))
     load_state_checked(model, checkpoint["model"], where)
     model.metrics = dict(checkpoint.get("metrics", {}))
     return model

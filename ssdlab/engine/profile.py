@@ -12,6 +12,9 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from ssdlab.config import CfgNode
+from ssdlab.engine.inference import evaluate_model
+
 MIB = 2 ** 20
 
 
@@ -212,3 +215,17 @@ def session_latency(session, image_size: int, runs: int = 30, warmup: int = 3) -
     threads = session.get_session_options().intra_op_num_threads
     result = compare_latency({"session": session_call(session, image_size)}, runs, warmup)["session"]
     return {**result, "threads": threads, "device": "cpu (onnxruntime)"}
+
+
+def measure(name: str, model: nn.Module, dataset, cfg: CfgNode, params: int | None = None,
+            latency: bool = True, runs: int = 30) -> dict:
+    """One report row: params, size, MACs, CPU latency (batch 1, median of runs) and the VOC/COCO metrics."""
+    size = cfg.INPUT.IMAGE_SIZE
+    row = {"model": name, "params": params if params is not None else count_params(model),
+           "size_mib": size_mib(model), "macs": count_macs(model, size),
+           "latency_ms": measure_latency(model, size, runs=runs)["median_ms"] if latency else None,
+           "voc_map": None, "coco_ap": None}
+    if dataset is not None:
+        result = evaluate_model(model, dataset, cfg)
+        row.update(voc_map=result["voc_map"], coco_ap=result["coco_ap"])
+    return row

@@ -1,10 +1,9 @@
-"""The training loop: iteration-based SGD with warm-up, checkpoints that resume, DDP, hooks.
+"""The training loop: iteration-based SGD with warm-up, checkpoints that resume, DDP, plugins.
 
-Two hooks let later lessons change training without touching this loop:
-- `after_backward(model, iteration)`: called after loss.backward() and before optimizer.step()
-  (sparse training adds the L1 subgradient on BN γ here; PRUNE.TYPE switches it on);
-- `model_transform(model, cfg) -> model`: applied to the freshly built model before the
-  optimizer is made and before a checkpoint is resumed (quantization swaps layers here).
+Later lessons change training through plugins (ssdlab.engine.plugins), never by editing this loop:
+the config picks them (ssdlab.lessons.plugins_from_config: sparse training, distillation, freezing
+quantization observers) and `train(cfg, plugins=[...])` adds your own. Quantization-aware layers
+are part of the model itself (ssdlab.model.build).
 """
 from __future__ import annotations
 
@@ -17,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -25,26 +24,21 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ssdlab.config import CfgNode
-from ssdlab.data.catalog import build_dataset
+from ssdlab.data.catalog import datasets
 from ssdlab.data.loader import make_train_loader
-from ssdlab.data.transforms import build_target_transform, build_transforms
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine import distributed as dist
 from ssdlab.engine.inference import class_list, evaluate_model
+from ssdlab.engine.plugins import Plugin
 from ssdlab.engine.precision import autocast, dtype_name, training_dtype
 from ssdlab.engine.schedule import build_optimizer, build_scheduler
 from ssdlab.errors import CheckpointError, ConfigError
 from ssdlab.files import check_output_folder
-from ssdlab.model.cfg import parse_cfg, write_cfg
-from ssdlab.model.ssd import SSD, build_model, read_backbone_text
-from ssdlab.prune.distill import teacher_from_config
-from ssdlab.quant.apply import quant_hooks
-from ssdlab.prune.sparsity import gamma_record, sparsity_enabled, sparsity_hooks
+from ssdlab.lessons import plugins_from_config
+from ssdlab.model.build import build_model
 
 log = logging.getLogger(__name__)
 
-AfterBackward = Callable[[nn.Module, int], None]
-ModelTransform = Callable[[nn.Module, CfgNode], nn.Module]
 # Keys that describe the network itself: a fine-tuned checkpoint's values win over the recipe's.
 ARCHITECTURE_KEYS = ("MODEL.NUM_CLASSES", "MODEL.PRIORS", "MODEL.BOX_HEAD", "INPUT.IMAGE_SIZE")
 
@@ -71,18 +65,6 @@ def scale_for_world(cfg: CfgNode, world: int) -> CfgNode:
     cfg.SOLVER.MAX_ITER = max(1, cfg.SOLVER.MAX_ITER // world)
     cfg.SOLVER.LR_STEPS = [step // world for step in cfg.SOLVER.LR_STEPS]
     return cfg.freeze()
-
-
-def datasets(cfg: CfgNode, is_train: bool, with_transforms: bool = True):
-    """The configured training (DATASETS.TRAIN) or test (DATASETS.TEST, first name) dataset."""
-    names = cfg.DATASETS.TRAIN if is_train else cfg.DATASETS.TEST[:1]
-    key = "DATASETS.TRAIN" if is_train else "DATASETS.TEST"
-    if not names:
-        raise ConfigError(f"{key} is empty; name a dataset (e.g. shapes_train) or a .data file")
-    transform = build_transforms(cfg, is_train) if with_transforms else None
-    target = build_target_transform(cfg) if is_train and with_transforms else None
-    return build_dataset(names, is_train, transform=transform, target_transform=target,
-                         cache=cfg.DATASETS.CACHE)
 
 
 def fine_tune_start(cfg: CfgNode) -> dict | None:
@@ -115,31 +97,10 @@ def initial_model(cfg: CfgNode, class_names: Iterable[str], start: dict | None =
     if not cfg.MODEL.FINE_TUNE:
         return build_model(cfg, tuple(class_names))
     source = start or ckpt.read_checkpoint(cfg.MODEL.WEIGHTS)
-    model = SSD(cfg, cfg_text=quantization_flags(source["cfg_text"], cfg), class_names=tuple(class_names))
+    model = build_model(cfg, tuple(class_names), source["cfg_text"], imagenet=False)  # with the recipe's quantization
     ckpt.load_state_checked(model, source["model"], where=cfg.MODEL.WEIGHTS)
     log.info("fine-tuning from %s", cfg.MODEL.WEIGHTS)
     return model
-
-
-def quantization_flags(cfg_text: str, cfg: CfgNode) -> str:
-    """For QAT from a checkpoint: its cfg with the recipe cfg's quantization=1 marks, layer by layer.
-
-    The checkpoint's layers (pruned ones too: same layer types, possibly a prefix) keep their widths;
-    only the marks come from MODEL.BACKBONE.CFG. Without quantization the text is returned as is.
-    """
-    if cfg.QUANTIZATION.TYPE == "no":
-        return cfg_text
-    own, marks = parse_cfg(cfg_text), parse_cfg(read_backbone_text(cfg)[0])
-    if len(own) > len(marks) or any(a["type"] != b["type"] for a, b in zip(own, marks)):
-        raise ConfigError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} has a backbone of {len(own)} layers that does not "
-                          f"follow MODEL.BACKBONE.CFG {cfg.MODEL.BACKBONE.CFG} layer by layer, so its quantization=1 "
-                          "marks cannot be applied; pick the recipe whose cfg the checkpoint was trained from")
-    if all(a.get("quantization", 0) == b.get("quantization", 0) for a, b in zip(own, marks)):
-        return cfg_text
-    for layer, marked in zip(own, marks):
-        if "quantization" in marked:
-            layer["quantization"] = marked["quantization"]
-    return write_cfg(own)
 
 
 def run_metrics(model: nn.Module, dataset, cfg: CfgNode, device: torch.device | str = "cpu") -> dict:
@@ -270,15 +231,13 @@ class TrainResult:
 class Trainer:
     """One training run of cfg in cfg.OUTPUT_DIR (resumes from OUTPUT_DIR/last_checkpoint)."""
 
-    def __init__(self, cfg: CfgNode, after_backward: Iterable[AfterBackward] = (),
-                 model_transform: ModelTransform | None = None, resume: bool = True, progress: bool = True):
+    def __init__(self, cfg: CfgNode, plugins: Iterable[Plugin] = (), resume: bool = True, progress: bool = True):
         self.device = dist.local_device(cfg.MODEL.DEVICE)
         dist.init_distributed(self.device)
         self.start_state = fine_tune_start(cfg)  # read once: architecture, digest and weights come from it
         self.cfg = architecture_config(scale_for_world(cfg, dist.world_size()), self.start_state)  # as stored
         self.start = start_digest(self.start_state)  # stored, so a changed start is not taken for the same run
-        self.after_backward = list(after_backward)
-        self.model_transform = model_transform
+        self.plugins = plugins_from_config(self.cfg) + list(plugins)  # the config's lessons, then the caller's
         self.resume, self.progress = resume, progress
         self.output_dir = Path(self.cfg.OUTPUT_DIR)
         self.resumed_seconds = 0.0  # training time before the resume point
@@ -300,13 +259,11 @@ class Trainer:
         self.test_set = datasets(self.cfg, is_train=False) if self.cfg.DATASETS.TEST else None
         model = initial_model(self.cfg, names, self.start_state)
         self.start_state = None  # its weights are in the model now
-        if self.model_transform:
-            model = self.model_transform(model, self.cfg)
         self.model = model.to(self.device)
         if self.cfg.SOLVER.CHANNELS_LAST:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.after_backward += sparsity_hooks(self.cfg, self.model) + quant_hooks(self.cfg)
-        self.teacher = teacher_from_config(self.cfg, self.device)
+        for plugin in self.plugins:
+            plugin.setup(self.model, self.device)
         self.compute_dtype = training_dtype(self.cfg, self.device)
         log.info("training in %s (SOLVER.PRECISION %s)", dtype_name(self.compute_dtype), self.cfg.SOLVER.PRECISION)
         self.optimizer = build_optimizer(self.cfg, self.model)
@@ -379,8 +336,10 @@ class Trainer:
             return {}
         metrics = run_metrics(self.model, self.test_set, self.cfg, self.device)
         self.log_metrics({"iter": iteration, "eval": metrics})
-        if sparsity_enabled(self.cfg):
-            self.log_metrics({"iter": iteration, "gamma": gamma_record(self.model, self.cfg.PRUNE.TYPE)})
+        for plugin in self.plugins:
+            record = plugin.eval_record(self.model)
+            if record:
+                self.log_metrics({"iter": iteration, **record})
         return metrics
 
     def step(self, images: torch.Tensor, targets: dict, iteration: int) -> dict:
@@ -389,8 +348,8 @@ class Trainer:
         if self.cfg.SOLVER.CHANNELS_LAST:
             images = images.to(memory_format=torch.channels_last)
         targets = {k: v.to(self.device, non_blocking=True) for k, v in targets.items()}
-        if self.teacher is not None:
-            targets.update(self.teacher(images))
+        for plugin in self.plugins:
+            targets.update(plugin.targets(images))
         with autocast(self.device, self.compute_dtype):
             losses = self.wrapped(images, targets)
         loss = sum(losses.values())
@@ -399,8 +358,8 @@ class Trainer:
                                      "lower SOLVER.LR or raise SOLVER.WARMUP_ITERS")
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        for hook in self.after_backward:
-            hook(self.model, iteration)
+        for plugin in self.plugins:
+            plugin.after_backward(self.model, iteration)
         self.optimizer.step()
         self.scheduler.step()
         return {"loss": loss.item(), **{k: v.item() for k, v in losses.items()}}

@@ -35,9 +35,9 @@ from torch import Tensor, nn
 from ssdlab.engine.evaluate import agreement
 from ssdlab.errors import ExportError
 from ssdlab.export.fuse import fuse_model
-from ssdlab.export.weights import integer_layer
 from ssdlab.model.backbone import L2Norm, Shortcut
 from ssdlab.model.postprocess import postprocess
+from ssdlab.quant.integer import integer_layer
 from ssdlab.quant.layers import QuantConv2d
 
 INT32 = 2 ** 31
@@ -221,7 +221,7 @@ class IntegerReference(nn.Module):
 
     def __init__(self, model: nn.Module):
         super().__init__()
-        spec = getattr(model, "quant_spec", None)
+        spec = model.quant_spec
         if spec is None or spec.kind != "IAO" or spec.abits > 16:
             kind = "a float" if spec is None else f"a {spec.kind} W{spec.wbits}A{spec.abits}"
             raise ExportError(f"the integer reference needs an IAO model with quantized activations, not {kind} "

@@ -38,9 +38,9 @@ from torch import Tensor, nn
 
 from ssdlab.errors import ExportError
 from ssdlab.export.fuse import fuse_model
-from ssdlab.export.onnx import ScoresAndBoxes, onnx_session
-from ssdlab.export.weights import integer_layer
+from ssdlab.export.runtime import onnx_session, ScoresAndBoxes
 from ssdlab.model.postprocess import detect_one
+from ssdlab.quant.integer import integer_layer
 from ssdlab.quant.layers import QuantConv2d
 
 
@@ -154,7 +154,7 @@ def _quantize_separable(head: nn.Module) -> nn.Module:
 
 def qdq_model(model: nn.Module) -> nn.Module:
     """The BN-fused IAO model with QDQ convs and output quantizers (a PyTorch module ready for ONNX export)."""
-    spec = getattr(model, "quant_spec", None)
+    spec = model.quant_spec
     if spec is None or spec.kind != "IAO" or spec.wbits > 8 or spec.abits > 8:
         kind = "a float model" if spec is None else f"{spec.kind} W{spec.wbits}A{spec.abits}"
         raise ExportError(f"an int8 ONNX model needs IAO quantization with at most 8 bits, not {kind}; "

@@ -30,9 +30,10 @@ from torch import nn
 
 from ssdlab.errors import ExportError
 from ssdlab.export.fuse import fuse_model
+from ssdlab.export.onnx import write_onnx
 from ssdlab.files import check_file_stem, check_output_folder
+from ssdlab.quant.integer import integer_layer
 from ssdlab.quant.layers import QuantConv2d
-from ssdlab.quant.quantizers import per_channel_absmax, symmetric_scale
 
 FORMATS = ("bin", "txt", "npz")
 
@@ -50,25 +51,6 @@ def _float_tensors(fused: nn.Module) -> list[tuple[str, np.ndarray]]:
     return [(name, value.detach().cpu().numpy().astype("<f4")) for name, value in fused.named_parameters()]
 
 
-def integer_layer(conv: QuantConv2d) -> dict:
-    """Integer codes, per-channel scales and the int32 bias of an IAO conv (after fusion)."""
-    bits = conv.spec.wbits
-    w_scale = symmetric_scale(per_channel_absmax(conv.weight.detach()), bits)
-    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    codes = torch.clamp(torch.round(conv.weight.detach() / w_scale), low, high)
-    s_in, z_in = (float(v) for v in conv.act_quant.params())
-    scales = w_scale.flatten()
-    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(scales)
-    layer = {"codes": codes.numpy().astype(np.int8 if bits <= 8 else np.int16), "weight_scales": scales.numpy(),
-             "input_scale": s_in, "input_zero_point": int(z_in),
-             "bias_int32": torch.round(bias / (s_in * scales)).numpy().astype("<i4")}
-    output = getattr(conv, "out_quant", None)
-    if output is not None and bool(output.initialized):  # a head conv whose output is quantized too
-        s_out, z_out = (float(v) for v in output.params())
-        layer.update(output_scale=s_out, output_zero_point=int(z_out))
-    return layer
-
-
 def quantized_convs(fused: nn.Module) -> dict[str, QuantConv2d]:
     """Parameter-name prefix -> QuantConv2d for the quantized convs of a fused model."""
     return {name: m for name, m in fused.named_modules() if isinstance(m, QuantConv2d) and m.spec.wbits < 32}
@@ -76,7 +58,7 @@ def quantized_convs(fused: nn.Module) -> dict[str, QuantConv2d]:
 
 def check_codes(model: nn.Module, int_codes: bool) -> bool:
     """Whether integer codes are exported: IAO models always; others refuse when asked."""
-    spec = getattr(model, "quant_spec", None)
+    spec = model.quant_spec
     if spec is not None and spec.kind == "IAO":
         return True
     if int_codes:
@@ -91,7 +73,7 @@ def check_codes(model: nn.Module, int_codes: bool) -> bool:
 def manifest_header(model: nn.Module, name: str) -> dict:
     """Model-level facts: input preprocessing, priors, classes, quantization."""
     cfg = model.cfg
-    spec = getattr(model, "quant_spec", None)
+    spec = model.quant_spec
     return {"format": "ssdlab-weights", "version": 1, "name": name, "bn_fused": True, "byte_order": "little",
             "input": {"size": cfg.INPUT.IMAGE_SIZE, "channel_order": "RGB", "layout": "NCHW",
                       "mean": list(cfg.INPUT.PIXEL_MEAN), "std": None,
@@ -202,8 +184,6 @@ def export_weights(model: nn.Module, out: str | Path, fmt: str = "bin", name: st
             check_codes(model, int_codes)
             write_npz(model, work, name)
         else:
-            from ssdlab.export.onnx import write_onnx
-
             write_onnx(model, work, name)
         os.chmod(work, 0o755)
         if out.exists():

@@ -234,3 +234,9 @@ def check_layers(layers: list[dict], in_channels: int = 3, source: str = "<cfg>"
 def backbone_end(layers: list[dict]) -> int:
     """Index of the layer marked backbone=1, or -1 when none is."""
     return next((i for i, layer in enumerate(layers) if layer.get("backbone", 0)), -1)
+
+
+def read_backbone_text(cfg) -> tuple[str, str]:
+    """(text, path) of the backbone cfg file named by MODEL.BACKBONE.CFG."""
+    path = resolve_file(cfg.MODEL.BACKBONE.CFG)
+    return read_text(path, CfgError, "a darknet-style backbone .cfg file (MODEL.BACKBONE.CFG)"), str(path)

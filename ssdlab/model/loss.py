@@ -12,9 +12,17 @@ image with one object), so it still teaches "background" and the loss stays fini
 """
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+class Criterion(Protocol):
+    """A training loss: (class logits [B,N,C], box offsets [B,N,4], targets) -> named loss terms."""
+
+    def __call__(self, cls_logits: Tensor, bbox_pred: Tensor, targets: dict[str, Tensor]) -> dict[str, Tensor]: ...
 
 
 def hard_negative_mining(bg_loss: Tensor, labels: Tensor, neg_pos_ratio: int, min_negatives: int = 0) -> Tensor:
@@ -37,9 +45,10 @@ class MultiBoxLoss(nn.Module):
         self.neg_pos_ratio = neg_pos_ratio
         self.min_negatives = neg_pos_ratio if min_negatives is None else min_negatives
 
-    def forward(self, cls_logits: Tensor, bbox_pred: Tensor, labels: Tensor,
-                box_targets: Tensor) -> dict[str, Tensor]:
-        """{"reg_loss", "cls_loss"} for logits [B,N,C], offsets [B,N,4], labels [B,N], encoded targets [B,N,4]."""
+    def forward(self, cls_logits: Tensor, bbox_pred: Tensor, targets: dict[str, Tensor]) -> dict[str, Tensor]:
+        """{"reg_loss", "cls_loss"} for logits [B,N,C], offsets [B,N,4] and targets {"labels" [B,N], "boxes" [B,N,4]
+        (encoded)}."""
+        labels, box_targets = targets["labels"], targets["boxes"]
         with torch.no_grad():
             bg_loss = torch.logsumexp(cls_logits, dim=2) - cls_logits[:, :, 0]  # -log softmax(background)
             keep = hard_negative_mining(bg_loss, labels, self.neg_pos_ratio, self.min_negatives)

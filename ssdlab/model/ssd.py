@@ -1,7 +1,7 @@
 """The SSD detector: a cfg-defined backbone, prediction heads, priors, the loss and post-processing.
 
     model = build_model(cfg)
-    model.train(); losses = model(images, {"labels": labels, "boxes": boxes})  # targets per prior
+    model.train(); losses = model(images, {"labels": labels, "boxes": boxes})  # targets per prior, model.criterion
     model.eval();  detections = model(images)  # one dict per image
 
 `images` are float32 [B, 3, IMAGE_SIZE, IMAGE_SIZE] (RGB, mean subtracted).
@@ -17,26 +17,18 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ssdlab.config import CfgNode, resolve_file
-from ssdlab.errors import CfgError, ConfigError
-from ssdlab.files import read_text
+from ssdlab.config import CfgNode
+from ssdlab.errors import ConfigError
 from ssdlab.model.backbone import CfgBackbone
-from ssdlab.model.cfg import parse_cfg
+from ssdlab.model.cfg import parse_cfg, read_backbone_text
 from ssdlab.model.heads import SSDHead, SSDLiteHead
-from ssdlab.model.loss import MultiBoxLoss
+from ssdlab.model.loss import Criterion, MultiBoxLoss
 from ssdlab.model.postprocess import postprocess
-from ssdlab.model.pretrained import load_imagenet_weights
 from ssdlab.model.priors import make_priors
 
 log = logging.getLogger(__name__)
 
 HEADS = {"SSDBoxPredictor": SSDHead, "SSDLiteBoxPredictor": SSDLiteHead}
-
-
-def read_backbone_text(cfg: CfgNode) -> tuple[str, str]:
-    """(text, path) of the backbone cfg file named by MODEL.BACKBONE.CFG."""
-    path = resolve_file(cfg.MODEL.BACKBONE.CFG)
-    return read_text(path, CfgError, "a darknet-style backbone .cfg file (MODEL.BACKBONE.CFG)"), str(path)
 
 
 def make_head(cfg: CfgNode, in_channels: list[int]) -> nn.Module:
@@ -62,7 +54,8 @@ def check_levels(backbone: CfgBackbone, cfg: CfgNode, source: str) -> None:
 class SSD(nn.Module):
     """Single-shot detector: backbone feature maps -> per-prior class logits and box offsets."""
 
-    def __init__(self, cfg: CfgNode, cfg_text: str | None = None, class_names: tuple[str, ...] | None = None):
+    def __init__(self, cfg: CfgNode, cfg_text: str | None = None, class_names: tuple[str, ...] | None = None,
+                 criterion: Criterion | None = None):
         super().__init__()
         source = "<cfg_text>"
         if cfg_text is None:
@@ -78,12 +71,8 @@ class SSD(nn.Module):
         check_levels(self.backbone, cfg, source)
         self.box_head = make_head(cfg, self.backbone.out_channels)
         self.register_buffer("priors", priors, persistent=False)
-        self.criterion = MultiBoxLoss(cfg.MODEL.NEG_POS_RATIO)
-        self.quant_spec = None
-        if cfg.QUANTIZATION.TYPE != "no":  # quantization-aware layers (ssdlab.quant.apply)
-            from ssdlab.quant.apply import quantize_model
-
-            quantize_model(self, cfg)
+        self.criterion = criterion or MultiBoxLoss(cfg.MODEL.NEG_POS_RATIO)  # training loss of (logits, boxes, targets)
+        self.quant_spec = None  # set when ssdlab.quant.apply.quantize_model swaps in quantized layers
 
     def forward_raw(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(cls_logits [B, N, C], bbox_pred [B, N, 4]) in prior order."""
@@ -103,13 +92,7 @@ class SSD(nn.Module):
                 raise ValueError("SSD in training mode needs targets {'labels', 'boxes'}; "
                                  "call model.eval() to get detections")
             cls_logits, bbox_pred = cls_logits.float(), bbox_pred.float()  # bfloat16 under autocast: loss in float32
-            losses = self.criterion(cls_logits, bbox_pred, targets["labels"], targets["boxes"])
-            if "teacher_logits" in targets:  # fine-tuning with distillation (ssdlab.prune.distill)
-                from ssdlab.prune.distill import distillation_losses
-
-                losses.update(distillation_losses(cls_logits, bbox_pred, targets["labels"],
-                                                  targets["teacher_logits"], targets["teacher_boxes"], self.cfg))
-            return losses
+            return self.criterion(cls_logits, bbox_pred, targets)
         return postprocess(cls_logits, bbox_pred, self.priors, self.cfg.INPUT.IMAGE_SIZE,
                            self.cfg.MODEL.CENTER_VARIANCE, self.cfg.MODEL.SIZE_VARIANCE,
                            score_threshold=self.cfg.TEST.CONFIDENCE_THRESHOLD,
@@ -185,25 +168,3 @@ def check_feature_maps(model: SSD) -> None:
         raise ConfigError(f"MODEL.PRIORS.FEATURE_MAPS = {list(model.cfg.MODEL.PRIORS.FEATURE_MAPS)} but the "
                           f"backbone gives maps of {shown} at INPUT.IMAGE_SIZE = {size}; set FEATURE_MAPS to "
                           f"{[h for h, _ in actual]} (and check STRIDES) or change INPUT.IMAGE_SIZE")
-
-
-def imagenet_arch(cfg_path: str) -> str:
-    """The torchvision ImageNet net for a backbone cfg, guessed from its file name."""
-    name = Path(cfg_path).name.lower()
-    if "mobilenet_v2" in name:
-        return "mobilenet_v2"
-    if "vgg" in name:
-        return "vgg16_bn"
-    raise ConfigError(f"MODEL.BACKBONE.PRETRAINED is true but {cfg_path} names neither 'vgg' nor "
-                      "'mobilenet_v2', so no ImageNet weights fit it; set MODEL.BACKBONE.PRETRAINED False")
-
-
-def build_model(cfg: CfgNode, class_names: tuple[str, ...] | None = None) -> SSD:
-    """An SSD for cfg, its feature-map sizes checked against MODEL.PRIORS; ImageNet weights when PRETRAINED."""
-    model = SSD(cfg, class_names=class_names)
-    check_feature_maps(model)
-    if cfg.MODEL.BACKBONE.PRETRAINED:
-        load_imagenet_weights(model.backbone, imagenet_arch(cfg.MODEL.BACKBONE.CFG), cfg.MODEL.BACKBONE.WEIGHTS)
-    log.info("built SSD: %s, %s, %d priors, %d classes", Path(cfg.MODEL.BACKBONE.CFG).name,
-             type(model.box_head).__name__, len(model.priors), cfg.MODEL.NUM_CLASSES)
-    return model

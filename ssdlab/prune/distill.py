@@ -1,7 +1,8 @@
 """Knowledge distillation for fine-tuning a pruned model from its unpruned teacher.
 
 The teacher (DISTILL.TEACHER, any ssdlab checkpoint with the same classes) runs on each
-training batch without gradients. The student's loss gains two terms:
+training batch without gradients (`DistillationPlugin`). The student's loss gains two terms
+(`DistillationLoss`, wrapped around the model's criterion):
 
 - `distill_cls`: KL(teacher ‖ student) of the class distributions softened by the temperature
   T, times T² (Hinton et al. 2015), averaged over all priors, weighted by DISTILL.CLS_WEIGHT;
@@ -15,10 +16,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from ssdlab.config import CfgNode
 from ssdlab.engine import checkpoint as ckpt
+from ssdlab.engine.plugins import Plugin
 from ssdlab.errors import ConfigError
 
 
@@ -40,11 +42,6 @@ class Teacher:
         return {"teacher_logits": logits, "teacher_boxes": boxes}
 
 
-def teacher_from_config(cfg: CfgNode, device: torch.device) -> Teacher | None:
-    """The teacher named by DISTILL.TEACHER, or None when the key is empty."""
-    return Teacher(cfg, device) if cfg.DISTILL.TEACHER else None
-
-
 def distillation_losses(cls_logits: Tensor, bbox_pred: Tensor, labels: Tensor, teacher_logits: Tensor,
                         teacher_boxes: Tensor, cfg: CfgNode) -> dict[str, Tensor]:
     """The two distillation terms (see the module doc)."""
@@ -60,3 +57,35 @@ def distillation_losses(cls_logits: Tensor, bbox_pred: Tensor, labels: Tensor, t
     box = ((bbox_pred - teacher_boxes) ** 2).sum(-1)[positive].sum() / positive.sum().clamp(min=1)
     return {"distill_cls": cfg.DISTILL.CLS_WEIGHT * kl, "distill_box": cfg.DISTILL.BOX_WEIGHT * box}
 
+
+class DistillationLoss(nn.Module):
+    """A criterion that adds the distillation terms to another (the teacher's outputs come in the targets)."""
+
+    def __init__(self, base: nn.Module, cfg: CfgNode):
+        super().__init__()
+        self.base, self.cfg = base, cfg
+
+    def forward(self, cls_logits: Tensor, bbox_pred: Tensor, targets: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The base losses plus distill_cls and distill_box."""
+        losses = self.base(cls_logits, bbox_pred, targets)
+        losses.update(distillation_losses(cls_logits, bbox_pred, targets["labels"], targets["teacher_logits"],
+                                          targets["teacher_boxes"], self.cfg))
+        return losses
+
+
+class DistillationPlugin(Plugin):
+    """Fine-tuning with distillation: the teacher (DISTILL.TEACHER) runs on each batch, the student's
+    criterion gains the two distillation terms."""
+
+    def __init__(self, cfg: CfgNode):
+        self.cfg = cfg
+        self.teacher: Teacher | None = None
+
+    def setup(self, model: nn.Module, device: torch.device) -> None:
+        """Load the teacher on the model's device and wrap the model's criterion."""
+        self.teacher = Teacher(self.cfg, device)
+        model.criterion = DistillationLoss(model.criterion, self.cfg)
+
+    def targets(self, images: Tensor) -> dict[str, Tensor]:
+        """The teacher's logits and boxes for the batch."""
+        return self.teacher(images)

@@ -203,7 +203,7 @@ def plan(spec: ModelSpec, gammas: dict[int, np.ndarray], percent: float, mode: s
          regular: bool = False, drop_levels: bool = False, round_to: int = 8) -> PrunePlan:
     """Kept channels for a global |γ| threshold at `percent`, plus params and MACs before and after."""
     if not 0.0 <= percent < 1.0:
-        raise PruneError(f"--percent {percent} is outside [0, 1); give the fraction of channels to prune, e.g. 0.5")
+        raise PruneError(f"{{percent}} {percent} is outside [0, 1); give the fraction of channels to prune, e.g. 0.5")
     if round_to < 1:
         raise PruneError(f"PRUNE.ROUND_TO = {round_to}; it must be a positive number of channels")
     layers = spec.layers
@@ -211,7 +211,7 @@ def plan(spec: ModelSpec, gammas: dict[int, np.ndarray], percent: float, mode: s
     groups = prunable_groups(layers, mode, spec.in_channels)
     if not groups:
         raise PruneError(f"the model has no channels prunable in {mode!r} mode (every group is blocked: no "
-                         "BatchNorm, L2Norm or shortcut/depthwise couplings); try --mode shortcut or coupled")
+                         "BatchNorm, L2Norm or shortcut/depthwise couplings); try {mode}shortcut or coupled")
     _check_gammas(groups, gammas, widths)
     pool = np.sort(np.concatenate([np.abs(gammas[i]) for g in groups for i in g.producers]))
     threshold = float(pool[threshold_index(len(pool), percent)]) if percent > 0 else float(pool[0])
@@ -295,8 +295,8 @@ def _levels_and_cut(layers: list[dict], groups: list[Group], gammas: dict[int, n
     first = min(empty)
     levels = sum(1 for f in features if f < first)
     if levels == 0:
-        raise PruneError(f"--max 1 at this percent empties layer {first}, before the first head level "
-                         f"(layer {features[0]}), so no head level would remain; lower --percent")
+        raise PruneError(f"{{drop_levels}} at this percent empties layer {first}, before the first head level "
+                         f"(layer {features[0]}), so no head level would remain; lower {{percent}}")
     return levels, features[levels - 1]
 
 

@@ -16,9 +16,8 @@ import torch
 
 from ssdlab.config import CfgNode
 from ssdlab.engine import checkpoint as ckpt
-from ssdlab.engine.inference import check_classes, evaluate_model
-from ssdlab.engine.profile import (compare_latency, count_macs, count_params, latency_note, measure_latency, size_mib,
-                                   torch_call)
+from ssdlab.engine.inference import check_classes
+from ssdlab.engine.profile import compare_latency, latency_note, measure, torch_call
 from ssdlab.errors import PruneError
 from ssdlab.files import check_file_stem, check_output_folder, staged
 from ssdlab.model.ssd import SSD
@@ -43,20 +42,6 @@ class PruneReport:
     files: dict[str, Path] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     model: SSD | None = None
-
-
-def measure(name: str, model: SSD, dataset, cfg: CfgNode, params: int | None = None,
-            latency: bool = True, runs: int = 30) -> dict:
-    """One report row: params, size, MACs, CPU latency (batch 1, median of runs) and the VOC/COCO metrics."""
-    size = cfg.INPUT.IMAGE_SIZE
-    row = {"model": name, "params": params if params is not None else count_params(model),
-           "size_mib": size_mib(model), "macs": count_macs(model, size),
-           "latency_ms": measure_latency(model, size, runs=runs)["median_ms"] if latency else None,
-           "voc_map": None, "coco_ap": None}
-    if dataset is not None:
-        result = evaluate_model(model, dataset, cfg)
-        row.update(voc_map=result["voc_map"], coco_ap=result["coco_ap"])
-    return row
 
 
 def _cell(value, fmt: str) -> str:
@@ -95,11 +80,11 @@ def summary_lines(result: PrunePlan, rows: list[dict], timing: dict | None = Non
 
 
 def check_request(result: PrunePlan, drop_levels: bool) -> None:
-    """Refuse a percent that empties a layer unless --max 1 asked for that."""
+    """Refuse a percent that empties a layer unless drop_levels (--max 1) asked for that."""
     if not drop_levels and not result.safe:
-        raise PruneError(f"--percent {result.percent:g} is above the highest safe ratio {result.highest_safe:.4f}: "
-                         f"layer {result.emptied[0]} would keep no channel above the threshold. Lower --percent to "
-                         f"at most {result.highest_safe:.4f}, or pass --max 1 to drop the head levels after it")
+        raise PruneError(f"{{percent}} {result.percent:g} is above the highest safe ratio {result.highest_safe:.4f}: "
+                         f"layer {result.emptied[0]} would keep no channel above the threshold. Lower {{percent}} to "
+                         f"at most {result.highest_safe:.4f}, or pass {{drop_levels}} to drop the head levels after it")
 
 
 def default_tag(path: Path, result: PrunePlan, regular: bool, drop_levels: bool) -> str:

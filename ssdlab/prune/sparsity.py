@@ -1,6 +1,6 @@
 """Sparse training (network slimming): an L1 penalty on the BN γ of the prunable layers.
 
-After `loss.backward()` and before `optimizer.step()` the trainer calls the hook, which adds
+After `loss.backward()` and before `optimizer.step()` the trainer calls the hook (SparsityPlugin), which adds
 the L1 subgradient `SR · sign(γ)` to the gradient of every prunable γ (PRUNE.TYPE picks the
 layers: normal | shortcut | coupled; see ssdlab.prune.plan). With PRUNE.SR_SCHEDULE `step`,
 SR is multiplied by PRUNE.SR_STEP_FACTOR once PRUNE.SR_STEP_AT of SOLVER.MAX_ITER is done,
@@ -27,6 +27,7 @@ from torch import nn
 
 from ssdlab.config import CfgNode
 from ssdlab.engine.evaluate import write_json_atomic
+from ssdlab.engine.plugins import Plugin
 from ssdlab.engine.profile import cpu_flags, layer_latency
 from ssdlab.errors import ConfigError
 from ssdlab.prune.plan import COSTS, MODES, ModelSpec, channel_cost, layer_speed, prunable_layers
@@ -113,9 +114,26 @@ class SparsityHook:
                 bn.weight.grad.add_(torch.sign(bn.weight), alpha=rate * self.weights[i])
 
 
-def sparsity_hooks(cfg: CfgNode, model: nn.Module) -> list[SparsityHook]:
-    """[SparsityHook] when PRUNE.TYPE asks for sparse training, else []."""
-    return [SparsityHook(cfg, model)] if sparsity_enabled(cfg) else []
+class SparsityPlugin(Plugin):
+    """Sparse training: the SparsityHook after every backward pass, the prunable |γ| logged at each evaluation."""
+
+    def __init__(self, cfg: CfgNode):
+        sparsity_enabled(cfg)
+        sr_at(cfg, 0)  # validates the schedule before the model is built
+        self.cfg = cfg
+        self.hook: SparsityHook | None = None
+
+    def setup(self, model: nn.Module, device: torch.device) -> None:
+        """Find the prunable BN layers and their SR weights."""
+        self.hook = SparsityHook(self.cfg, model)
+
+    def after_backward(self, model: nn.Module, iteration: int) -> None:
+        """γ.grad += SR · w · sign(γ)."""
+        self.hook(model, iteration)
+
+    def eval_record(self, model: nn.Module) -> dict:
+        """{"gamma": |γ| per prunable layer}."""
+        return {"gamma": gamma_record(model, self.cfg.PRUNE.TYPE)}
 
 
 def gamma_record(model: nn.Module, mode: str, decimals: int = 5) -> dict[str, list[float]]:

@@ -14,18 +14,19 @@ compensated full-size model and the compact model compute the same thing.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ssdlab.engine.checkpoint import QUANTIZER_STATE
 from ssdlab.errors import PruneError
 from ssdlab.model.backbone import Shortcut
+from ssdlab.model.build import build_model
 from ssdlab.model.cfg import feature_layers, write_cfg
 from ssdlab.model.ssd import SSD
 from ssdlab.prune.plan import Group, ModelSpec, PrunePlan, plan, prunable_groups
-from ssdlab.quant.layers import IAOConvBN, QuantConv2d
+from ssdlab.quant.layers import QUANTIZER_STATE, IAOConvBN, QuantConv2d
 
 MASKINGS = ("preview", "zeroed", "compensated")
 _PRIOR_LISTS = ("FEATURE_MAPS", "STRIDES", "MIN_SIZES", "MAX_SIZES", "ASPECT_RATIOS", "BOXES_PER_LOCATION")
@@ -176,7 +177,7 @@ def _absorb_head(head: nn.Module, index: Tensor, value: Tensor) -> None:
 
 def check_quantized(model: SSD) -> None:
     """Refuse pruning a BWN-quantized model (its α and Δ are means over every input weight of a filter)."""
-    spec = getattr(model, "quant_spec", None)
+    spec = model.quant_spec
     if spec is not None and spec.kind == "BWN" and spec.wbits < 32:
         raise PruneError("quantize-then-prune is not supported for BWN: binary/ternary weights are scaled by the "
                          "mean |W| over all input channels of a filter, so removing channels changes every kept "
@@ -216,8 +217,10 @@ def compact_model(masked: SSD, result: PrunePlan, note: str = "") -> SSD:
     """A smaller SSD holding only the kept channels of a (compensated) masked model."""
     layers = compact_layers(masked, result)
     header = f"# pruned by ssdlab: {note or result.mode} percent={result.percent:g}\n"
-    small = SSD(compact_config(masked, result, layers), cfg_text=header + write_cfg(layers),
-                class_names=masked.class_names)
+    spec = masked.quant_spec  # the same quantization on the layers the cut keeps
+    quant = replace(spec, layers=tuple(i for i in spec.layers if i <= result.cut)) if spec else None
+    small = build_model(compact_config(masked, result, layers), masked.class_names, header + write_cfg(layers),
+                        quant, imagenet=False)
     in_channels = masked.cfg.INPUT.CHANNELS
     for i in range(result.cut + 1):
         src, dst = masked.backbone.module_list[i], small.backbone.module_list[i]

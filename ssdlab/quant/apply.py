@@ -14,41 +14,28 @@ import torch
 from torch import nn
 
 from ssdlab.config import CfgNode
-from ssdlab.errors import QuantError
+from ssdlab.engine.plugins import Plugin
+from ssdlab.errors import ConfigError, QuantError
+from ssdlab.model.cfg import parse_cfg, read_backbone_text, write_cfg
 from ssdlab.quant.layers import ActQuant, IAOConvBN, QuantConv2d, QuantSpec
 
-# allowed WBITS / ABITS per type (32 = leave that side in float)
-BITS = {
-    "dorefa": (tuple(range(2, 17)) + (32,), tuple(range(2, 17)) + (32,)),
-    "IAO": (tuple(range(2, 17)) + (32,), tuple(range(2, 17)) + (32,)),
-    "BWN": ((2, 3, 32), (2, 32)),
-}
-IAO_MODES = ("symmetric", "asymmetric")
+CONV_TYPES = ("convolutional", "depthwise")
 
 
-def _allowed(values: tuple[int, ...]) -> str:
-    """'2..16 or 32' style text for an error message."""
-    run = [v for v in values if v != 32]
-    return (f"{run[0]}..{run[-1]}" if len(run) > 2 else ", ".join(map(str, run))) + " or 32 (float)"
-
-
-def quant_spec(cfg: CfgNode) -> QuantSpec | None:
-    """The checked QUANTIZATION setting, or None for TYPE 'no'."""
+def quant_spec(cfg: CfgNode, defs: list[dict] | None = None) -> QuantSpec | None:
+    """The checked QUANTIZATION setting for the conv layers `defs` marks quantization=1 (default: those of
+    MODEL.BACKBONE.CFG) and, under QUANTIZATION.FINAL, the heads; None for TYPE 'no'."""
     qc = cfg.QUANTIZATION
     if qc.TYPE == "no":
         return None
-    if qc.TYPE not in BITS:
-        raise QuantError(f"QUANTIZATION.TYPE = {qc.TYPE!r} is unknown; use no, {', '.join(BITS)}")
-    wbits, abits = BITS[qc.TYPE]
-    if qc.WBITS not in wbits:
-        raise QuantError(f"QUANTIZATION.WBITS = {qc.WBITS} is not allowed for {qc.TYPE}; use {_allowed(wbits)}"
-                         + (" (2 = binary, 3 = ternary)" if qc.TYPE == "BWN" else ""))
-    if qc.ABITS not in abits:
-        raise QuantError(f"QUANTIZATION.ABITS = {qc.ABITS} is not allowed for {qc.TYPE}; use {_allowed(abits)}"
-                         + (" (2 = binary activations)" if qc.TYPE == "BWN" else ""))
-    if qc.IAO_MODE not in IAO_MODES:
-        raise QuantError(f"QUANTIZATION.IAO_MODE = {qc.IAO_MODE!r} is unknown; use one of {', '.join(IAO_MODES)}")
-    return QuantSpec(qc.TYPE, qc.WBITS, qc.ABITS, qc.DOREFA_ACT_SCALE, qc.IAO_MODE)
+    QuantSpec(qc.TYPE, qc.WBITS, qc.ABITS, qc.DOREFA_ACT_SCALE, qc.IAO_MODE)  # the keys first, before any file
+    defs = defs if defs is not None else parse_cfg(read_backbone_text(cfg)[0])
+    layers = tuple(i for i, layer in enumerate(defs) if layer.get("quantization", 0) and layer["type"] in CONV_TYPES)
+    if not layers and not qc.FINAL:
+        raise QuantError(f"QUANTIZATION.TYPE is {qc.TYPE} but no cfg layer has quantization=1 and "
+                         "QUANTIZATION.FINAL is False, so nothing would be quantized; use a *_quan.cfg backbone "
+                         "(e.g. course_plain_quan.cfg) or set QUANTIZATION.FINAL True")
+    return QuantSpec(qc.TYPE, qc.WBITS, qc.ABITS, qc.DOREFA_ACT_SCALE, qc.IAO_MODE, layers, bool(qc.FINAL))
 
 
 def _quantize_block(block: nn.Sequential, spec: QuantSpec) -> nn.Module:
@@ -68,20 +55,19 @@ def _quantize_head(head: nn.Module, spec: QuantSpec) -> nn.Module:
     return head
 
 
-def quantize_model(model: nn.Module, cfg: CfgNode) -> nn.Module:
-    """Swap the layers of an SSD for quantization-aware ones in place (no-op for TYPE 'no')."""
-    spec = quant_spec(cfg)
-    if spec is None or getattr(model, "quant_spec", None) is not None:
+def quantize_model(model: nn.Module, spec: QuantSpec | None) -> nn.Module:
+    """Swap the spec's layers of a float SSD for quantization-aware ones in place (None: left float)."""
+    if spec is None:
         return model
-    marked = [i for i, layer in enumerate(model.backbone.defs)
-              if layer.get("quantization", 0) and layer["type"] in ("convolutional", "depthwise")]
-    if not marked and not cfg.QUANTIZATION.FINAL:
-        raise QuantError(f"QUANTIZATION.TYPE is {spec.kind} but no cfg layer has quantization=1 and "
-                         "QUANTIZATION.FINAL is False, so nothing would be quantized; use a *_quan.cfg backbone "
-                         "(e.g. course_plain_quan.cfg) or set QUANTIZATION.FINAL True")
-    for i in marked:
+    if model.quant_spec is not None:
+        raise QuantError("the model is quantized already; quantize a float model")
+    defs = model.backbone.defs
+    for i in spec.layers:
+        if i >= len(defs) or defs[i]["type"] not in CONV_TYPES:
+            raise QuantError(f"the quantization spec names layer {i}, which is not a conv layer of this "
+                             f"{len(defs)}-layer backbone; it was made for another cfg")
         model.backbone.module_list[i] = _quantize_block(model.backbone.module_list[i], spec)
-    if cfg.QUANTIZATION.FINAL:
+    if spec.heads:
         for heads in (model.box_head.cls_headers, model.box_head.reg_headers):
             for level, head in enumerate(heads):
                 heads[level] = _quantize_head(head, spec)
@@ -111,20 +97,41 @@ def calibrate(model: nn.Module, batches: Iterable[torch.Tensor]) -> nn.Module:
     return model.eval()
 
 
-class FreezeHook:
-    """After-backward hook: freeze observers / BN statistics at QUANTIZATION.FREEZE_*_ITER."""
+class FreezePlugin(Plugin):
+    """Freezes the observers / IAO BN statistics at QUANTIZATION.FREEZE_*_ITER."""
 
     def __init__(self, cfg: CfgNode):
         self.observer_iter = cfg.QUANTIZATION.FREEZE_OBSERVER_ITER
         self.bn_iter = cfg.QUANTIZATION.FREEZE_BN_ITER
 
-    def __call__(self, model: nn.Module, iteration: int) -> None:
+    def after_backward(self, model: nn.Module, iteration: int) -> None:
         """Set the frozen flags once their iteration is reached."""
         set_frozen(model, observers=True if 0 <= self.observer_iter <= iteration else None,
                    bn=True if 0 <= self.bn_iter <= iteration else None)
 
 
-def quant_hooks(cfg: CfgNode) -> list[FreezeHook]:
-    """[FreezeHook] when a freeze iteration is set for a quantized run."""
+def freezes(cfg: CfgNode) -> bool:
+    """True when a quantized run sets a freeze iteration."""
     qc = cfg.QUANTIZATION
-    return [FreezeHook(cfg)] if qc.TYPE != "no" and (qc.FREEZE_OBSERVER_ITER >= 0 or qc.FREEZE_BN_ITER >= 0) else []
+    return qc.TYPE != "no" and (qc.FREEZE_OBSERVER_ITER >= 0 or qc.FREEZE_BN_ITER >= 0)
+
+
+def quantization_flags(cfg_text: str, cfg: CfgNode) -> str:
+    """For QAT from a checkpoint: its cfg with the recipe cfg's quantization=1 marks, layer by layer.
+
+    The checkpoint's layers (pruned ones too: same layer types, possibly a prefix) keep their widths;
+    only the marks come from MODEL.BACKBONE.CFG. Without quantization the text is returned as is.
+    """
+    if cfg.QUANTIZATION.TYPE == "no":
+        return cfg_text
+    own, marks = parse_cfg(cfg_text), parse_cfg(read_backbone_text(cfg)[0])
+    if len(own) > len(marks) or any(a["type"] != b["type"] for a, b in zip(own, marks)):
+        raise ConfigError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} has a backbone of {len(own)} layers that does not "
+                          f"follow MODEL.BACKBONE.CFG {cfg.MODEL.BACKBONE.CFG} layer by layer, so its quantization=1 "
+                          "marks cannot be applied; pick the recipe whose cfg the checkpoint was trained from")
+    if all(a.get("quantization", 0) == b.get("quantization", 0) for a, b in zip(own, marks)):
+        return cfg_text
+    for layer, marked in zip(own, marks):
+        if "quantization" in marked:
+            layer["quantization"] = marked["quantization"]
+    return write_cfg(own)

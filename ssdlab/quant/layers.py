@@ -8,25 +8,75 @@ one stored weight takes.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssdlab.errors import QuantError
 from ssdlab.quant import quantizers as q
 from ssdlab.quant.quantizers import per_channel_absmax
+
+QUANTIZER_STATE = re.compile(r".*\.(act|out)_quant\.\w+")  # range buffers: absent from float checkpoints, learned in QAT
+
+
+# allowed WBITS / ABITS per type (32 = leave that side in float)
+BITS = {
+    "dorefa": (tuple(range(2, 17)) + (32,), tuple(range(2, 17)) + (32,)),
+    "IAO": (tuple(range(2, 17)) + (32,), tuple(range(2, 17)) + (32,)),
+    "BWN": ((2, 3, 32), (2, 32)),
+}
+IAO_MODES = ("symmetric", "asymmetric")
+
+
+def _allowed(values: tuple[int, ...]) -> str:
+    """'2..16 or 32' style text for an error message."""
+    run = [v for v in values if v != 32]
+    return (f"{run[0]}..{run[-1]}" if len(run) > 2 else ", ".join(map(str, run))) + " or 32 (float)"
 
 
 @dataclass(frozen=True)
 class QuantSpec:
-    """One quantization setting (QUANTIZATION.* of a config)."""
+    """A model's quantization: the QUANTIZATION.* setting, checked when made, and where it applies.
+
+    `layers` are the backbone layers swapped for quantized ones (the cfg's quantization=1 marks),
+    `heads` whether the prediction-head convs are quantized too (QUANTIZATION.FINAL). A checkpoint
+    stores it (`to_dict`), so a model is rebuilt with the quantization it was trained with.
+    """
 
     kind: str  # dorefa | IAO | BWN
     wbits: int
     abits: int
     act_scale: float = 0.1  # DoReFa's s
     mode: str = "symmetric"  # IAO: symmetric | asymmetric
+    layers: tuple[int, ...] = ()
+    heads: bool = False
+
+    def __post_init__(self) -> None:
+        """QuantError naming the QUANTIZATION key of a value outside what the kind allows."""
+        if self.kind not in BITS:
+            raise QuantError(f"QUANTIZATION.TYPE = {self.kind!r} is unknown; use no, {', '.join(BITS)}")
+        wbits, abits = BITS[self.kind]
+        bwn = self.kind == "BWN"
+        if self.wbits not in wbits:
+            raise QuantError(f"QUANTIZATION.WBITS = {self.wbits} is not allowed for {self.kind}; use "
+                             f"{_allowed(wbits)}" + (" (2 = binary, 3 = ternary)" if bwn else ""))
+        if self.abits not in abits:
+            raise QuantError(f"QUANTIZATION.ABITS = {self.abits} is not allowed for {self.kind}; use "
+                             f"{_allowed(abits)}" + (" (2 = binary activations)" if bwn else ""))
+        if self.mode not in IAO_MODES:
+            raise QuantError(f"QUANTIZATION.IAO_MODE = {self.mode!r} is unknown; use one of {', '.join(IAO_MODES)}")
+
+    def to_dict(self) -> dict:
+        """Plain types for a checkpoint."""
+        return {**asdict(self), "layers": list(self.layers)}
+
+    @classmethod
+    def from_dict(cls, stored: dict) -> "QuantSpec":
+        """The spec a checkpoint stored (to_dict)."""
+        return cls(**{**stored, "layers": tuple(stored.get("layers", ()))})
 
     @property
     def weight_bits(self) -> int:

@@ -18,10 +18,10 @@ from typing import Iterator
 import torch
 
 from ssdlab.config import CfgNode
-from ssdlab.data.catalog import build_dataset
+from ssdlab.data.catalog import build_dataset, datasets
 from ssdlab.data.transforms import build_transforms
 from ssdlab.engine import checkpoint as ckpt
-from ssdlab.engine.train import (TrainResult, architecture_config, check_same_recipe, check_start_classes, datasets,
+from ssdlab.engine.train import (TrainResult, architecture_config, check_same_recipe, check_start_classes,
                                  fine_tune_start, initial_model, run_metrics, start_digest)
 from ssdlab.errors import CheckpointError, ConfigError, QuantError
 from ssdlab.files import check_output_folder
