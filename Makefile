@@ -12,9 +12,11 @@ install:
 tour: install  ## run the whole course headless on built-in data (SSDLAB_PROFILE=smoke for a one-minute run)
 	SSDLAB_PROFILE=$(PROFILE) $(PYTHON) -m ssdlab tour
 
-test: install  ## every test: ruff, unit tests, then the notebooks through nbval (smoke profile)
+test: install  ## every test: ruff, mypy, unit tests, then the notebooks through nbval (smoke profile)
 	@$(PYTHON) -m ruff --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "ruff>=0.5"
+	@$(PYTHON) -m mypy --version >/dev/null 2>&1 || $(PYTHON) -m pip install -q "mypy>=1.10"
 	$(PYTHON) -m ruff check .
+	$(PYTHON) -m mypy
 	SSDLAB_PROFILE=smoke OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m pytest -q
 
 test-browser: install  ## notebook 03's explorer in JupyterLab + headless Chromium (apt: chromium chromium-driver); screenshots in build/browser/

@@ -18,10 +18,10 @@ from ssdlab.config import CfgNode, load_config, merge_overrides
 from ssdlab.errors import ConfigError
 
 if TYPE_CHECKING:  # `import ssdlab` stays light: torch is imported by the step that needs it
-    from torch import nn
+    from ssdlab.model.ssd import SSD
 
 
-def evaluate(model: "nn.Module", dataset=None, cfg: CfgNode | None = None, device: str = "cpu") -> dict:
+def evaluate(model: "SSD", dataset=None, cfg: CfgNode | None = None, device: str = "cpu") -> dict:
     """VOC and COCO metrics of a model (eval mode) on `dataset`, by default its config's DATASETS.TEST."""
     from ssdlab.data.catalog import datasets
     from ssdlab.engine.inference import check_classes, evaluate_model
@@ -70,7 +70,7 @@ def quantize(recipe: CfgNode | str | Path, checkpoint: str | Path | None = None,
     return train(cfg, resume=not fresh) if ptq is None else post_training_quantize(cfg, ptq, resume=not fresh)
 
 
-def export_model(model: "nn.Module | str | Path", out: str | Path, fmt: str = "bin", name: str | None = None,
+def export_model(model: "SSD | str | Path", out: str | Path, fmt: str = "bin", name: str | None = None,
            force: bool = False, int8: bool = False) -> Path:
     """Export a model (or a checkpoint's) into the new folder `out`: fused weights as .bin/.npz + manifest, or ONNX
     (see ssdlab.export.weights.export_weights); name defaults to the checkpoint's stem or 'model'."""

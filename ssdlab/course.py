@@ -22,6 +22,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from ssdlab.api import prune_channels
 from ssdlab.config import PACKAGE_CONFIGS, load_config
@@ -47,7 +48,7 @@ QAT_ITERS = {"full": 500, "pretrained": 500, "smoke": 4}  # QAT iterations: the 
 LESSON_ITERS = {"full": 1200, "pretrained": 1200, "smoke": 12}  # notebook 01's training run (and the tour's)
 PRUNED_QAT_ITERS = {"full": 200, "pretrained": 200, "smoke": 4}  # notebook 06: QAT of the pruned model
 BASELINES = Path(__file__).resolve().parent / "checkpoints"
-PROFILES = {
+PROFILES: dict[str, dict[str, Any]] = {
     "full": {"root": "runs", "data": "datasets/shapes", "train": TRAIN_IMAGES, "val": 500, "overrides": []},
     "smoke": {"root": "runs/smoke", "data": "runs/smoke/shapes", "train": 96, "val": 24,
               "overrides": ["SOLVER.MAX_ITER", "12", "SOLVER.BATCH_SIZE", "8", "SOLVER.WARMUP_ITERS", "4",

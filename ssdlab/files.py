@@ -1,7 +1,9 @@
 """Reading the files a user hands in and checking where outputs go: one clear error, before any work."""
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -56,6 +58,8 @@ def staged(*targets: Path) -> Iterator[list[Path]]:
     """Temporary files beside the targets to write in the block; renamed onto the targets only when the block
     ends without error (all of them, with ordinary permissions), removed otherwise: never a half-written file."""
     temps: list[Path] = []
+    made = _missing_folders(Path(target).parent for target in targets)
+    done = False
     try:
         for target in targets:
             Path(target).parent.mkdir(parents=True, exist_ok=True)
@@ -68,6 +72,46 @@ def staged(*targets: Path) -> Iterator[list[Path]]:
         for temp, target in zip(temps, targets):
             os.chmod(temp, 0o666 & ~mask)  # mkstemp makes 0600; a file made with open() gets 0666 minus the umask
             os.replace(temp, target)
+        done = True
     finally:
         for temp in temps:
             temp.unlink(missing_ok=True)
+        for folder in [] if done else sorted(made, key=lambda f: len(f.parts), reverse=True):
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()  # a folder made only to hold the temporary files goes too
+
+
+def _missing_folders(folders) -> set[Path]:
+    """Every folder (and missing parent) among `folders` that does not exist yet."""
+    missing = set()
+    for folder in folders:
+        while not folder.exists() and folder not in missing:
+            missing.add(folder)
+            folder = folder.parent
+    return missing
+
+
+def write_json(data, path: str | Path) -> None:
+    """Write JSON through a temporary file next to path (staged): never half a file."""
+    with staged(Path(path)) as (temp,):
+        temp.write_text(json.dumps(data))
+
+
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A temporary folder beside `out` to fill in the block; it replaces `out` (an existing one is removed) only when
+    the block ends without error, and is removed otherwise: never a half-written folder."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        os.chmod(work, 0o755)  # mkdtemp makes it private; outputs are meant to be shared
+        yield work
+        old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.old-")) if out.exists() else None
+        if old is not None:
+            out.rename(old / out.name)
+        work.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -445,3 +445,25 @@ def test_staged_writes_all_targets_or_none(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert first.stat().st_mode & 0o777 == 0o666 & ~mask  # as open() would make it, not mkstemp's 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "sub"]
+    with pytest.raises(RuntimeError):  # a folder made only for a target that was never written goes again
+        with staged(tmp_path / "new" / "deep" / "c.txt"):
+            raise RuntimeError("stopped")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "sub"]
+
+
+def test_staged_folder_replaces_a_folder_whole_or_not_at_all(tmp_path):
+    from ssdlab.files import staged_folder
+
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / "old.bin").write_text("old")
+    with pytest.raises(RuntimeError):
+        with staged_folder(out) as work:
+            (work / "new.bin").write_text("half")
+            raise RuntimeError("stopped half-way")
+    assert [p.name for p in tmp_path.iterdir()] == ["export"] and [p.name for p in out.iterdir()] == ["old.bin"]
+    with staged_folder(out) as work:
+        (work / "new.bin").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == ["export"] and [p.name for p in out.iterdir()] == ["new.bin"]
+    assert out.stat().st_mode & 0o777 == 0o755

@@ -38,3 +38,25 @@ def test_labels_stay_inside_the_image():
     drawn = np.asarray(draw_detections(image, [[0, 0, 63, 20]], [1], [0.9], ("bg", "circle")))
     label_rows = np.flatnonzero((drawn[:, 20:40] == class_color(1)).all(axis=2).any(axis=1))
     assert {2, 5, 8} <= set(label_rows)  # the label's fill is inside the box, below its 2-px top edge, not cut off
+
+
+def test_results_table_names_its_columns_and_counts_macs_in_millions():
+    from ssdlab.viz.tables import results_table
+
+    rows = [{"model": "float", "params": 10, "size_mib": 1.5, "macs": 2_500_000, "latency_ms": None, "voc_map": 0.9,
+             "coco_ap": 0.6}, {"model": "int8", "params": 10, "size_mib": 0.5, "macs": 2_500_000, "latency_ms": None,
+                               "voc_map": 0.89, "coco_ap": 0.59, "checkpoint": "x.pt"}]
+    table = results_table(rows)
+    assert list(table.columns) == ["params", "size (MiB)", "MACs (M)", "VOC mAP@0.5", "COCO AP"]  # nobody timed
+    assert table.loc["int8", "MACs (M)"] == 2.5 and table.loc["float", "VOC mAP@0.5"] == 0.9
+    assert "MACs (M)" not in results_table(rows, drop=("macs",))
+
+
+def test_transfer_curves_count_the_levels_of_each_quantizer():
+    from ssdlab.viz.curves import plot_transfer_curves
+
+    levels = plot_transfer_curves()
+    plt.close("all")
+    assert levels[("DoReFa weights", "2 bits")] == 4 and levels[("IAO asymmetric", "3 bits")] == 8
+    assert levels[("IAO symmetric", "3 bits")] == 7  # absmax scaling never reaches the code -2^(b-1)
+    assert levels[("BWN weights", "binary")] == 2 and levels[("BWN weights", "ternary")] == 3

@@ -20,7 +20,7 @@ import copy
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Sequence, cast
 
 import numpy as np
 from PIL import Image
@@ -49,10 +49,10 @@ class ImageRecord:
 def make_record(id_: Any, file: Path, width: int, height: int, boxes: Sequence, labels: Sequence,
                 difficult: Sequence | None = None) -> ImageRecord:
     """An ImageRecord with arrays of the right dtypes and shapes (also for zero objects)."""
-    boxes = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
-    difficult = np.zeros(len(labels), bool) if difficult is None else np.asarray(difficult, bool).reshape(-1)
-    return ImageRecord(id_, Path(file), int(width), int(height), boxes, labels, difficult)
+    box_array = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+    label_array = np.asarray(labels, dtype=np.int64).reshape(-1)
+    flags = np.zeros(len(label_array), bool) if difficult is None else np.asarray(difficult, bool).reshape(-1)
+    return ImageRecord(id_, Path(file), int(width), int(height), box_array, label_array, flags)
 
 
 WIDE_GRAY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")  # 16/32-bit and float grayscale
@@ -247,7 +247,7 @@ class ConcatDetectionDataset(ConcatDataset):
             index += len(self)
         part = bisect.bisect_right(self.cumulative_sizes, index)
         start = self.cumulative_sizes[part - 1] if part else 0
-        return self.datasets[part], index - start
+        return cast(DetectionDataset, self.datasets[part]), index - start
 
     def get_image(self, index: int) -> np.ndarray:
         """The image of a global index."""

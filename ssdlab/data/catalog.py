@@ -80,9 +80,9 @@ def build_one(name: str, is_train: bool, **kwargs) -> DetectionDataset:
         return shapes_dataset(env_root("SHAPES_ROOT", "datasets/shapes"), SHAPES_NAMES[name], **kwargs)
     if name.endswith(".data"):
         return TextDataset(name, "train" if is_train else "valid", **kwargs)
-    folder, split = split_folder_spec(name)
-    if split is not None or Path(folder).is_dir():
-        return shapes_dataset(Path(folder), split or ("train" if is_train else "valid"), **kwargs)
+    folder, folder_split = split_folder_spec(name)
+    if folder_split is not None or Path(folder).is_dir():
+        return shapes_dataset(Path(folder), folder_split or ("train" if is_train else "valid"), **kwargs)
     raise DataError(f"unknown dataset {name!r}: use one of {', '.join(known_names())}, a path to a "
                     ".data file, or a shapes folder (DIR, DIR:train or DIR:val)")
 

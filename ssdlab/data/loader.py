@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ssdlab.config import CfgNode
+from ssdlab.data.base import ConcatDetectionDataset, DetectionDataset
 from ssdlab.errors import ConfigError
 
 
@@ -30,7 +31,7 @@ class IterationBatchSampler(Sampler):
 
     def __init__(self, dataset: Dataset, batch_size: int, max_iter: int, start_iter: int = 0,
                  seed: int = 0, rank: int = 0, world_size: int = 1):
-        self.sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
+        self.sampler: DistributedSampler[int] = DistributedSampler(dataset, num_replicas=world_size, rank=rank,
                                           shuffle=True, seed=seed, drop_last=True)
         self.per_epoch = len(self.sampler) // batch_size
         if self.per_epoch == 0:
@@ -60,7 +61,7 @@ class IterationBatchSampler(Sampler):
 class SeededSamples(Dataset):
     """Wraps a dataset so that item (index, seed) is augmented with np.random.default_rng(seed)."""
 
-    def __init__(self, dataset: Dataset):
+    def __init__(self, dataset: DetectionDataset | ConcatDetectionDataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
@@ -84,7 +85,7 @@ def test_collate(batch: list) -> tuple[torch.Tensor, list[dict], list[int]]:
     return torch.stack(images), list(targets), list(indices)
 
 
-def make_train_loader(cfg: CfgNode, dataset: Dataset, start_iter: int = 0, rank: int = 0,
+def make_train_loader(cfg: CfgNode, dataset: DetectionDataset | ConcatDetectionDataset, start_iter: int = 0, rank: int = 0,
                       world_size: int = 1) -> DataLoader:
     """The training loader for iterations start_iter..SOLVER.MAX_ITER of this rank."""
     sampler = IterationBatchSampler(dataset, cfg.SOLVER.BATCH_SIZE, cfg.SOLVER.MAX_ITER, start_iter,
@@ -95,7 +96,8 @@ def make_train_loader(cfg: CfgNode, dataset: Dataset, start_iter: int = 0, rank:
                       persistent_workers=False, prefetch_factor=4 if workers else None)
 
 
-def make_test_loader(cfg: CfgNode, dataset: Dataset, rank: int = 0, world_size: int = 1) -> DataLoader:
+def make_test_loader(cfg: CfgNode, dataset: DetectionDataset | ConcatDetectionDataset, rank: int = 0,
+                     world_size: int = 1) -> DataLoader:
     """An in-order loader over this rank's share (indices rank, rank+world, ...) of the dataset."""
     shard = list(range(rank, len(dataset), world_size))
     return DataLoader(torch.utils.data.Subset(dataset, shard), batch_size=cfg.TEST.BATCH_SIZE,

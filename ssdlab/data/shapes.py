@@ -36,7 +36,7 @@ Layout written (one physical copy of the images, read by all three loaders)::
     COCODataset(DIR / "images", DIR / "annotations/instances_train.json")
     TextDataset(DIR / "shapes.data", "train")      # or "valid"
 
-The dataset is written into ``DIR.tmp-xxxx`` and renamed at the end, so an interrupted run
+The dataset is written into a temporary folder beside DIR and renamed at the end, so an interrupted run
 never leaves a half dataset that looks complete.
 """
 from __future__ import annotations
@@ -45,7 +45,6 @@ import json
 import logging
 import math
 import shutil
-import tempfile
 import time
 import xml.etree.ElementTree as ET
 from concurrent.futures import ProcessPoolExecutor
@@ -53,12 +52,14 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
 from ssdlab.errors import DataError
+from ssdlab.files import staged_folder
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +154,7 @@ def clipped_box(points: np.ndarray, width: int, height: int) -> tuple[float, flo
     """The outline's axis-aligned box clipped to the image, rounded to 0.01 px."""
     x1, y1 = np.maximum(points.min(0), 0)
     x2, y2 = np.minimum(points.max(0), [width, height])
-    return tuple(round(float(v), 2) for v in (x1, y1, x2, y2))
+    return cast("tuple[float, float, float, float]", tuple(round(float(v), 2) for v in (x1, y1, x2, y2)))
 
 
 def rasterize(points: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -182,7 +183,8 @@ def background(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
     if rng.random() < 0.6:
         cells = rng.integers(3, 10)
         small = Image.fromarray(rng.integers(0, 256, (cells, cells, 3), dtype=np.uint8))
-        blotch = np.asarray(small.resize((width, height), Image.BILINEAR), dtype=np.float32)
+        bilinear = Image.BILINEAR  # type: ignore[attr-defined]  # set at import; Image.Resampling needs Pillow 9.1
+        blotch = np.asarray(small.resize((width, height), bilinear), dtype=np.float32)
         image += (blotch - 128) * np.float32(rng.uniform(0.15, 0.45))
     return image
 
@@ -194,7 +196,7 @@ def random_colour(rng: np.random.Generator, avoid: np.ndarray) -> tuple[int, int
         if np.abs(colour - avoid).sum() > 120:
             break
         colour = rng.integers(0, 256, 3)
-    return tuple(int(c) for c in colour)
+    return cast("tuple[int, int, int]", tuple(int(c) for c in colour))
 
 
 # ----------------------------------------------------------------------------- distractors
@@ -274,7 +276,7 @@ def try_target(rng: np.random.Generator, width: int, height: int, placed: list[S
     if inside < MIN_VISIBLE or mask.sum() < 12:
         return None
     for obj, visible, full in zip(placed, visible_masks, full_masks):
-        still = np.count_nonzero(visible & ~mask) / max(np.count_nonzero(full), 1)
+        still = np.count_nonzero(visible & ~mask) / max(int(np.count_nonzero(full)), 1)
         if obj.visible * still < MIN_VISIBLE:
             return None
     box = clipped_box(polygon, width, height)
@@ -297,13 +299,13 @@ def add_targets(rng: np.random.Generator, width: int, height: int) -> list[Shape
         obj, mask = result
         for i, earlier in enumerate(placed):
             visible_masks[i] = visible_masks[i] & ~mask
-            shown = np.count_nonzero(visible_masks[i]) / max(np.count_nonzero(full_masks[i]), 1)
+            shown = np.count_nonzero(visible_masks[i]) / max(int(np.count_nonzero(full_masks[i])), 1)
             earlier.occluded = bool(shown <= 1 - OCCLUDED_FROM)
         placed.append(obj)
         full_masks.append(mask)
         visible_masks.append(mask.copy())
     for obj, visible, full in zip(placed, visible_masks, full_masks):
-        obj.visible = float(obj.visible * np.count_nonzero(visible) / max(np.count_nonzero(full), 1))
+        obj.visible = float(obj.visible * np.count_nonzero(visible) / max(int(np.count_nonzero(full)), 1))
     return placed
 
 
@@ -363,8 +365,8 @@ def voc_xml(image_file: str, objects: list[ShapeObject], width: int, height: int
         ET.SubElement(node, "occluded").text = str(int(obj.occluded))
         ET.SubElement(node, "difficult").text = "0"
         bndbox = ET.SubElement(node, "bndbox")
-        for key, value in zip(("xmin", "ymin", "xmax", "ymax"), obj.box):
-            ET.SubElement(bndbox, key).text = f"{value + 1:.2f}"
+        for key, coordinate in zip(("xmin", "ymin", "xmax", "ymax"), obj.box):
+            ET.SubElement(bndbox, key).text = f"{coordinate + 1:.2f}"
     ET.indent(root)
     return ET.tostring(root, encoding="utf-8")
 
@@ -387,7 +389,8 @@ def write_sample(task: tuple[str, int, str, int]) -> dict:
 
 def coco_json(records: list[dict]) -> dict:
     """COCO instances for one split: category ids 1..5, bbox = [x, y, w, h] in pixels."""
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for image_id, rec in enumerate(records, start=1):
         images.append({"id": image_id, "file_name": rec["file"], "width": rec["width"], "height": rec["height"]})
         for (x1, y1, x2, y2), label in zip(rec["boxes"], rec["labels"]):
@@ -463,7 +466,7 @@ def read_manifest(out: Path) -> dict | None:
 
 def is_complete(out: Path, n_train: int, n_val: int, seed: int) -> bool:
     """True when out already holds this exact dataset (same version, seed and counts)."""
-    manifest = read_manifest(out)
+    manifest = read_manifest(out) or {}
     return bool(manifest) and manifest.get("format") == "ssdlab-shapes" and all(
         manifest.get(k) == v for k, v in (("version", VERSION), ("seed", seed),
                                           ("n_train", n_train), ("n_val", n_val)))
@@ -489,10 +492,7 @@ def generate_shapes(out: Path, n_train: int = TRAIN_IMAGES, n_val: int = 500, se
                  out, seed, n_train, n_val)
         return out
     check_replaceable(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is meant to be shared
-    try:
+    with staged_folder(out) as tmp:
         start = time.perf_counter()
         stats = write_dataset(tmp, n_train, n_val, seed, workers, progress)
         seconds = time.perf_counter() - start
@@ -501,19 +501,5 @@ def generate_shapes(out: Path, n_train: int = TRAIN_IMAGES, n_val: int = 500, se
                     "generation_seconds": round(seconds, 2), "workers": workers,
                     "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         (tmp / "MANIFEST.json").write_text(json.dumps(manifest, indent=2))
-        replace_folder(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     log.info("wrote shapes dataset %s (%d train, %d val) in %.1f s", out, n_train, n_val, seconds)
     return out
-
-
-def replace_folder(new: Path, out: Path) -> None:
-    """Move new to out; an existing out is moved aside first and deleted afterwards."""
-    old = None
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f"{out.name}.old-", dir=out.parent))
-        out.rename(old / out.name)
-    new.rename(out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

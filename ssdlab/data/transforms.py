@@ -317,7 +317,7 @@ class SubtractMeans:
 class ToTensor:
     """HxWx3 numpy image -> float32 CHW torch tensor; boxes and labels stay numpy."""
 
-    def __call__(self, image: np.ndarray, boxes=None, labels=None) -> Sample:
+    def __call__(self, image: np.ndarray, boxes=None, labels=None) -> tuple[torch.Tensor, np.ndarray | None, np.ndarray | None]:
         """Convert the image."""
         chw = np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
         return torch.from_numpy(chw), boxes, labels

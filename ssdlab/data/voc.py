@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import xml.etree.ElementTree as ET
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 from ssdlab.data.base import (DetectionDataset, ImageRecord, box_problem, drop_unreadable, image_size, make_record,
                               warn_invalid)
@@ -47,7 +47,7 @@ def xml_number(node: ET.Element, key: str, path: Path) -> float:
     """A numeric child of an XML node; DataError naming the file when missing or not a number."""
     text = node.findtext(key)
     try:
-        return float(text)
+        return float(cast(str, text))  # None raises the TypeError caught here
     except (TypeError, ValueError):
         raise DataError(f"{path}: <{key}> is {text!r}, expected a number; fix the annotation file") from None
 
@@ -81,7 +81,8 @@ def parse_annotation(path: Path, class_to_label: dict[str, int]) -> tuple[list, 
     warn_invalid(path, problems)
     size = root.find("size")
     known = size is not None and size.findtext("width") and size.findtext("height")
-    dims = (int(xml_number(size, "width", path)), int(xml_number(size, "height", path))) if known else None
+    sized = cast(ET.Element, size)  # not None where known
+    dims = (int(xml_number(sized, "width", path)), int(xml_number(sized, "height", path))) if known else None
     return boxes, labels, difficult, dims
 
 

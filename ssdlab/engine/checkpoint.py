@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from ssdlab.errors import CheckpointError, ConfigError
 from ssdlab.files import load_tensors, staged
 from ssdlab.quant.layers import QUANTIZER_STATE
 
+if TYPE_CHECKING:
+    from ssdlab.model.ssd import SSD
+
 FORMAT = "ssdlab-checkpoint"
 VERSION = 1
 REQUIRED = ("model", "cfg_text", "config")  # what rebuilding a model needs
@@ -28,12 +31,12 @@ REQUIRED = ("model", "cfg_text", "config")  # what rebuilding a model needs
 def make_checkpoint(model: nn.Module, iteration: int = 0, metrics: dict | None = None,
                     **training_state: Any) -> dict:
     """The checkpoint dict of a model (plus optional optimizer/scheduler/rng state)."""
-    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    net = cast("SSD", getattr(model, "module", model))  # unwrap DistributedDataParallel
     return {"format": FORMAT, "version": VERSION,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "cfg_text": model.cfg_text, "config": model.cfg.to_dict(),
-            "class_names": list(model.class_names),
-            "quant": model.quant_spec.to_dict() if model.quant_spec is not None else None, "iteration": int(iteration),
+            "model": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+            "cfg_text": net.cfg_text, "config": net.cfg.to_dict(),
+            "class_names": list(net.class_names),
+            "quant": net.quant_spec.to_dict() if net.quant_spec is not None else None, "iteration": int(iteration),
             "metrics": metrics or {}, **training_state}
 
 
@@ -115,7 +118,7 @@ def load_state_checked(model: nn.Module, state: dict, where: str = "checkpoint")
     model.load_state_dict(state, strict=False)
 
 
-def model_from_checkpoint(checkpoint: dict, where: str = "checkpoint") -> nn.Module:
+def model_from_checkpoint(checkpoint: dict, where: str = "checkpoint") -> SSD:
     """Rebuild the model a checkpoint describes (quantized as its stored QuantSpec says) and load its weights."""
     from ssdlab.model.build import stored_model
 
@@ -126,7 +129,7 @@ def model_from_checkpoint(checkpoint: dict, where: str = "checkpoint") -> nn.Mod
     return model
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> nn.Module:
+def load(path: str | Path, device: str | torch.device = "cpu") -> SSD:
     """A ready model (eval mode) from an ssdlab checkpoint: `model = ssdlab.load("model_final.pt")`."""
     model = model_from_checkpoint(read_checkpoint(path), where=str(path))
     return model.to(device).eval()

@@ -34,6 +34,7 @@ def size_label(relative: float, bins: tuple[float, ...] = SIZE_BINS) -> str:
     for low, high in zip(edges, (*bins, None)):
         if high is None or relative < high:
             return f"< {high:g}" if low == 0 else f">= {low:g}" if high is None else f"{low:g}-{high:g}"
+    raise AssertionError("unreachable: the last bin has no upper edge")
 
 
 def object_outcome(iou: np.ndarray, same_class: np.ndarray) -> str:

@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 from torchvision.ops import box_iou
 
 from ssdlab.errors import DataError
-from ssdlab.files import staged
+from ssdlab.files import write_json
 
 Predictions = dict[int, dict] | Sequence[dict]
 COCO_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
@@ -88,16 +87,18 @@ def _best_gt(gt_boxes: np.ndarray, det_boxes: np.ndarray, iou_threshold: float) 
 def _class_pr(images: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
               iou_threshold: float) -> tuple[np.ndarray, np.ndarray, int]:
     """Recall, precision and #non-difficult GT of one class from per-image (gt, difficult, det, score)."""
-    scores, hits, difficult = [], [], []
+    score_parts: list[np.ndarray] = []
+    hit_parts: list[np.ndarray] = []
+    difficult_parts: list[np.ndarray] = []
     start = 0
     for gt_boxes, gt_difficult, det_boxes, det_scores in images:
         best = _best_gt(gt_boxes, det_boxes, iou_threshold)
-        scores.append(det_scores)
-        hits.append(np.where(best >= 0, best + start, -1))
-        difficult.append(gt_difficult)
+        score_parts.append(det_scores)
+        hit_parts.append(np.where(best >= 0, best + start, -1))
+        difficult_parts.append(gt_difficult)
         start += len(gt_boxes)
-    scores, hits = np.concatenate(scores), np.concatenate(hits)
-    difficult = np.concatenate(difficult).astype(bool)
+    scores, hits = np.concatenate(score_parts), np.concatenate(hit_parts)
+    difficult = np.concatenate(difficult_parts).astype(bool)
     num_gt = int((~difficult).sum())
     matched = np.zeros(len(difficult), dtype=bool)
     outcome = []  # 1 = TP, 0 = FP; ignored detections are skipped
@@ -131,7 +132,7 @@ def evaluate_voc(dataset, predictions: Predictions, iou_threshold: float = 0.5,
         for c in range(1, num_classes):
             g, d = gt_labels == c, det_labels == c
             per_class[c].append((gt_boxes[g], gt_difficult[g], det_boxes[d], det_scores[d]))
-    result = {"metric": f"VOC mAP@{iou_threshold:g} ({'11-point' if use_07_metric else 'area'})",
+    result: dict[str, Any] = {"metric": f"VOC mAP@{iou_threshold:g} ({'11-point' if use_07_metric else 'area'})",
               "ap": {}, "pr": {}, "num_gt": {}}
     for c in range(1, num_classes):
         name = dataset.class_names[c]
@@ -152,7 +153,8 @@ def to_coco_gt(dataset) -> dict:
     slightly from the official tools). Difficult objects get iscrowd=1, which makes COCOeval
     ignore detections on them instead of counting them as false positives.
     """
-    images, annotations = [], []
+    images: list[dict] = []
+    annotations: list[dict] = []
     for i in range(len(dataset)):
         info = dataset.get_img_info(i)
         images.append({"id": i, "height": int(info["height"]), "width": int(info["width"]),
@@ -202,12 +204,6 @@ def with_dataset_ids(dataset, results: list[dict], truth: dict) -> tuple[list[di
     return [own(r) for r in results], truth
 
 
-def write_json_atomic(data, path: str | Path) -> None:
-    """Write JSON to a temporary file next to path, then rename it into place."""
-    with staged(Path(path)) as (temp,):
-        temp.write_text(json.dumps(data))
-
-
 def ground_truth_json(results_json: str | Path) -> Path:
     """Where the ground truth of a results file goes: detections.json -> detections.gt.json."""
     path = Path(results_json)
@@ -228,8 +224,8 @@ def evaluate_coco(dataset, predictions: Predictions, results_json: str | Path | 
     results, truth = to_coco_results(predictions), to_coco_gt(dataset)
     if results_json is not None:
         own_results, own_truth = with_dataset_ids(dataset, results, truth)
-        write_json_atomic(own_results, results_json)
-        write_json_atomic(own_truth, ground_truth_json(results_json))
+        write_json(own_results, results_json)
+        write_json(own_truth, ground_truth_json(results_json))
     result = {"metric": "COCO AP@[.5:.95]"}
     if not results:
         return {**result, **{key: 0.0 for key in COCO_KEYS}, "summary": "no detections: every AP is 0"}

@@ -5,7 +5,7 @@ import statistics
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, cast
 
 import numpy as np
 import torch
@@ -14,6 +14,9 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ssdlab.config import CfgNode
 from ssdlab.engine.inference import evaluate_model
+
+if TYPE_CHECKING:
+    from ssdlab.model.ssd import SSD
 
 MIB = 2 ** 20
 
@@ -61,7 +64,7 @@ def count_macs(model: nn.Module, image_size: int, channels: int = 3) -> int:
     return flop_counts(model, image_size, channels).get("Global", 0) // 2
 
 
-def layer_latency(model: nn.Module, image_size: int, runs: int = 30, warmup: int = 3,
+def layer_latency(model: SSD, image_size: int, runs: int = 30, warmup: int = 3,
                   threads: int | None = None) -> dict[int | str, float]:
     """Median ms of each backbone cfg layer (by index) and of the head ('head') over batch-1 forwards
     (eager mode on the model's device, timed by forward hooks: each module's own time, its inputs ready)."""
@@ -82,7 +85,7 @@ def layer_latency(model: nn.Module, image_size: int, runs: int = 30, warmup: int
     return {key: statistics.median(values[warmup:]) for key, values in times.items()}
 
 
-def layer_table(model: nn.Module, image_size: int, latency: bool = False) -> list[dict]:
+def layer_table(model: SSD, image_size: int, latency: bool = False) -> list[dict]:
     """One row per backbone cfg layer and per head: index, type, output shape, params, MACs (and with latency,
     the median ms of layer_latency)."""
     shapes: dict[int, tuple] = {}
@@ -171,7 +174,7 @@ def session_call(session, image_size: int) -> Callable[[], None]:
     return lambda: session.run(None, images)
 
 
-def compare_latency(contenders: dict[str, Callable[[], object]], runs: int = 30, warmup: int = 3,
+def compare_latency(contenders: Mapping[str, Callable[[], object]], runs: int = 30, warmup: int = 3,
                     threads: int | None = None) -> dict[str, dict]:
     """Time contenders interleaved: each round runs every one once, in turn, so a slower spell of the machine
     falls on all alike. Per contender: median, quartiles, min and max (ms), runs, torch threads, CPU flags."""
@@ -204,10 +207,10 @@ def latency_note(result: dict) -> str:
             f"{'s' if result['threads'] > 1 else ''}, CPU flags: {result['cpu']}")
 
 
-def summary(model: nn.Module, image_size: int) -> dict:
+def summary(model: SSD, image_size: int) -> dict:
     """Totals for a detector: params, MACs, fp32/bit-width-aware size and the number of priors."""
     return {"params": count_params(model), "macs": count_macs(model, image_size),
-            "size_mib": size_mib(model), "priors": int(model.priors.shape[0])}
+            "size_mib": size_mib(model), "priors": int(cast(torch.Tensor, model.priors).shape[0])}
 
 
 def session_latency(session, image_size: int, runs: int = 30, warmup: int = 3) -> dict:

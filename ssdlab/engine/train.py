@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, cast
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from ssdlab.engine.schedule import build_optimizer, build_scheduler
 from ssdlab.errors import CheckpointError, ConfigError
 from ssdlab.files import check_output_folder
 from ssdlab.lessons import plugins_from_config
-from ssdlab.model.build import build_model
+from ssdlab.model.build import build_model, fine_tune_model
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def initial_model(cfg: CfgNode, class_names: Iterable[str], start: dict | None =
     if not cfg.MODEL.FINE_TUNE:
         return build_model(cfg, tuple(class_names))
     source = start or ckpt.read_checkpoint(cfg.MODEL.WEIGHTS)
-    model = build_model(cfg, tuple(class_names), source["cfg_text"], imagenet=False)  # with the recipe's quantization
+    model = fine_tune_model(cfg, source["cfg_text"], tuple(class_names))
     ckpt.load_state_checked(model, source["model"], where=cfg.MODEL.WEIGHTS)
     log.info("fine-tuning from %s", cfg.MODEL.WEIGHTS)
     return model
@@ -122,7 +122,7 @@ def check_start_classes(start: dict, names: tuple[str, ...], where: str) -> None
 
 def rng_state() -> dict:
     """Python, NumPy and torch RNG state as checkpoint-safe types."""
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    kind, keys, pos, has_gauss, cached = cast(tuple, np.random.get_state())  # the legacy MT19937 tuple
     return {"python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()],
             "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                       "has_gauss": int(has_gauss), "cached": float(cached)},

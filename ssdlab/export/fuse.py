@@ -16,23 +16,31 @@ from __future__ import annotations
 import copy
 from collections import OrderedDict
 from dataclasses import replace
+from typing import TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
-from ssdlab.quant.layers import IAOConvBN, QuantConv2d
+from ssdlab.model.heads import BoxHead
+from ssdlab.quant.layers import IAOConvBN, QuantConv2d, QuantSpec
+
+if TYPE_CHECKING:
+    from ssdlab.model.ssd import SSD
 
 
 def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
     """A biased Conv2d with conv's geometry holding the given weight and bias."""
-    out = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                    conv.dilation, conv.groups, bias=True).to(weight.device)
+    geometry = cast("tuple[tuple[int, int], tuple[int, int], str | tuple[int, int], tuple[int, int]]",
+                    (conv.kernel_size, conv.stride, conv.padding, conv.dilation))  # a 2-d conv's are pairs
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, *geometry, conv.groups, bias=True).to(weight.device)
+    assert out.bias is not None  # bias=True
     out.weight.copy_(weight)
     out.bias.copy_(bias)
     return out
 
 
-def _keep_input_quantizer(fused: nn.Conv2d, source: nn.Module, spec, weight_bits: int) -> QuantConv2d:
+def _keep_input_quantizer(fused: nn.Conv2d, source: QuantConv2d | IAOConvBN, spec: QuantSpec,
+                          weight_bits: int) -> QuantConv2d:
     """Wrap a fused conv so that its input is quantized as before (its weight as `spec` says)."""
     quantized = QuantConv2d(fused, spec)
     quantized.act_quant.load_state_dict(source.act_quant.state_dict())
@@ -48,10 +56,11 @@ def fuse_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
     scaled per output channel by γ/√(σ²+ε) (k-bit codes times a per-channel multiplier), so the
     fused layer computes exactly what the trained one did.
     """
-    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    running_mean, running_var = cast(torch.Tensor, bn.running_mean), cast(torch.Tensor, bn.running_var)  # eval: set
+    scale = bn.weight / torch.sqrt(running_var + bn.eps)
     weight = conv.quantized_weight() if isinstance(conv, QuantConv2d) else conv.weight
-    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-    fused = _conv_like(conv, weight * scale.view(-1, 1, 1, 1), bn.bias + (bias - bn.running_mean) * scale)
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(running_mean)
+    fused = _conv_like(conv, weight * scale.view(-1, 1, 1, 1), bn.bias + (bias - running_mean) * scale)
     if isinstance(conv, QuantConv2d):
         return _keep_input_quantizer(fused, conv, replace(conv.spec, wbits=32), conv.weight_bits)
     return fused
@@ -64,7 +73,8 @@ def fuse_iao(layer: IAOConvBN) -> nn.Sequential:
     _, bias = layer.folded()
     fused = _conv_like(layer.conv, layer.conv.weight * (bn.weight / torch.sqrt(bn.running_var + bn.eps)).view(-1, 1, 1, 1),
                        bias)
-    parts = OrderedDict(conv=_keep_input_quantizer(fused, layer, layer.spec, layer.spec.weight_bits))
+    parts: OrderedDict[str, nn.Module] = OrderedDict(conv=_keep_input_quantizer(fused, layer, layer.spec,
+                                                                                layer.spec.weight_bits))
     if hasattr(layer, "act"):
         parts["act"] = layer.act
     return nn.Sequential(parts)
@@ -76,9 +86,10 @@ def _fuse_block(block: nn.Module) -> nn.Module:
         return fuse_iao(block)
     if not (isinstance(block, nn.Sequential) and hasattr(block, "bn")):
         return block
-    parts = OrderedDict(conv=fuse_conv_bn(block.conv, block.bn))
+    parts: OrderedDict[str, nn.Module] = OrderedDict(conv=fuse_conv_bn(cast(nn.Conv2d, block.conv),
+                                                                       cast(nn.BatchNorm2d, block.bn)))
     if hasattr(block, "act"):
-        parts["act"] = block.act
+        parts["act"] = cast(nn.Module, block.act)
     return nn.Sequential(parts)
 
 
@@ -86,19 +97,22 @@ def _fuse_head(head: nn.Module) -> nn.Module:
     """An SSDLite separable predictor with its depthwise conv and BN fused; plain convs unchanged."""
     if isinstance(head, nn.Conv2d):
         return head
-    return nn.Sequential(OrderedDict(conv=fuse_conv_bn(head.conv, head.bn), act=head.act, pointwise=head.pointwise))
+    conv, bn = cast(nn.Conv2d, head.conv), cast(nn.BatchNorm2d, head.bn)
+    return nn.Sequential(OrderedDict(conv=fuse_conv_bn(conv, bn), act=cast(nn.Module, head.act),
+                                     pointwise=cast(nn.Module, head.pointwise)))
 
 
-def fuse_model(model: nn.Module) -> nn.Module:
+def fuse_model(model: SSD) -> SSD:
     """An eval-mode copy of an SSD with every conv+BN fused (backbone, extras, heads)."""
     fused = copy.deepcopy(model).eval()
     layers = fused.backbone.module_list
     for i, block in enumerate(layers):
         layers[i] = _fuse_block(block)
-    for heads in (fused.box_head.cls_headers, fused.box_head.reg_headers):
+    box_head = cast(BoxHead, fused.box_head)
+    for heads in (box_head.cls_headers, box_head.reg_headers):
         for level, head in enumerate(heads):
             heads[level] = _fuse_head(head)
-    fused.bn_fused = True
+    setattr(fused, "bn_fused", True)  # a flag: Module.__setattr__ is typed for tensors and modules
     return fused.eval()  # the new layers start in training mode
 
 

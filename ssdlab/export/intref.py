@@ -26,6 +26,7 @@ exact in float64, so the result equals an int32 accumulator bit for bit (checked
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -36,9 +37,13 @@ from ssdlab.engine.evaluate import agreement
 from ssdlab.errors import ExportError
 from ssdlab.export.fuse import fuse_model
 from ssdlab.model.backbone import L2Norm, Shortcut
+from ssdlab.model.heads import BoxHead
 from ssdlab.model.postprocess import postprocess
 from ssdlab.quant.integer import integer_layer
-from ssdlab.quant.layers import QuantConv2d
+from ssdlab.quant.layers import QuantConv2d, QuantSpec
+
+if TYPE_CHECKING:
+    from ssdlab.model.ssd import SSD
 
 INT32 = 2 ** 31
 
@@ -145,16 +150,18 @@ class Conv:
     """One conv of the fused model: integer (IAO-quantized) or float, with its activation."""
 
     def __init__(self, conv: nn.Conv2d, act: nn.Module | None):
-        self.geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        self.geometry = cast("tuple[tuple[int, int], tuple[int, int], tuple[int, int], int]",
+                             (conv.stride, conv.padding, conv.dilation, conv.groups))  # cfg convs: pairs, int padding
         self.act = type(act).__name__ if act is not None else None
         self.integer = isinstance(conv, QuantConv2d) and conv.spec.wbits < 32
         self.output: tuple | None = None  # (scale, zero, bits, symmetric) of a quantized output
         if self.integer:
-            layer = integer_layer(conv)
+            quantized = cast(QuantConv2d, conv)  # what self.integer says
+            layer = integer_layer(quantized)
             self.weight = layer["codes"].astype(np.float64)
             self.scales, self.bias = layer["weight_scales"].astype(np.float64), layer["bias_int32"].astype(np.int64)
-            self.input = (layer["input_scale"], layer["input_zero_point"], conv.spec.abits,
-                          conv.spec.mode == "symmetric")
+            self.input = (layer["input_scale"], layer["input_zero_point"], quantized.spec.abits,
+                          quantized.spec.mode == "symmetric")
             self.output = ((layer["output_scale"], layer["output_zero_point"], *self.input[2:])
                            if "output_scale" in layer else None)
         else:
@@ -176,12 +183,14 @@ class Conv:
         else:
             out = conv2d(real(value), self.weight, *self.geometry) + self.bias.reshape(1, -1, 1, 1)
             result = Real(out.astype(np.float32))
-        count["integer" if self.integer else "float"] += self.macs(result.acc if self.integer else result.x)
+        data = cast(Acc, result).acc if self.integer else cast(Real, result).x  # an integer conv's result is an Acc
+        count["integer" if self.integer else "float"] += self.macs(data)
         result = activation(result, self.act) if self.act else result
         return self.quantized_output(result) if self.output else result
 
-    def quantized_output(self, result: Acc) -> Real:
+    def quantized_output(self, result: Real | Acc) -> Real:
         """A head conv's int32 output requantized to its output codes, as real values."""
+        assert self.output is not None  # called only for a conv with a quantized output
         scale, zero = self.output[:2]
         return Real(((codes(result, *self.output) - zero) * scale).astype(np.float32))
 
@@ -212,29 +221,29 @@ def layer_ops(module: nn.Module) -> list:
         return [module]
     parts = dict(module.named_children())
     if "pointwise" in parts:  # SSDLite predictor: depthwise conv + act, then a pointwise conv
-        return [Conv(parts["conv"], parts.get("act")), Conv(parts["pointwise"], None)]
-    return [Conv(parts["conv"], parts.get("act"))]
+        return [Conv(cast(nn.Conv2d, parts["conv"]), parts.get("act")), Conv(cast(nn.Conv2d, parts["pointwise"]), None)]
+    return [Conv(cast(nn.Conv2d, parts["conv"]), parts.get("act"))]
 
 
 class IntegerReference(nn.Module):
     """An IAO model run with integer arithmetic wherever it is quantized; call it like model.eval()."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: SSD):
         super().__init__()
-        spec = model.quant_spec
+        spec: QuantSpec | None = model.quant_spec
         if spec is None or spec.kind != "IAO" or spec.abits > 16:
             kind = "a float" if spec is None else f"a {spec.kind} W{spec.wbits}A{spec.abits}"
             raise ExportError(f"the integer reference needs an IAO model with quantized activations, not {kind} "
                               "model; train one with QUANTIZATION.TYPE IAO (python -m ssdlab quantize ...)")
         fused = fuse_model(model).cpu()
-        self.cfg, self.priors = model.cfg, model.priors.detach().cpu()
+        self.cfg, self.priors = model.cfg, cast(Tensor, model.priors).detach().cpu()
         self.defs = fused.backbone.defs
         self.layers = [module if isinstance(module, (Shortcut, nn.MaxPool2d)) else layer_ops(module)
                        for module in fused.backbone.module_list]
-        self.l2norms: dict[int, L2Norm] = {int(i): m for i, m in fused.backbone.l2norms.items()}
+        self.l2norms: dict[int, L2Norm] = {int(i): cast(L2Norm, m) for i, m in fused.backbone.l2norms.items()}
         self.feature_layers = fused.backbone.feature_layers
         self.shortcut_sources = fused.backbone.shortcut_sources
-        head = fused.box_head
+        head = cast(BoxHead, fused.box_head)
         self.num_classes = head.num_classes
         self.heads = [(layer_ops(c), layer_ops(r)) for c, r in zip(head.cls_headers, head.reg_headers)]
         self.macs = {"integer": 0, "float": 0}
@@ -242,7 +251,8 @@ class IntegerReference(nn.Module):
     def features(self, x: np.ndarray) -> list[Real | Acc]:
         """The head feature maps of a batch of preprocessed images [N, 3, S, S]."""
         value: Real | Acc = Real(x.astype(np.float32))
-        kept, features = {}, {}
+        kept: dict[int, Real | Acc] = {}
+        features: dict[int, Real | Acc] = {}
         for index, layer in enumerate(self.layers):
             if isinstance(layer, Shortcut):
                 value = add(value, kept[layer.source])
@@ -289,7 +299,7 @@ class IntegerReference(nn.Module):
                            pre_nms_top_k=cfg.TEST.PRE_NMS_TOP_K)
 
 
-def compare_integer(model: nn.Module, dataset, cfg, reference: IntegerReference | None = None) -> dict:
+def compare_integer(model: SSD, dataset, cfg, reference: IntegerReference | None = None) -> dict:
     """mAP of the fake-quantized model and of its integer reference on a dataset, and their agreement."""
     from ssdlab.engine.inference import predict, score
 

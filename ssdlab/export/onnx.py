@@ -10,16 +10,19 @@ multiply the boxes by the image width and height — what `ssdlab.model.postproc
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from torch import nn
 
 from ssdlab.export.fuse import fuse_model
 from ssdlab.export.qdq import write_int8_onnx
 from ssdlab.export.runtime import ScoresAndBoxes, check_onnx
 
+if TYPE_CHECKING:
+    from ssdlab.model.ssd import SSD
 
-def write_onnx(model: nn.Module, out: Path, name: str, opset: int = 17) -> Path:
+
+def write_onnx(model: SSD, out: Path, name: str, opset: int = 17) -> Path:
     """Export the fused float model to out/<name>.onnx and check it in onnxruntime against PyTorch.
 
     An IAO model is exported as its int8 QDQ graph instead (ssdlab.export.qdq).

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -39,9 +40,13 @@ from torch import Tensor, nn
 from ssdlab.errors import ExportError
 from ssdlab.export.fuse import fuse_model
 from ssdlab.export.runtime import onnx_session, ScoresAndBoxes
+from ssdlab.model.heads import BoxHead
 from ssdlab.model.postprocess import detect_one
 from ssdlab.quant.integer import integer_layer
-from ssdlab.quant.layers import QuantConv2d
+from ssdlab.quant.layers import QuantConv2d, QuantSpec
+
+if TYPE_CHECKING:
+    from ssdlab.model.ssd import SSD
 
 
 def _range(unsigned: bool) -> tuple[int, int]:
@@ -62,10 +67,16 @@ class QDQConv(nn.Module):
     False when the producer already delivers codes on this conv's input grid.
     """
 
+    weight: Tensor
+    weight_scales: Tensor
+    weight_zeros: Tensor
+    bias: Tensor
+
     def __init__(self, conv: QuantConv2d):
         super().__init__()
         layer = integer_layer(conv)
-        self.geometry = (conv.stride, conv.padding, conv.dilation, conv.groups)
+        self.geometry = cast("tuple[tuple[int, int], tuple[int, int], tuple[int, int], int]",
+                             (conv.stride, conv.padding, conv.dilation, conv.groups))  # cfg convs: pairs, int padding
         scales = torch.from_numpy(layer["weight_scales"]).float()
         self.register_buffer("weight", torch.from_numpy(layer["codes"]).float() * scales.view(-1, 1, 1, 1))
         self.register_buffer("weight_scales", scales)
@@ -114,10 +125,11 @@ def _first_conv(module: nn.Module) -> nn.Module | None:
     return module if isinstance(module, (nn.Conv2d, QDQConv)) else getattr(module, "conv", None)
 
 
-def _readers(model: nn.Module, index: int) -> list[nn.Module | None]:
+def _readers(model: SSD, index: int) -> list[nn.Module | None]:
     """What reads backbone layer index's output: the next layer (through max-pools) and its head level's convs."""
     backbone = model.backbone
-    layers, readers = backbone.module_list, []
+    layers = backbone.module_list
+    readers: list[nn.Module | None] = []
     following = index + 1
     while following < len(layers) and isinstance(layers[following], nn.MaxPool2d):
         following += 1
@@ -127,7 +139,8 @@ def _readers(model: nn.Module, index: int) -> list[nn.Module | None]:
         if str(index) in backbone.l2norms:
             return readers + [None]
         level = backbone.feature_layers.index(index)
-        readers += [_first_conv(heads[level]) for heads in (model.box_head.cls_headers, model.box_head.reg_headers)]
+        box_head = cast(BoxHead, model.box_head)
+        readers += [_first_conv(heads[level]) for heads in (box_head.cls_headers, box_head.reg_headers)]
     return readers
 
 
@@ -148,20 +161,22 @@ def _quantize_separable(head: nn.Module) -> nn.Module:
     if not isinstance(parts.get("conv"), QDQConv) or not isinstance(parts.get("pointwise"), QDQConv):
         return head
     shared = _share_grid([parts["pointwise"]])
+    assert shared is not None  # the pointwise conv is a QDQConv
     return nn.Sequential(OrderedDict(conv=parts["conv"], act=parts["act"], output_quant=shared,
                                      pointwise=parts["pointwise"]))
 
 
-def qdq_model(model: nn.Module) -> nn.Module:
+def qdq_model(model: SSD) -> SSD:
     """The BN-fused IAO model with QDQ convs and output quantizers (a PyTorch module ready for ONNX export)."""
-    spec = model.quant_spec
+    spec: QuantSpec | None = model.quant_spec
     if spec is None or spec.kind != "IAO" or spec.wbits > 8 or spec.abits > 8:
         kind = "a float model" if spec is None else f"{spec.kind} W{spec.wbits}A{spec.abits}"
         raise ExportError(f"an int8 ONNX model needs IAO quantization with at most 8 bits, not {kind}; "
                           "export the float model with --format onnx, or train with QUANTIZATION.TYPE IAO")
     fused = fuse_model(model).cpu()
     _swap_convs(fused)
-    for heads in (fused.box_head.cls_headers, fused.box_head.reg_headers):
+    box_head = cast(BoxHead, fused.box_head)
+    for heads in (box_head.cls_headers, box_head.reg_headers):
         for level, head in enumerate(heads):
             heads[level] = _quantize_separable(head)
     backbone = fused.backbone
@@ -173,7 +188,7 @@ def qdq_model(model: nn.Module) -> nn.Module:
     return fused.eval()
 
 
-def write_int8_onnx(model: nn.Module, out: Path, name: str, opset: int = 17) -> Path:
+def write_int8_onnx(model: SSD, out: Path, name: str, opset: int = 17) -> Path:
     """Export an IAO model's int8 QDQ graph to out/<name>.onnx and check that onnxruntime runs it."""
     wrapper = ScoresAndBoxes(qdq_model(model)).eval()
     size = model.cfg.INPUT.IMAGE_SIZE
@@ -184,8 +199,9 @@ def write_int8_onnx(model: nn.Module, out: Path, name: str, opset: int = 17) -> 
     store_int8_weights(traced, path)
     traced.unlink()
     scores, boxes = onnx_session(path).run(None, {"images": np.zeros((1, 3, size, size), np.float32)})
-    if scores.shape[1] != len(model.priors) or not np.isfinite(boxes).all():
-        raise ExportError(f"{path}: onnxruntime gave scores {scores.shape} for {len(model.priors)} priors; "
+    priors = cast(Tensor, model.priors)
+    if scores.shape[1] != len(priors) or not np.isfinite(boxes).all():
+        raise ExportError(f"{path}: onnxruntime gave scores {scores.shape} for {len(priors)} priors; "
                           "please report this model")
     return path
 
@@ -203,7 +219,7 @@ def store_int8_weights(source: Path, target: Path) -> None:
 class OnnxDetector(nn.Module):
     """An exported ONNX detector in onnxruntime, called like model.eval() (detections per image)."""
 
-    def __init__(self, path: str | Path, model: nn.Module, threads: int = 0):
+    def __init__(self, path: str | Path, model: SSD, threads: int = 0):
         super().__init__()
         self.session = onnx_session(path, threads)
         self.image_size, self.test = model.cfg.INPUT.IMAGE_SIZE, model.cfg.TEST

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
@@ -16,11 +17,14 @@ from torch import Tensor, nn
 from ssdlab.errors import ExportError
 from ssdlab.model.box_coder import decode
 
+if TYPE_CHECKING:
+    from ssdlab.model.ssd import SSD
+
 
 class ScoresAndBoxes(nn.Module):
     """A detector's network part with softmax scores and decoded boxes as outputs."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: SSD):
         super().__init__()
         self.model = model
         self.center_variance = model.cfg.MODEL.CENTER_VARIANCE
@@ -29,7 +33,7 @@ class ScoresAndBoxes(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         """(scores [B, N, C], boxes [B, N, 4] relative xyxy)."""
         cls_logits, bbox_pred = self.model.forward_raw(images)
-        boxes = decode(bbox_pred, self.model.priors, self.center_variance, self.size_variance)
+        boxes = decode(bbox_pred, cast(Tensor, self.model.priors), self.center_variance, self.size_variance)
         return F.softmax(cls_logits, dim=2), boxes
 
 

@@ -19,21 +19,22 @@ reads edited .bin files back into the fused model (the original SSD code's FPGA 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ssdlab.errors import ExportError
 from ssdlab.export.fuse import fuse_model
 from ssdlab.export.onnx import write_onnx
-from ssdlab.files import check_file_stem, check_output_folder
+from ssdlab.files import check_file_stem, check_output_folder, staged_folder
 from ssdlab.quant.integer import integer_layer
-from ssdlab.quant.layers import QuantConv2d
+from ssdlab.quant.layers import QuantConv2d, QuantSpec
+
+if TYPE_CHECKING:
+    from ssdlab.model.ssd import SSD
 
 FORMATS = ("bin", "txt", "npz")
 
@@ -56,9 +57,9 @@ def quantized_convs(fused: nn.Module) -> dict[str, QuantConv2d]:
     return {name: m for name, m in fused.named_modules() if isinstance(m, QuantConv2d) and m.spec.wbits < 32}
 
 
-def check_codes(model: nn.Module, int_codes: bool) -> bool:
+def check_codes(model: SSD, int_codes: bool) -> bool:
     """Whether integer codes are exported: IAO models always; others refuse when asked."""
-    spec = model.quant_spec
+    spec: QuantSpec | None = model.quant_spec
     if spec is not None and spec.kind == "IAO":
         return True
     if int_codes:
@@ -70,15 +71,15 @@ def check_codes(model: nn.Module, int_codes: bool) -> bool:
     return False
 
 
-def manifest_header(model: nn.Module, name: str) -> dict:
+def manifest_header(model: SSD, name: str) -> dict:
     """Model-level facts: input preprocessing, priors, classes, quantization."""
     cfg = model.cfg
-    spec = model.quant_spec
+    spec: QuantSpec | None = model.quant_spec
     return {"format": "ssdlab-weights", "version": 1, "name": name, "bn_fused": True, "byte_order": "little",
             "input": {"size": cfg.INPUT.IMAGE_SIZE, "channel_order": "RGB", "layout": "NCHW",
                       "mean": list(cfg.INPUT.PIXEL_MEAN), "std": None,
                       "note": "x = image (0..255, RGB) resized to size x size, minus mean; no division"},
-            "priors": {"file": f"{name}_priors.bin", "count": int(len(model.priors)), "dtype": "float32",
+            "priors": {"file": f"{name}_priors.bin", "count": int(len(cast(Tensor, model.priors))), "dtype": "float32",
                        "layout": "cx, cy, w, h (relative to the image)",
                        "center_variance": cfg.MODEL.CENTER_VARIANCE, "size_variance": cfg.MODEL.SIZE_VARIANCE},
             "classes": list(model.class_names),
@@ -106,7 +107,7 @@ class _Appender:
         self.handle.close()
 
 
-def write_bin(model: nn.Module, out: Path, name: str, int_codes: bool = False) -> dict:
+def write_bin(model: SSD, out: Path, name: str, int_codes: bool = False) -> dict:
     """Write the .bin files and manifest.json into out; returns the manifest."""
     codes = check_codes(model, int_codes)
     fused = fuse_model(model).cpu()
@@ -124,7 +125,7 @@ def write_bin(model: nn.Module, out: Path, name: str, int_codes: bool = False) -
             if prefix in quantized:
                 entry.update(_integer_entry(*quantized[prefix], kind, files))
             tensors.append(entry)
-        np.asarray(model.priors.cpu(), dtype="<f4").tofile(out / f"{name}_priors.bin")
+        np.asarray(cast(Tensor, model.priors).cpu(), dtype="<f4").tofile(out / f"{name}_priors.bin")
     finally:
         for appender in files.values():
             appender.close()
@@ -142,7 +143,7 @@ def _integer_entry(conv: QuantConv2d, layer: dict, kind: str, files: dict) -> di
             "input_scale": layer["input_scale"], "input_zero_point": layer["input_zero_point"]}
 
 
-def write_txt(model: nn.Module, out: Path, name: str) -> None:
+def write_txt(model: SSD, out: Path, name: str) -> None:
     """A readable dump: one block per tensor (name, shape, then 8 values a line)."""
     fused = fuse_model(model).cpu()
     for kind in ("weights", "bias"):
@@ -156,13 +157,14 @@ def write_txt(model: nn.Module, out: Path, name: str) -> None:
                     handle.write(" ".join(f"{v:.8g}" for v in flat[start:start + 8]) + "\n")
 
 
-def write_npz(model: nn.Module, out: Path, name: str) -> None:
+def write_npz(model: SSD, out: Path, name: str) -> None:
     """Every fused tensor (and the priors) in one NumPy archive."""
     fused = fuse_model(model).cpu()
-    np.savez(out / f"{name}.npz", priors=model.priors.cpu().numpy(), **dict(_float_tensors(fused)))
+    tensors = cast("dict[str, Any]", dict(_float_tensors(fused)))  # Any: savez's own keywords are typed too
+    np.savez(out / f"{name}.npz", priors=cast(Tensor, model.priors).cpu().numpy(), **tensors)
 
 
-def export_weights(model: nn.Module, out: str | Path, fmt: str = "bin", name: str = "model",
+def export_weights(model: SSD, out: str | Path, fmt: str = "bin", name: str = "model",
                    force: bool = False, int_codes: bool = False) -> Path:
     """Export into the folder `out` (all or nothing; an existing folder needs force)."""
     if fmt not in FORMATS + ("onnx",):
@@ -172,9 +174,7 @@ def export_weights(model: nn.Module, out: str | Path, fmt: str = "bin", name: st
     check_file_stem(name, "--name", ExportError)
     if out.exists() and not force:
         raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
+    with staged_folder(out) as work:
         if fmt == "bin":
             write_bin(model, work, name, int_codes)
         elif fmt == "txt":
@@ -185,16 +185,10 @@ def export_weights(model: nn.Module, out: str | Path, fmt: str = "bin", name: st
             write_npz(model, work, name)
         else:
             write_onnx(model, work, name)
-        os.chmod(work, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(work, out)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
     return out
 
 
-def load_weights(model: nn.Module, folder: str | Path) -> nn.Module:
+def load_weights(model: SSD, folder: str | Path) -> SSD:
     """The fused model with every tensor read from the folder's .bin files (edited ones included)."""
     folder = Path(folder)
     path = folder / "manifest.json"

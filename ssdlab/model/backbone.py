@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from pathlib import Path
+from typing import cast
 
 import torch
 from torch import nn
@@ -61,9 +62,9 @@ def make_activation(name: str) -> nn.Module | None:
 def make_conv(layer: dict, in_channels: int) -> nn.Sequential:
     """conv -> optional bn -> optional act for a [convolutional] or [depthwise] layer."""
     groups = in_channels if layer["type"] == "depthwise" else 1
-    parts = OrderedDict(conv=nn.Conv2d(in_channels, layer["filters"], layer["size"], stride=layer["stride"],
-                                       padding=layer["pad"], dilation=layer["dilation"], groups=groups,
-                                       bias=bool(layer["bias"])))
+    parts: OrderedDict[str, nn.Module] = OrderedDict(
+        conv=nn.Conv2d(in_channels, layer["filters"], layer["size"], stride=layer["stride"], padding=layer["pad"],
+                       dilation=layer["dilation"], groups=groups, bias=bool(layer["bias"])))
     if layer["batch_normalize"]:
         parts["bn"] = nn.BatchNorm2d(layer["filters"])
     act = make_activation(layer["activation"])
@@ -102,7 +103,7 @@ def zero_residual_gammas(module_list: nn.ModuleList) -> None:
     for index, module in enumerate(module_list):
         branch_end = module_list[index - 1] if isinstance(module, Shortcut) else None
         if isinstance(branch_end, nn.Sequential) and hasattr(branch_end, "bn"):
-            nn.init.zeros_(branch_end.bn.weight)
+            nn.init.zeros_(cast(nn.BatchNorm2d, branch_end.bn).weight)
 
 
 class CfgBackbone(nn.Module):

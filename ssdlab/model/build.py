@@ -34,10 +34,7 @@ def build_model(cfg: CfgNode, class_names: tuple[str, ...] | None = None, cfg_te
                 quant: QuantSpec | None = None, imagenet: bool = True) -> SSD:
     """An SSD for cfg (backbone from cfg_text, else MODEL.BACKBONE.CFG), its feature-map sizes checked against
     MODEL.PRIORS; ImageNet weights when MODEL.BACKBONE.PRETRAINED and imagenet. Quantized as `quant` says; without
-    it as cfg's QUANTIZATION.* says, on the layers MODEL.BACKBONE.CFG marks quantization=1 (a fine-tune's start
-    cfg_text, pruned too, takes the recipe's marks layer by layer: quantization_flags)."""
-    if cfg_text is not None and quant is None:
-        cfg_text = quantization_flags(cfg_text, cfg)
+    it as cfg's QUANTIZATION.* says, on the layers the backbone cfg marks quantization=1."""
     model = SSD(cfg, cfg_text=cfg_text, class_names=class_names)
     check_feature_maps(model)
     if imagenet and cfg.MODEL.BACKBONE.PRETRAINED:
@@ -53,3 +50,9 @@ def stored_model(cfg: CfgNode, cfg_text: str, class_names, quant: dict | None) -
     written before the spec was stored: as its config says, on the layers its own cfg_text marks)."""
     spec = QuantSpec.from_dict(quant) if quant else quant_spec(cfg, parse_cfg(cfg_text))
     return build_model(cfg, class_names, cfg_text, spec, imagenet=False)
+
+
+def fine_tune_model(cfg: CfgNode, cfg_text: str, class_names) -> SSD:
+    """The model a fine-tune under cfg starts from, before the start's weights: the start's layers and widths
+    (pruned ones too) with the recipe's quantization=1 marks, layer by layer, quantized as cfg says."""
+    return build_model(cfg, class_names, quantization_flags(cfg_text, cfg), imagenet=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import cast
 
 import torch
 
@@ -91,7 +92,7 @@ def _require(state_dict: dict, key: str, index: int, what: str) -> torch.Tensor:
 def _map_unit(sequential: torch.nn.Module, unit: tuple[str, str | None], tv: dict, index: int) -> list[str]:
     """Copy one torchvision conv (+BN) into one cfg conv layer; returns the keys used."""
     conv_prefix, bn_prefix = unit
-    conv = sequential.conv
+    conv = cast(torch.nn.Conv2d, sequential.conv)
     used = [f"{conv_prefix}.weight"]
     _copy(conv.weight, tv[used[0]], used[0], index, "conv.weight")
     tv_bias = f"{conv_prefix}.bias"

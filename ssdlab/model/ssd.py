@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -25,6 +26,9 @@ from ssdlab.model.heads import SSDHead, SSDLiteHead
 from ssdlab.model.loss import Criterion, MultiBoxLoss
 from ssdlab.model.postprocess import postprocess
 from ssdlab.model.priors import make_priors
+
+if TYPE_CHECKING:
+    from ssdlab.quant.layers import QuantSpec
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,11 @@ def check_levels(backbone: CfgBackbone, cfg: CfgNode, source: str) -> None:
 
 class SSD(nn.Module):
     """Single-shot detector: backbone feature maps -> per-prior class logits and box offsets."""
+
+    priors: Tensor  # [N, 4] cx, cy, w, h relative to the image (a buffer, not saved)
+    criterion: Criterion
+    quant_spec: QuantSpec | None
+    metrics: dict  # a loaded checkpoint's stored metrics
 
     def __init__(self, cfg: CfgNode, cfg_text: str | None = None, class_names: tuple[str, ...] | None = None,
                  criterion: Criterion | None = None):

@@ -14,6 +14,8 @@ ones of the teacher's, so the teacher's outputs are cut to the student's length.
 """
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -84,8 +86,9 @@ class DistillationPlugin(Plugin):
     def setup(self, model: nn.Module, device: torch.device) -> None:
         """Load the teacher on the model's device and wrap the model's criterion."""
         self.teacher = Teacher(self.cfg, device)
-        model.criterion = DistillationLoss(model.criterion, self.cfg)
+        model.criterion = DistillationLoss(cast(nn.Module, model.criterion), self.cfg)
 
     def targets(self, images: Tensor) -> dict[str, Tensor]:
         """The teacher's logits and boxes for the batch."""
+        assert self.teacher is not None, "setup() loads the teacher"
         return self.teacher(images)

@@ -361,9 +361,11 @@ def channel_cost(spec: ModelSpec, mode: str, kind: str = "params",
     widths = infer_channels(spec.layers, spec.in_channels)
     levels = len(feature_layers(spec.layers))
 
+    measured = speed or {}
+
     def cost(w: list[int]) -> float:
         if kind == "latency":
-            return sum(macs * speed.get(key, 0.0) for key, _, macs in layer_costs(spec, w, levels))
+            return sum(macs * measured.get(key, 0.0) for key, _, macs in layer_costs(spec, w, levels))
         return model_cost(spec, w, levels)[COSTS.index(kind)]
 
     full, saved = cost(widths), {}

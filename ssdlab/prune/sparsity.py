@@ -20,17 +20,21 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from ssdlab.config import CfgNode
-from ssdlab.engine.evaluate import write_json_atomic
 from ssdlab.engine.plugins import Plugin
 from ssdlab.engine.profile import cpu_flags, layer_latency
 from ssdlab.errors import ConfigError
+from ssdlab.files import write_json
 from ssdlab.prune.plan import COSTS, MODES, ModelSpec, channel_cost, layer_speed, prunable_layers
+
+if TYPE_CHECKING:
+    from ssdlab.model.ssd import SSD
 
 SCHEDULES = ("constant", "step")
 WEIGHTS = ("none", *COSTS)
@@ -56,9 +60,9 @@ def sr_at(cfg: CfgNode, iteration: int) -> float:
 
 def prunable_bns(model: nn.Module, mode: str) -> dict[int, nn.BatchNorm2d]:
     """The BatchNorm of every prunable layer of an SSD, by cfg layer index."""
-    model = getattr(model, "module", model)
-    return {i: model.backbone.module_list[i].bn
-            for i in prunable_layers(model.backbone.defs, mode, model.cfg.INPUT.CHANNELS)}
+    net = cast("SSD", getattr(model, "module", model))  # unwrap DistributedDataParallel
+    return {i: cast(nn.BatchNorm2d, net.backbone.module_list[i].bn)
+            for i in prunable_layers(net.backbone.defs, mode, net.cfg.INPUT.CHANNELS)}
 
 
 def measured_layer_ms(model: nn.Module, table: Path | None = None) -> dict[int | str, float]:
@@ -67,12 +71,12 @@ def measured_layer_ms(model: nn.Module, table: Path | None = None) -> dict[int |
     if table is not None and table.is_file():
         stored = json.loads(table.read_text())["ms"]
         return {int(k) if k.isdigit() else k: v for k, v in stored.items()}
-    net = copy.deepcopy(getattr(model, "module", model)).cpu()
+    net = cast("SSD", copy.deepcopy(getattr(model, "module", model)).cpu())
     with torch.random.fork_rng():
         ms = layer_latency(net, net.cfg.INPUT.IMAGE_SIZE)
     if table is not None:
         table.parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic({"cpu": cpu_flags(), "threads": torch.get_num_threads(),
+        write_json({"cpu": cpu_flags(), "threads": torch.get_num_threads(),
                            "ms": {str(k): v for k, v in ms.items()}}, table)
     return ms
 
@@ -129,6 +133,7 @@ class SparsityPlugin(Plugin):
 
     def after_backward(self, model: nn.Module, iteration: int) -> None:
         """γ.grad += SR · w · sign(γ)."""
+        assert self.hook is not None, "setup() makes the hook"
         self.hook(model, iteration)
 
     def eval_record(self, model: nn.Module) -> dict:

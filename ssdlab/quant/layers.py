@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,16 @@ from torch import Tensor, nn
 from ssdlab.errors import QuantError
 from ssdlab.quant import quantizers as q
 from ssdlab.quant.quantizers import per_channel_absmax
+
+if TYPE_CHECKING:
+    class TrackedBatchNorm2d(nn.BatchNorm2d):
+        """A BatchNorm2d with running statistics and a momentum (the cfg's BNs; torch types them Optional)."""
+
+        running_mean: Tensor
+        running_var: Tensor
+        num_batches_tracked: Tensor
+        momentum: float
+
 
 QUANTIZER_STATE = re.compile(r".*\.(act|out)_quant\.\w+")  # range buffers: absent from float checkpoints, learned in QAT
 
@@ -105,6 +116,10 @@ class ActQuant(nn.Module):
     x through.
     """
 
+    low: Tensor
+    high: Tensor
+    initialized: Tensor
+
     def __init__(self, spec: QuantSpec, momentum: float = 0.1):
         super().__init__()
         self.spec, self.momentum, self.frozen = spec, momentum, False
@@ -162,9 +177,12 @@ class QuantConv2d(nn.Conv2d):
     output=True (IAO only) fake-quantizes the output as well, with its own observed range (`out_quant`).
     """
 
+    out_quant: ActQuant
+
     def __init__(self, conv: nn.Conv2d, spec: QuantSpec, output: bool = False):
-        super().__init__(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
-                         conv.dilation, conv.groups, conv.bias is not None)
+        geometry = cast("tuple[tuple[int, int], tuple[int, int], str | tuple[int, int], tuple[int, int]]",
+                        (conv.kernel_size, conv.stride, conv.padding, conv.dilation))  # a 2-d conv's are pairs
+        super().__init__(conv.in_channels, conv.out_channels, *geometry, conv.groups, conv.bias is not None)
         self.load_state_dict(conv.state_dict())
         self.spec = spec
         self.weight_bits = spec.weight_bits
@@ -193,13 +211,17 @@ class IAOConvBN(nn.Module):
     s_input·s_weight[o] as integer hardware adds it.
     """
 
+    conv: nn.Conv2d
+    bn: TrackedBatchNorm2d
+    act: nn.Module
+
     def __init__(self, block: nn.Sequential, spec: QuantSpec):
         super().__init__()
-        self.conv, self.bn = block.conv, block.bn
+        self.conv, self.bn = cast(nn.Conv2d, block.conv), cast("TrackedBatchNorm2d", block.bn)
         if hasattr(block, "act"):
-            self.act = block.act
+            self.act = cast(nn.Module, block.act)
         self.bn.momentum = 0.01
-        self.conv.weight_bits = spec.weight_bits
+        setattr(self.conv, "weight_bits", spec.weight_bits)  # an int: Module.__setattr__ is typed for tensors and modules
         self.spec, self.bn_frozen = spec, False
         self.act_quant = ActQuant(spec)
 

@@ -70,6 +70,7 @@ def post_training_quantize(cfg: CfgNode, images: int = DEFAULT_IMAGES, resume: b
     output = Path(cfg.OUTPUT_DIR)
     check_output_folder(output, "OUTPUT_DIR", ConfigError)
     start_state = fine_tune_start(cfg)
+    assert start_state is not None  # check_ptq_recipe required MODEL.FINE_TUNE
     cfg, start = architecture_config(cfg, start_state), start_digest(start_state)
     final = output / "model_final.pt"
     done = reused_run(final, cfg, start, images) if resume else None

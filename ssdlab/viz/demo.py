@@ -1,11 +1,9 @@
 """Detect objects in a folder of images, draw them and time each image."""
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -15,8 +13,11 @@ from ssdlab.config import CfgNode
 from ssdlab.data.base import read_image
 from ssdlab.data.transforms import build_transforms
 from ssdlab.errors import DataError
-from ssdlab.files import check_output_folder
+from ssdlab.files import check_output_folder, staged
 from ssdlab.viz.draw import draw_detections
+
+if TYPE_CHECKING:
+    from ssdlab.model.ssd import SSD
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 
@@ -45,37 +46,28 @@ def detect(model: nn.Module, image: np.ndarray, cfg: CfgNode, transform=None) ->
     return {"boxes": det["boxes"].cpu() * scale, "labels": det["labels"].cpu(), "scores": det["scores"].cpu()}
 
 
-def draw_one(model: nn.Module, cfg: CfgNode, transform, path: Path, folder: Path, score_threshold: float) -> dict:
-    """Detect on one image, draw it into folder as <stem>.png; its record (objects, ms, FPS, file name)."""
+def draw_one(model: SSD, cfg: CfgNode, transform, path: Path, target: Path, score_threshold: float) -> dict:
+    """Detect on one image, draw it into target as PNG; its record (objects, ms, FPS)."""
     image = read_image(path, advice="replace or remove it; nothing was written to --out")
     start = time.perf_counter()
     det = detect(model, image, cfg, transform)
     seconds = time.perf_counter() - start
     keep = det["scores"] > score_threshold
     drawn = draw_detections(image, det["boxes"][keep], det["labels"][keep], det["scores"][keep], model.class_names)
-    drawn.save(folder / f"{path.stem}.png")
-    return {"image": path.name, "objects": int(keep.sum()), "ms": seconds * 1000, "fps": 1 / seconds,
-            "out": f"{path.stem}.png"}
+    drawn.save(target, format="PNG")
+    return {"image": path.name, "objects": int(keep.sum()), "ms": seconds * 1000, "fps": 1 / seconds}
 
 
-def run_demo(model: nn.Module, cfg: CfgNode, images: Path, out: Path, score_threshold: float = 0.4) -> list[dict]:
+def run_demo(model: SSD, cfg: CfgNode, images: Path, out: Path, score_threshold: float = 0.4) -> list[dict]:
     """Draw detections above score_threshold for every image in images/ into out/; one record per image.
 
-    All or nothing: the drawings are made in a temporary folder and moved into out/ when every image is done.
+    All or nothing: the drawings are made in temporary files and renamed into out/ when every image is done.
     """
     files = image_files(images)
     check_output_folder(out, "--out", DataError)
     model.eval()
     transform = build_transforms(cfg, is_train=False)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
-    try:
-        records = [draw_one(model, cfg, transform, path, staging, score_threshold) for path in files]
-        out.mkdir(exist_ok=True)
-        for record in records:
-            target = out / record["out"]
-            os.replace(staging / record["out"], target)
-            record["out"] = str(target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return records
+    targets = [out / f"{path.stem}.png" for path in files]
+    with staged(*targets) as temps:
+        records = [draw_one(model, cfg, transform, path, temp, score_threshold) for path, temp in zip(files, temps)]
+    return [{**record, "out": str(target)} for record, target in zip(records, targets)]

@@ -30,7 +30,7 @@ def draw_detections(image: np.ndarray | Image.Image, boxes, labels, scores,
     return canvas
 
 
-def label_origin(corner: tuple[float, float], size: tuple[int, int], image: tuple[int, int]) -> tuple[float, float]:
+def label_origin(corner: tuple[float, float], size: tuple[float, float], image: tuple[int, int]) -> tuple[float, float]:
     """Top-left of a box's label: above its top-left corner, moved inside the image where it would be cut."""
     (x0, y0), (w, h), (width, _) = corner, size, image
     y = y0 - h if y0 - h >= 0 else max(y0, 0.0)  # no room above the box: just inside its top edge

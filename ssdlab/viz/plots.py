@@ -1,6 +1,8 @@
 """Matplotlib helpers for the notebooks: boxes (ground truth, priors, detections) on an image axis."""
 from __future__ import annotations
 
+from typing import cast
+
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.patches import Rectangle
@@ -19,7 +21,7 @@ def plot_boxes(ax: Axes, boxes, labels=None, class_names: tuple[str, ...] | None
         edge = color if color is not None or label is None else tuple(c / 255 for c in class_color(label))
         patch = Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=edge or "yellow",
                           linewidth=linewidth, linestyle=linestyle)
-        patches.append(ax.add_patch(patch))
+        patches.append(cast(Rectangle, ax.add_patch(patch)))  # add_patch returns its argument
         if class_names is not None and label is not None:
             ax.text(x0, y0, class_names[label], fontsize=7, va="bottom",
                     bbox={"facecolor": edge or "yellow", "pad": 1, "linewidth": 0})
