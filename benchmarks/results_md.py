@@ -16,8 +16,8 @@ def machine() -> str:
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
     cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")),
                platform.processor())
-    passive = (", OMP_WAIT_POLICY=PASSIVE (sleeping OpenMP threads: PyTorch latency above one thread is inflated, "
-               "about 2.5x for the course model)") if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" else ""
+    passive = (", OMP_WAIT_POLICY=PASSIVE (sleeping OpenMP threads: PyTorch latency above one thread is inflated; "
+               "see benchmarks/NOTES.md)") if os.environ.get("OMP_WAIT_POLICY", "").upper() == "PASSIVE" else ""
     return (f"{cpu}, {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, "
             f"Python {platform.python_version()}{passive}")
 
