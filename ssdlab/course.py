@@ -30,7 +30,7 @@ from ssdlab.data.catalog import datasets
 from ssdlab.data.shapes import TRAIN_IMAGES, generate_shapes
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.checkpoint import release_copy
-from ssdlab.engine.profile import compare_latency, latency_note, session_call, measure
+from ssdlab.engine.profile import compare_latency, latency_note, measure, session_call
 from ssdlab.engine.train import (RESUMABLE_CHANGES, TrainResult, fine_tune_start, flat_settings, run_changed,
                                  start_digest, train)
 from ssdlab.errors import ConfigError

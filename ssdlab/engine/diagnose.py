@@ -30,11 +30,10 @@ MATCH_IOU, POOR_IOU, TOUCH_IOU = 0.5, 0.3, 0.1
 
 def size_label(relative: float, bins: tuple[float, ...] = SIZE_BINS) -> str:
     """The name of the size bin a relative object size falls in ('< 0.12', '0.12-0.2', ..., '>= 0.35')."""
-    edges = (0.0, *bins)
-    for low, high in zip(edges, (*bins, None)):
-        if high is None or relative < high:
-            return f"< {high:g}" if low == 0 else f">= {low:g}" if high is None else f"{low:g}-{high:g}"
-    raise AssertionError("unreachable: the last bin has no upper edge")
+    for low, high in zip((0.0, *bins), bins):
+        if relative < high:
+            return f"< {high:g}" if low == 0 else f"{low:g}-{high:g}"
+    return f">= {bins[-1]:g}"
 
 
 def object_outcome(iou: np.ndarray, same_class: np.ndarray) -> str:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ssdlab.model.heads import BoxHead
-from ssdlab.quant.layers import IAOConvBN, QuantConv2d, QuantSpec
+from ssdlab.quant.layers import IAOConvBN, QuantConv2d, QuantSpec, conv_geometry
 
 if TYPE_CHECKING:
     from ssdlab.model.ssd import SSD
@@ -30,9 +30,7 @@ if TYPE_CHECKING:
 
 def _conv_like(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor) -> nn.Conv2d:
     """A biased Conv2d with conv's geometry holding the given weight and bias."""
-    geometry = cast("tuple[tuple[int, int], tuple[int, int], str | tuple[int, int], tuple[int, int]]",
-                    (conv.kernel_size, conv.stride, conv.padding, conv.dilation))  # a 2-d conv's are pairs
-    out = nn.Conv2d(conv.in_channels, conv.out_channels, *geometry, conv.groups, bias=True).to(weight.device)
+    out = nn.Conv2d(conv.in_channels, conv.out_channels, *conv_geometry(conv), bias=True).to(weight.device)
     assert out.bias is not None  # bias=True
     out.weight.copy_(weight)
     out.bias.copy_(bias)

@@ -40,7 +40,7 @@ from ssdlab.model.backbone import L2Norm, Shortcut
 from ssdlab.model.heads import BoxHead
 from ssdlab.model.postprocess import postprocess
 from ssdlab.quant.integer import integer_layer
-from ssdlab.quant.layers import QuantConv2d, QuantSpec
+from ssdlab.quant.layers import QuantConv2d, QuantSpec, conv_geometry
 
 if TYPE_CHECKING:
     from ssdlab.model.ssd import SSD
@@ -150,8 +150,7 @@ class Conv:
     """One conv of the fused model: integer (IAO-quantized) or float, with its activation."""
 
     def __init__(self, conv: nn.Conv2d, act: nn.Module | None):
-        self.geometry = cast("tuple[tuple[int, int], tuple[int, int], tuple[int, int], int]",
-                             (conv.stride, conv.padding, conv.dilation, conv.groups))  # cfg convs: pairs, int padding
+        self.geometry = conv_geometry(conv)[1:]  # stride, padding, dilation, groups
         self.act = type(act).__name__ if act is not None else None
         self.integer = isinstance(conv, QuantConv2d) and conv.spec.wbits < 32
         self.output: tuple | None = None  # (scale, zero, bits, symmetric) of a quantized output

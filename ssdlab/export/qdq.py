@@ -43,7 +43,7 @@ from ssdlab.export.runtime import onnx_session, ScoresAndBoxes
 from ssdlab.model.heads import BoxHead
 from ssdlab.model.postprocess import detect_one
 from ssdlab.quant.integer import integer_layer
-from ssdlab.quant.layers import QuantConv2d, QuantSpec
+from ssdlab.quant.layers import QuantConv2d, QuantSpec, conv_geometry
 
 if TYPE_CHECKING:
     from ssdlab.model.ssd import SSD
@@ -75,8 +75,7 @@ class QDQConv(nn.Module):
     def __init__(self, conv: QuantConv2d):
         super().__init__()
         layer = integer_layer(conv)
-        self.geometry = cast("tuple[tuple[int, int], tuple[int, int], tuple[int, int], int]",
-                             (conv.stride, conv.padding, conv.dilation, conv.groups))  # cfg convs: pairs, int padding
+        self.geometry = conv_geometry(conv)[1:]  # stride, padding, dilation, groups
         scales = torch.from_numpy(layer["weight_scales"]).float()
         self.register_buffer("weight", torch.from_numpy(layer["codes"]).float() * scales.view(-1, 1, 1, 1))
         self.register_buffer("weight_scales", scales)

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ssdlab.config import CfgNode
 from ssdlab.errors import ConfigError
-from ssdlab.model.cfg import parse_cfg
 from ssdlab.model.pretrained import load_imagenet_weights
 from ssdlab.model.ssd import SSD, check_feature_maps
 from ssdlab.quant.apply import quant_spec, quantization_flags, quantize_model
@@ -48,7 +47,7 @@ def build_model(cfg: CfgNode, class_names: tuple[str, ...] | None = None, cfg_te
 def stored_model(cfg: CfgNode, cfg_text: str, class_names, quant: dict | None) -> SSD:
     """The model a checkpoint describes, before its weights: quantized as its stored QuantSpec says (a checkpoint
     written before the spec was stored: as its config says, on the layers its own cfg_text marks)."""
-    spec = QuantSpec.from_dict(quant) if quant else quant_spec(cfg, parse_cfg(cfg_text))
+    spec = QuantSpec.from_dict(quant) if quant else None  # None: build_model reads the config and cfg_text's marks
     return build_model(cfg, class_names, cfg_text, spec, imagenet=False)
 
 

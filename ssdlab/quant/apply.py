@@ -8,6 +8,7 @@ Weights and BN state are kept, so a float checkpoint continues as QAT.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterable
 
 import torch
@@ -28,14 +29,14 @@ def quant_spec(cfg: CfgNode, defs: list[dict] | None = None) -> QuantSpec | None
     qc = cfg.QUANTIZATION
     if qc.TYPE == "no":
         return None
-    QuantSpec(qc.TYPE, qc.WBITS, qc.ABITS, qc.DOREFA_ACT_SCALE, qc.IAO_MODE)  # the keys first, before any file
+    setting = QuantSpec(qc.TYPE, qc.WBITS, qc.ABITS, qc.DOREFA_ACT_SCALE, qc.IAO_MODE)  # keys checked before any file
     defs = defs if defs is not None else parse_cfg(read_backbone_text(cfg)[0])
     layers = tuple(i for i, layer in enumerate(defs) if layer.get("quantization", 0) and layer["type"] in CONV_TYPES)
     if not layers and not qc.FINAL:
         raise QuantError(f"QUANTIZATION.TYPE is {qc.TYPE} but no cfg layer has quantization=1 and "
                          "QUANTIZATION.FINAL is False, so nothing would be quantized; use a *_quan.cfg backbone "
                          "(e.g. course_plain_quan.cfg) or set QUANTIZATION.FINAL True")
-    return QuantSpec(qc.TYPE, qc.WBITS, qc.ABITS, qc.DOREFA_ACT_SCALE, qc.IAO_MODE, layers, bool(qc.FINAL))
+    return replace(setting, layers=layers, heads=bool(qc.FINAL))
 
 
 def _quantize_block(block: nn.Sequential, spec: QuantSpec) -> nn.Module:

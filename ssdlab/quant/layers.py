@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,12 @@ if TYPE_CHECKING:
         running_var: Tensor
         num_batches_tracked: Tensor
         momentum: float
+
+
+def conv_geometry(conv: nn.Conv2d) -> tuple[Any, Any, Any, Any, int]:
+    """(kernel_size, stride, padding, dilation, groups) of a conv: what a copy of it needs after its channel counts,
+    and (without the kernel size) what F.conv2d needs after weight and bias."""
+    return conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.groups
 
 
 QUANTIZER_STATE = re.compile(r".*\.(act|out)_quant\.\w+")  # range buffers: absent from float checkpoints, learned in QAT
@@ -180,9 +186,7 @@ class QuantConv2d(nn.Conv2d):
     out_quant: ActQuant
 
     def __init__(self, conv: nn.Conv2d, spec: QuantSpec, output: bool = False):
-        geometry = cast("tuple[tuple[int, int], tuple[int, int], str | tuple[int, int], tuple[int, int]]",
-                        (conv.kernel_size, conv.stride, conv.padding, conv.dilation))  # a 2-d conv's are pairs
-        super().__init__(conv.in_channels, conv.out_channels, *geometry, conv.groups, conv.bias is not None)
+        super().__init__(conv.in_channels, conv.out_channels, *conv_geometry(conv), conv.bias is not None)
         self.load_state_dict(conv.state_dict())
         self.spec = spec
         self.weight_bits = spec.weight_bits

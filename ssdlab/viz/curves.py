@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 
 from ssdlab.quant.quantizers import transfer_curve
@@ -38,7 +37,7 @@ def plot_transfer_curves(panels: dict = PANELS, points: int = 2001) -> dict[tupl
             ax.plot(x, x, ":", color="grey", label="no quantization")
         ax.set(title=title, xlabel="input", ylabel="output")
         ax.legend(fontsize=8)
-    for ax in np.asarray(axes).flat[len(panels):]:
+    for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     fig.tight_layout()
     return levels
