@@ -2,7 +2,7 @@
 
     python benchmarks/bench.py                          # full profile: benchmarks/RESULTS.md (hours)
     python benchmarks/bench.py --profile smoke          # tiny settings, build/bench-smoke/RESULTS.md (minutes)
-    python benchmarks/bench.py --only summary           # re-measure and re-plot the stored rows only
+    python benchmarks/bench.py --only summary           # the summary again: rows here re-measured, others from records
 
 Families, each run by its script's functions on the profile's settings (benchmarks/profiles.py):
 course (the course recipes from scratch, course_training.py), pruning (baseline, sparse, pruned at
@@ -17,8 +17,12 @@ Torch-Pruning, int8_graph.py), data_pipeline (the cost of a training sample, dat
 and baselines (the committed baselines, baselines.py). Each family
 keeps its rows in a JSON file next to RESULTS.md and rewrites its own section; the summary then
 loads every stored checkpoint once more, in a fresh process, to measure params, size, MACs and CPU
-latency the same way for all rows, writes the summary section and the plots pareto.png (VOC mAP vs
-size, Pareto front) and latency_params.png (latency vs params). The profile defaults to
+latency the same way for all rows, and keeps one JSON-lines record per row in bench.jsonl (commit,
+date, machine, CPU flags, weights and config digests, metrics, cost, repo-relative paths; the run
+time of each family in bench_times.jsonl). A row whose checkpoint is not on this machine (a clean
+clone has only the committed baselines) comes back from its record as it was measured. The
+summary section and the plots pareto.png (VOC mAP vs size, Pareto front) and latency_params.png
+(latency vs params) are generated from those records alone. The profile defaults to
 SSDLAB_PROFILE (full otherwise).
 """
 from __future__ import annotations
@@ -45,7 +49,8 @@ import pruning  # noqa: E402
 import quantization  # noqa: E402
 import side_by_side  # noqa: E402
 from profiles import BenchProfile, get_profile  # noqa: E402
-from results_md import ROOT, display, machine, write_section  # noqa: E402
+from records import checkpoint_fields, context, read_records, write_records  # noqa: E402
+from results_md import ROOT, display, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -54,7 +59,8 @@ FAMILIES = ("course", "pruning", "mobilenet", "quantization", "combined", "side_
 ROW_FAMILIES = ("baseline", "from scratch", "sparse", "pruned", "pruned + fine-tuned", "QAT", "prune → quantize",
                 "quantize → prune")
 STORES = {"course": "course_training.json", "pruning": "pruning.json", "mobilenet": "mobilenet_pruning.json",
-          "quantization": "quantization.json", "side_by_side": "side_by_side.json", "summary": "bench.json"}
+          "quantization": "quantization.json", "side_by_side": "side_by_side.json", "summary": "bench.jsonl",
+          "times": "bench_times.jsonl"}
 
 
 class Bench:
@@ -260,29 +266,44 @@ def cost(checkpoint: str, runs: int) -> dict:
     model = ckpt.load(checkpoint)
     row = measure(checkpoint, model, None, model.cfg, runs=runs)
     return {"params": row["params"], "size_mib": row["size_mib"], "macs": row["macs"], "ms": row["latency_ms"],
-            "image_size": model.cfg.INPUT.IMAGE_SIZE, "stored": {k: model.metrics.get(k) for k in ("voc_map", "coco_ap")}}
+            "image_size": model.cfg.INPUT.IMAGE_SIZE, "threads": torch.get_num_threads(), "latency_runs": runs,
+            "stored": {k: model.metrics.get(k) for k in ("voc_map", "coco_ap")}}
 
 
-def measure_rows(rows: list[dict], runs: int) -> tuple[list[dict], list[str]]:
-    """Rows with their cost and compression against their dense reference; the checkpoints that are missing."""
-    costs, missing = {}, []
-    paths = list(dict.fromkeys([r["checkpoint"] for r in rows] + [r["base"] for r in rows]))
-    if paths and Path(paths[0]).is_file():
+def summary_record(row: dict, own: dict, base: dict, shared: dict) -> dict:
+    """One summary record: the row, its checkpoint's digests, its metrics, its cost and its compression."""
+    stored = own.pop("stored")  # metrics saved in the checkpoint, for rows whose family JSON lacks them
+    return {**shared, **{k: row[k] for k in ("family", "model", "variant", "command")},
+            **checkpoint_fields(row["checkpoint"]), "base": display(row["base"]),
+            "metrics": {k: stored[k] if row[k] is None else row[k] for k in ("voc_map", "coco_ap")},
+            "cost": own, "compression": 1 - own["params"] / base["params"],
+            "smaller": 1 - own["size_mib"] / base["size_mib"]}
+
+
+def measure_rows(rows: list[dict], stored: list[dict], runs: int, profile: str) -> tuple[list[dict], list[str]]:
+    """Summary records: a row whose checkpoint and reference are on this machine measured now, any other as its
+    stored record has it; and the checkpoints that are neither here nor stored."""
+    def here(r: dict) -> bool:
+        return Path(r["checkpoint"]).is_file() and Path(r["base"]).is_file()
+    kept = {r["checkpoint"]: r for r in stored}
+    paths = list(dict.fromkeys(p for r in rows if here(r) for p in (r["checkpoint"], r["base"])))
+    if paths:
         cost(paths[0], runs)  # warm-up: the first model measured in a process runs slower (threads, kernel caches)
-    for path in paths:
-        if Path(path).is_file():
-            costs[path] = cost(path, runs)
-        else:
-            missing.append(path)
-    measured = []
+    costs = {path: cost(path, runs) for path in paths}
+    shared, records, missing = context("summary", profile), [], []
     for r in rows:
-        if r["checkpoint"] in costs and r["base"] in costs:
-            own, base = dict(costs[r["checkpoint"]]), costs[r["base"]]
-            stored = own.pop("stored")  # metrics saved in the checkpoint, for rows whose JSON lacks them
-            measured.append({**r, **own, "compression": 1 - own["params"] / base["params"],
-                             "smaller": 1 - own["size_mib"] / base["size_mib"],
-                             **{k: stored[k] for k in stored if r[k] is None}})
-    return measured, missing
+        if here(r):
+            records.append(summary_record(r, dict(costs[r["checkpoint"]]), costs[r["base"]], shared))
+        elif display(r["checkpoint"]) in kept:
+            records.append(kept[display(r["checkpoint"])])
+        else:
+            missing.append(display(r["checkpoint"]))
+    return records, missing
+
+
+def flat(record: dict) -> dict:
+    """A summary record with its metrics and cost as top-level keys (the table and the plots read those)."""
+    return {**record, **record["metrics"], **record["cost"]}
 
 
 def _metric(value: float | None) -> str:
@@ -290,47 +311,61 @@ def _metric(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def summary_table(bench: Bench, rows: list[dict], missing: list[str], timings: dict) -> str:
-    """The summary section of RESULTS.md."""
-    refs = dict.fromkeys((r["model"].split()[0], display(r["base"])) for r in rows)
+def measured_on(record: dict) -> str:
+    """When, by which commit and on which machine a record was measured ('not recorded' for older records)."""
+    if record.get("commit") is None:
+        return f"not recorded (a record from before records carried the commit and CPU flags; {record['machine']})"
+    return f"{record['date']}, commit {record['commit']}, {record['machine']}; CPU flags: {record['cpu_flags']}"
+
+
+def summary_table(bench: Bench, records: list[dict], missing: list[str], times: list[dict]) -> str:
+    """The summary section of RESULTS.md, generated from the summary and run-time records alone."""
+    rows = [flat(r) for r in records]
+    runs = dict.fromkeys(measured_on(r) for r in records)
+    labels = {run: chr(ord("A") + i) for i, run in enumerate(runs)}
+    refs = dict.fromkeys((r["model"].split()[0], r["base"]) for r in rows)
+    threads = ", ".join(sorted({str(r["threads"]) for r in rows}))
+    repeats = ", ".join(sorted({str(r["latency_runs"]) for r in rows}))
     lines = [START, "## Every model side by side (`make bench`)", "",
-             f"Machine: {machine()}. CPU latency: batch 1, torch threads: {torch.get_num_threads()}, median of "
-             f"{bench.profile.latency_runs} runs of the network (no post-processing) in PyTorch eager mode, every row "
-             "re-measured one after the other in a fresh process at the end of the run; QAT rows run fake quantization, "
-             "so they are not faster than float (int8 in ONNX Runtime: see the side-by-side section).", "",
+             f"Generated by `python benchmarks/bench.py --only summary` from `{display(bench.store('summary'))}`. "
+             "Measured: " + "; ".join(f"{labels[run]}: {run}" for run in runs) + f". CPU latency: batch 1, torch "
+             f"threads: {threads}, median of {repeats} runs of the network (no post-processing) in "
+             "PyTorch eager mode, the rows of one run measured one after the other in a fresh process at its end; QAT "
+             "rows run fake quantization, so they are not faster than float (int8 in ONNX Runtime: see the int8-graph "
+             "section).", "",
              f"Profile `{bench.name}` (shapes data: {bench.profile.n_train} train / {bench.profile.n_val} val images). "
              "VOC mAP@0.5 (area) and COCO AP on the val split. Size counts each quantized weight at its bit width. "
              "Compression = 1 − params / params of the row's dense reference; smaller = 1 − size / its size. "
              "Dense references: " + ", ".join(f"{m} `{p}`" for m, p in refs) + ".", "",
              "| family | model | variant | params | size (MiB) | MACs (M) | CPU ms | VOC mAP@0.5 | COCO AP | "
-             "compression | smaller | command |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+             "compression | smaller | command | run |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r, record in zip(rows, records):
         lines.append(f"| {r['family']} | {r['model']} | {r['variant']} | {r['params']:,} | {r['size_mib']:.3f} | "
                      f"{r['macs'] / 1e6:.1f} | {r['ms']:.2f} | {_metric(r['voc_map'])} | {_metric(r['coco_ap'])} | "
-                     f"{r['compression']:.1%} | {r['smaller']:.1%} | `{r['command']}` |")
+                     f"{r['compression']:.1%} | {r['smaller']:.1%} | `{r['command']}` | {labels[measured_on(record)]} |")
     lines += ["", "![VOC mAP@0.5 against size, Pareto front](pareto.png)",
               "![CPU latency against parameters](latency_params.png)", ""]
-    if timings:
-        lines.append("Run time per family: " + ", ".join(f"{f} {s / 60:.1f} min" for f, s in timings.items()) + ".")
+    if times:
+        lines.append("Run time per family: " + ", ".join(
+            f"{t['family']} {t['seconds'] / 60:.1f} min ({t['date'] or 'date not recorded'})" for t in times) + ".")
     if missing:
-        lines.append("Rows left out (checkpoint not found): " + ", ".join(f"`{display(m)}`" for m in missing) + ".")
+        lines.append("Rows left out (checkpoint neither on this machine nor in the records): "
+                     + ", ".join(f"`{m}`" for m in missing) + ".")
     lines.append(END)
     return "\n".join(lines)
 
 
 def summarize(bench: Bench) -> str:
-    """Measure every stored row, write the summary section, bench.json and the two plots; the section."""
-    rows, missing = measure_rows(collect_rows(bench), bench.profile.latency_runs)
-    timings = bench.load("summary").get("timings", {})
-    stored_rows = [{**r, "checkpoint": display(r["checkpoint"]), "base": display(r["base"])} for r in rows]
-    bench.store("summary").write_text(json.dumps({"profile": bench.name, "machine": machine(),
-                                                  "threads": torch.get_num_threads(), "timings": timings,
-                                                  "rows": stored_rows, "missing": [display(m) for m in missing]},
-                                                 indent=1) + "\n")  # repo-relative paths: the same in every clone
+    """Measure the stored rows whose checkpoints are here, keep the others' records; write bench.jsonl, the summary
+    section and the two plots; the section."""
+    records, missing = measure_rows(collect_rows(bench), read_records(bench.store("summary")),
+                                    bench.profile.latency_runs, bench.name)
+    write_records(records, bench.store("summary"))
     title = f"ssdlab course models ({bench.name} profile)"
+    rows = [flat(r) for r in records]
     plots.pareto_plot(rows, bench.out / "pareto.png", title)
     plots.latency_plot(rows, bench.out / "latency_params.png", title)
-    section = summary_table(bench, rows, missing, timings)
+    section = summary_table(bench, records, missing, read_records(bench.store("times")))
     write_section(section, bench.results, START, END, before=("\n## ", "\n<!-- "))
     return section
 
@@ -358,10 +393,10 @@ def run(bench: Bench, families: list[str]) -> dict[str, float]:
 
 
 def keep_timings(bench: Bench, timings: dict) -> None:
-    """Add this run's seconds per family to the summary store, for the summary process to report."""
-    stored = bench.load("summary")
-    stored["timings"] = {**stored.get("timings", {}), **timings}
-    bench.store("summary").write_text(json.dumps(stored, indent=1) + "\n")
+    """This run's seconds per family as run-time records, replacing those families' earlier records."""
+    shared = context("run time", bench.name)
+    kept = [t for t in read_records(bench.store("times")) if t["family"] not in timings]
+    write_records(kept + [{**shared, "family": f, "seconds": s} for f, s in timings.items()], bench.store("times"))
 
 
 def main(argv: list[str] | None = None) -> None:

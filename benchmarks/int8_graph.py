@@ -22,9 +22,6 @@ cost); the RESULTS.md section between the int8-graph markers is generated from t
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -37,14 +34,15 @@ from ssdlab.data.catalog import build_dataset, datasets
 from ssdlab.data.transforms import build_transforms
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import evaluate_model
-from ssdlab.engine.profile import compare_latency, cpu_flags, session_call, summary
+from ssdlab.engine.profile import compare_latency, session_call, summary
 from ssdlab.export.onnx import write_onnx
 from ssdlab.export.qdq import OnnxDetector
 from ssdlab.export.runtime import optimized_ops, onnx_session
 from ssdlab.quant.ptq import DEFAULT_IMAGES, calibration_batches, post_training_quantize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results_md import ROOT, display, machine, write_section  # noqa: E402
+from records import context, read_records, write_records  # noqa: E402
+from results_md import display, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RECORDS = HERE / "int8_graph.jsonl"
@@ -56,13 +54,6 @@ VARIANTS = {  # row suffix: QUANTIZATION.FINAL and backbone cfg
     "heads int8": ("True", "course_plain_quan.cfg"),
     "every conv int8": ("True", "course_plain_int8.cfg"),
 }
-
-
-def git_commit() -> str:
-    """The repository's HEAD commit (short), '+' when the working tree has changes."""
-    def git(*args: str) -> str:
-        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 def variant_overrides(variant: str) -> list[str]:
@@ -195,8 +186,7 @@ def measure(rows: dict[str, tuple[Path, Source]], profile: str, runs: int) -> li
     timings = {threads: compare_latency({name: session_call(onnx_session(path, threads), size)
                                          for name, (path, _) in rows.items()}, runs=runs, threads=threads)
                for threads in dict.fromkeys((1, torch.get_num_threads()))}
-    common = {"experiment": "int8_graph", "commit": git_commit(), "machine": machine(), "cpu_flags": cpu_flags(),
-              "date": datetime.date.today().isoformat(), "profile": profile, "start": display(baseline("plain"))}
+    common = {**context("int8_graph", profile), "start": display(baseline("plain"))}
     records = []
     for name, (path, source) in rows.items():
         point = source if isinstance(source, Path) else None
@@ -275,8 +265,8 @@ def main() -> None:
             rows = contenders(Path(folder), args.profile, args.images, not args.no_qat, tuple(args.percents),
                               args.tune)
             records = measure(rows, args.profile, args.runs)
-        args.records.write_text("".join(json.dumps(r) + "\n" for r in records))
-    records = [json.loads(line) for line in args.records.read_text().splitlines() if line]
+        write_records(records, args.records)
+    records = read_records(args.records)
     write_section(table(records), args.results, START, END, before=("\n<!-- side-by-side:start -->",))
     print(table(records))
 

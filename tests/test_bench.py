@@ -7,6 +7,7 @@ import hashlib
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,6 +31,11 @@ def table_rows(text: str) -> list[list[str]]:
     """The cells of the summary table's body rows."""
     return [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines()
             if line.startswith("| ") and not line.startswith("| family |")]
+
+
+def records(path: Path) -> list[dict]:
+    """The JSON lines of a records file."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
 
 
 def percent(cell: str) -> float:
@@ -69,7 +75,8 @@ def test_smoke_bench_writes_every_section_and_row_family(smoke_bench):
     assert {(r[0], r[1]) for r in rows if "→" in r[0]} == {
         (family, model) for family in ("prune → quantize", "quantize → prune") for model in ("plain", "residual")}
     assert {r[2].split()[-1] for r in rows if r[0] == "pruned + fine-tuned"} == {"plain", "distilled"}
-    assert all(r[-1].startswith("`python benchmarks/bench.py --profile smoke") for r in rows)
+    assert all(r[-2].startswith("`python benchmarks/bench.py --profile smoke") for r in rows)
+    assert {r[-1] for r in rows} == {"A"} and "A: " in summary and "CPU flags: " in summary  # one run measured all
     course = [[c.strip() for c in line.strip("|").split("|")] for line in section(text, "course-training").splitlines()
               if line.startswith("| plain") or line.startswith("| residual")]
     assert len(course) == 2 and all(re.fullmatch(r"auto \((bfloat16|float32)\)", row[2]) for row in course)
@@ -90,10 +97,11 @@ def test_smoke_bench_numbers_are_finite_and_compression_consistent(smoke_bench):
             assert params < int(reference[3].replace(",", ""))
         if r[0] == "QAT" or "quantize" in r[0]:
             assert percent(r[10]) > percent(r[9])  # quantized weights take fewer bits than float ones
-    stored = json.loads((smoke_bench / "bench.json").read_text())
-    assert len(stored["rows"]) == len(rows) and not stored["missing"]
-    root = str(BENCHMARKS.parent)
-    assert not any(r[key].startswith(root) for r in stored["rows"] for key in ("checkpoint", "base"))  # relative
+    stored = records(smoke_bench / "bench.jsonl")
+    assert len(stored) == len(rows) and "Rows left out" not in section((smoke_bench / "RESULTS.md").read_text(), "bench")
+    for r in stored:  # measured in this run: its commit, machine, CPU flags and checkpoint digests
+        assert r["commit"] and r["cpu_flags"] and len(r["weights_digest"]) == len(r["config_digest"]) == 16, r
+    assert {t["family"] for t in records(smoke_bench / "bench_times.jsonl")} >= {"course", "pruning", "int8_graph"}
     for run in json.loads((smoke_bench / "pruning.json").read_text()).values():
         for p in run["prune"]:  # --max 1 exactly when the percent is above the highest safe one
             assert p["max"] == (p["percent"] > p["highest_safe"])
@@ -157,18 +165,46 @@ def test_data_pipeline_bench_measures_both_loaders(shapes_dir, tmp_path):
     assert len(rates) == 2 and all(math.isfinite(r) and r > 0 for r in rates)
 
 
-def test_the_committed_summary_record_holds_repo_relative_paths():
-    """bench.json is the same in every clone: no path of the machine that wrote it."""
-    stored = json.loads((BENCHMARKS / "bench.json").read_text())
-    paths = [r[key] for r in stored["rows"] for key in ("checkpoint", "base")] + stored["missing"]
+def test_the_committed_summary_records_hold_repo_relative_paths():
+    """bench.jsonl is the same in every clone: no path of the machine that wrote it."""
+    paths = [r[key] for r in records(BENCHMARKS / "bench.jsonl") for key in ("checkpoint", "base")]
     assert paths and not any(Path(path).is_absolute() for path in paths)
+
+
+def test_the_summary_regenerates_from_the_committed_records_in_a_clean_clone(tmp_path):
+    """`bench.py --only summary` where no benchmark checkpoint exists: every row whose checkpoint is missing comes
+    back from its record unchanged, the committed baselines are measured again (with this run's commit)."""
+    for name in ("bench.jsonl", "bench_times.jsonl", "pruning.json", "mobilenet_pruning.json", "quantization.json",
+                 "course_training.json", "RESULTS.md"):
+        shutil.copy(BENCHMARKS / name, tmp_path / name)
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "bench.py"), "--only", "summary", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    before, after = records(BENCHMARKS / "bench.jsonl"), records(tmp_path / "bench.jsonl")
+    assert [r["checkpoint"] for r in after] == [r["checkpoint"] for r in before]
+    for old, new in zip(before, after):
+        if (ROOT / old["checkpoint"]).is_file():
+            assert new["commit"] and new["weights_digest"] and new["metrics"] == pytest.approx(old["metrics"])
+        else:
+            assert new == old
+    assert table_rows(section((tmp_path / "RESULTS.md").read_text(), "bench"))[-1] == table_rows(
+        section((BENCHMARKS / "RESULTS.md").read_text(), "bench"))[-1]  # the last row's checkpoint is not here
+
+
+def test_a_broken_record_line_names_the_file_and_line(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    from records import read_records
+    path = tmp_path / "bench.jsonl"
+    path.write_text('{"family": "baseline"}\n{"family": \n')
+    with pytest.raises(ValueError, match=r"bench.jsonl, line 2: not a JSON record"):
+        read_records(path)
 
 
 @pytest.mark.slow
 def test_int8_graph_records_every_row_and_regenerates_its_section(smoke_bench, tmp_path):
     """The smoke bench's int8-graph family: one record per row, the section generated from the records alone."""
-    records, results = smoke_bench / "int8_graph.jsonl", tmp_path / "RESULTS.md"
-    rows = [json.loads(line) for line in records.read_text().splitlines()]
+    stored, results = smoke_bench / "int8_graph.jsonl", tmp_path / "RESULTS.md"
+    rows = records(stored)
     names = [r["row"] for r in rows]
     assert names[:8] == ["fp32", "ssdlab PTQ, heads float", "ssdlab PTQ, heads int8", "ssdlab PTQ, every conv int8",
                          "onnxruntime quantize_static", "pruned p0.3, fp32", "pruned p0.3 + 4 it, fp32",
@@ -188,7 +224,7 @@ def test_int8_graph_records_every_row_and_regenerates_its_section(smoke_bench, t
     first = section((smoke_bench / "RESULTS.md").read_text(), "int8-graph")
     assert "CPU flags" in first and "Torch-Pruning" in first
     again = subprocess.run([sys.executable, str(BENCHMARKS / "int8_graph.py"), "--only", "summary", "--records",
-                            str(records), "--results", str(results)], capture_output=True, text=True, timeout=300)
+                            str(stored), "--results", str(results)], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and section(results.read_text(), "int8-graph") == first  # from the records alone
 
 
