@@ -15,7 +15,9 @@ by its own script into the same folder: integer (the integer-only reference of t
 integer.py), int8_graph (int8 graphs in ONNX Runtime: ssdlab PTQ/QAT, onnxruntime, pruned,
 Torch-Pruning, int8_graph.py), data_pipeline (the cost of a training sample, data_pipeline.py)
 and baselines (the committed baselines, baselines.py). Each family
-keeps its rows in a JSON file next to RESULTS.md and rewrites its own section; the summary then
+keeps its results next to RESULTS.md (one JSON record per result in a .jsonl file for course,
+mobilenet, integer, int8_graph and data_pipeline; a JSON document for pruning, quantization and
+side_by_side) and rewrites its own section; the summary then
 loads every stored checkpoint once more, in a fresh process, to measure params, size, MACs and CPU
 latency the same way for all rows, and keeps one JSON-lines record per row in bench.jsonl (commit,
 date, machine, CPU flags, weights and config digests, metrics, cost, repo-relative paths; the run
@@ -49,7 +51,7 @@ import pruning  # noqa: E402
 import quantization  # noqa: E402
 import side_by_side  # noqa: E402
 from profiles import BenchProfile, get_profile  # noqa: E402
-from records import checkpoint_fields, context, read_records, write_records  # noqa: E402
+from records import checkpoint_fields, context, measured_on, read_records, write_records  # noqa: E402
 from results_md import ROOT, display, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -58,7 +60,7 @@ SCRIPT_FAMILIES = ("integer", "int8_graph", "data_pipeline", "baselines")  # run
 FAMILIES = ("course", "pruning", "mobilenet", "quantization", "combined", "side_by_side", *SCRIPT_FAMILIES)
 ROW_FAMILIES = ("baseline", "from scratch", "sparse", "pruned", "pruned + fine-tuned", "QAT", "prune → quantize",
                 "quantize → prune")
-STORES = {"course": "course_training.json", "pruning": "pruning.json", "mobilenet": "mobilenet_pruning.json",
+STORES = {"course": "course_training.jsonl", "pruning": "pruning.json", "mobilenet": "mobilenet_pruning.jsonl",
           "quantization": "quantization.json", "side_by_side": "side_by_side.json", "summary": "bench.jsonl",
           "times": "bench_times.jsonl"}
 
@@ -139,15 +141,15 @@ def script_arguments(bench: Bench, family: str) -> list[str]:
     smoke = bench.name == "smoke"
     if family == "integer":
         stored = bench.load("quantization")
-        points = [stored[m]["iao-w8a8"]["checkpoint"] for m in COURSE_MODELS if "iao-w8a8" in stored.get(m, {})]
+        points = [str(ROOT / stored[m]["iao-w8a8"]["checkpoint"]) for m in COURSE_MODELS if "iao-w8a8" in stored.get(m, {})]
         return ["--ckpt", *(points or [str(iao_checkpoint(bench))]), "--out", str(bench.results), "--data",
                 str(bench.profile.data)]
     if family == "int8_graph":
         return ["--profile", bench.name, "--records", str(bench.out / "int8_graph.jsonl"), "--results",
                 str(bench.results), *(["--runs", "2", "--no-qat", "--percents", "0.3", "--tune", "4"] if smoke else [])]
     if family == "data_pipeline":
-        return ["--data", str(bench.profile.data), "--out", str(bench.results),
-                *(["--samples", "8", "--rounds", "1", "--steps", "2"] if smoke else [])]
+        return ["--data", str(bench.profile.data), "--out", str(bench.results), "--records",
+                str(bench.out / "data_pipeline.jsonl"), *(["--samples", "8", "--rounds", "1", "--steps", "2"] if smoke else [])]
     return ["--out", str(bench.results)]
 
 
@@ -170,13 +172,13 @@ def combined_starts(bench: Bench, model: str) -> tuple[Path, Path, float]:
         raise FileNotFoundError(f"{bench.store('pruning')} has no {model} run; run the pruning family first")
     percent = run["tune_percent"]
     pruned = next(r["checkpoint"] for r in run["prune"] if r["percent"] == percent and not r["regular"])
-    return Path(pruned), Path(run["sparse_checkpoint"]), percent
+    return ROOT / pruned, ROOT / run["sparse_checkpoint"], percent
 
 
 def iao_checkpoint(bench: Bench) -> Path:
     """The plain model's IAO W8A8 QAT checkpoint of the quantization family (for the int8 ONNX row)."""
     stored = bench.load("quantization").get("plain", {}).get("iao-w8a8", {})
-    return Path(stored.get("checkpoint", bench.runs / "plain_quant_iao-w8a8" / "model_final.pt"))
+    return ROOT / stored.get("checkpoint", bench.runs / "plain_quant_iao-w8a8" / "model_final.pt")
 
 
 def row(family: str, model: str, variant: str, checkpoint: str | Path, metrics: dict, command: str,
@@ -210,16 +212,17 @@ def pruning_rows(results: dict) -> list[dict]:
     return rows
 
 
-def mobilenet_rows(result: dict) -> list[dict]:
+def mobilenet_rows(records: list[dict]) -> list[dict]:
     """Dense, coupled-sparse and pruned MobileNetV2-SSDLite rows."""
-    if not result:
+    if not records:
         return []
-    base, command = result["dense_checkpoint"], result["command"]
-    return [row("baseline", "mobilenet", f"{result['dense']['iterations']} it", base, result["dense"], command, base),
-            row("sparse", "mobilenet", f"coupled SR 0.005, {result['sparse']['iterations']} it",
-                result["sparse_checkpoint"], result["sparse"], command, base),
+    dense, sparse = (next(r for r in records if r["row"] == row) for row in ("dense", "sparse"))
+    base, command = dense["checkpoint"], dense["command"]
+    return [row("baseline", "mobilenet", f"{dense['iterations']} it", base, dense, command, base),
+            row("sparse", "mobilenet", f"coupled SR 0.005, {sparse['iterations']} it", sparse["checkpoint"], sparse,
+                command, base),
             *(row("pruned", "mobilenet", prune_variant(p), p["checkpoint"], p, command, base)
-              for p in result["prune"])]
+              for p in records if p["row"] == "pruned")]
 
 
 def quantization_rows(results: dict, runs: Path) -> list[dict]:
@@ -237,11 +240,11 @@ def quantization_rows(results: dict, runs: Path) -> list[dict]:
     return rows
 
 
-def course_rows(results: dict, runs: Path) -> list[dict]:
+def course_rows(records: list[dict]) -> list[dict]:
     """The course recipes trained from scratch (compared with their model's baseline)."""
     rows = []
-    for model, r in results.items():
-        checkpoint = r.get("checkpoint", runs / model / "model_final.pt")
+    for r in records:
+        model, checkpoint = r["model"], r["checkpoint"]
         base = baseline(model) if baseline(model).is_file() else checkpoint
         variant = f"{r['iterations']} it" + (f", {r['precision']}" if "precision" in r else "")
         rows.append(row("from scratch", model, variant, checkpoint, r, r["command"], base))
@@ -250,9 +253,9 @@ def course_rows(results: dict, runs: Path) -> list[dict]:
 
 def collect_rows(bench: Bench) -> list[dict]:
     """Every stored row once, in family order (a checkpoint already listed as a baseline is not repeated)."""
-    rows = (pruning_rows(bench.load("pruning")) + mobilenet_rows(bench.load("mobilenet"))
+    rows = (pruning_rows(bench.load("pruning")) + mobilenet_rows(read_records(bench.store("mobilenet")))
             + quantization_rows(bench.load("quantization"), bench.runs)
-            + course_rows(bench.load("course"), bench.runs))
+            + course_rows(read_records(bench.store("course"))))
     unique, seen = [], set()
     for r in sorted(rows, key=lambda r: ROW_FAMILIES.index(r["family"])):
         if r["checkpoint"] not in seen:
@@ -309,13 +312,6 @@ def flat(record: dict) -> dict:
 def _metric(value: float | None) -> str:
     """A metric cell; '-' when not measured."""
     return "-" if value is None else f"{value:.4f}"
-
-
-def measured_on(record: dict) -> str:
-    """When, by which commit and on which machine a record was measured ('not recorded' for older records)."""
-    if record.get("commit") is None:
-        return f"not recorded (a record from before records carried the commit and CPU flags; {record['machine']})"
-    return f"{record['date']}, commit {record['commit']}, {record['machine']}; CPU flags: {record['cpu_flags']}"
 
 
 def summary_table(bench: Bench, records: list[dict], missing: list[str], times: list[dict]) -> str:

@@ -2,14 +2,15 @@
 
     python benchmarks/course_training.py                 # both course models, writes RESULTS.md
     python benchmarks/course_training.py --models plain  # one model
+    python benchmarks/course_training.py --only summary  # the section again from the records
 
-Each model's row is kept in benchmarks/course_training.json, so re-running one model keeps the
-other's; the section between the course-training markers of benchmarks/RESULTS.md is rewritten.
+Each model's result is one JSON record in benchmarks/course_training.jsonl (commit, machine, CPU flags,
+weights and config digests), so re-running one model keeps the other's; the section between the
+course-training markers of benchmarks/RESULTS.md is generated from those records alone.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -21,30 +22,32 @@ from ssdlab.engine.train import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profiles import FULL, BenchProfile  # noqa: E402
-from results_md import machine, write_section  # noqa: E402
+from records import checkpoint_fields, context, measured_on, read_records, write_records  # noqa: E402
+from results_md import write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- course-training:start -->", "<!-- course-training:end -->"
 
 
-def run(model: str, out_root: Path, profile: BenchProfile = FULL) -> dict:
-    """Train one course model from scratch; its numbers."""
+def run(model: str, out_root: Path, command: str, profile: BenchProfile = FULL) -> dict:
+    """Train one course model from scratch; its record."""
     out = out_root / model
     shutil.rmtree(out, ignore_errors=True)
     cfg = course_config(model, profile.course, profile.overrides(out, profile.course_iters))
     result = train(cfg, resume=False)
     precision = dtype_name(training_dtype(cfg, dist.local_device(cfg.MODEL.DEVICE)))
-    return {"model": model, "iterations": result.iteration, "train_seconds": result.train_seconds,
+    return {**context("course", profile.course), "model": model, "command": command,
+            **checkpoint_fields(result.checkpoint), "iterations": result.iteration, "train_seconds": result.train_seconds,
             "images_per_s": result.iteration * cfg.SOLVER.BATCH_SIZE / result.train_seconds,
             "precision": f"{cfg.SOLVER.PRECISION} ({precision})", "voc_map": result.metrics["voc_map"],
-            "coco_ap": result.metrics["coco_ap"], "coco_ap50": result.metrics["coco"]["AP50"],
-            "checkpoint": str(result.checkpoint)}
+            "coco_ap": result.metrics["coco_ap"], "coco_ap50": result.metrics["coco"]["AP50"]}
 
 
 def table(rows: list[dict], n_val: int = FULL.n_val) -> str:
-    """The RESULTS.md section."""
+    """The RESULTS.md section, generated from the records alone."""
     lines = [START, "## Course recipes: training from scratch on the shapes dataset", "",
-             f"Machine: {machine()}", "",
+             "Generated from `benchmarks/course_training.jsonl`. Measured: "
+             + "; ".join(dict.fromkeys(measured_on(r) for r in rows)) + ".", "",
              "| model | iterations | precision | training time | images/s | VOC mAP@0.5 (area) | COCO AP | COCO AP50 | command |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -59,13 +62,19 @@ def table(rows: list[dict], n_val: int = FULL.n_val) -> str:
 
 def run_all(models: list[str], store: Path, results: Path, runs: Path, command: str,
             profile: BenchProfile = FULL) -> str:
-    """Train each model, keep its row in the JSON store, rewrite the RESULTS.md section; the section."""
+    """Train each model, replace its record in the store, rewrite the RESULTS.md section; the section."""
     profile.prepare_data()
-    rows = json.loads(store.read_text()) if store.exists() else {}
+    rows = {r["model"]: r for r in read_records(store)}
     for model in models:
-        rows[model] = {**run(model, runs, profile), "command": command}
-        store.write_text(json.dumps(rows, indent=1) + "\n")
-    section = table([rows[m] for m in COURSE_MODELS if m in rows], profile.n_val)
+        rows[model] = run(model, runs, command, profile)
+        write_records([rows[m] for m in COURSE_MODELS if m in rows], store)
+    return regenerate(store, results, profile.n_val)
+
+
+def regenerate(store: Path, results: Path, n_val: int = FULL.n_val) -> str:
+    """Rewrite the RESULTS.md section from the stored records; the section."""
+    rows = {r["model"]: r for r in read_records(store)}
+    section = table([rows[m] for m in COURSE_MODELS if m in rows], n_val)
     write_section(section, results, START, END)
     return section
 
@@ -76,8 +85,11 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(COURSE_MODELS), choices=COURSE_MODELS)
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--runs", type=Path, default=HERE / "runs")
+    parser.add_argument("--only", choices=["summary"], help="regenerate the RESULTS.md section from the records")
     args = parser.parse_args()
-    print(run_all(args.models, HERE / "course_training.json", args.out, args.runs, "python " + " ".join(sys.argv)))
+    store = HERE / "course_training.jsonl"
+    command = "python " + " ".join(sys.argv)
+    print(regenerate(store, args.out) if args.only else run_all(args.models, store, args.out, args.runs, command))
 
 
 if __name__ == "__main__":

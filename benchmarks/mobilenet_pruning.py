@@ -6,14 +6,15 @@ The course models have no depthwise convs, so this trains MobileNetV2-SSDLite (t
 mobile_v2_ssd_voc0712.yaml, from scratch, at 192 px with the course priors scaled to it) on the
 shapes data, sparse-trains it with PRUNE.TYPE coupled (the L1 penalty on every prunable γ), and
 prunes that one model at each percent in the modes normal, shortcut and coupled (no fine-tune),
-so the rows show what each mode can remove from the same network. Kept in
-benchmarks/mobilenet_pruning.json; the section between the mobilenet-pruning markers of
-benchmarks/RESULTS.md is rewritten.
+so the rows show what each mode can remove from the same network. One JSON record per model (dense,
+sparse, each pruned one; commit, machine, CPU flags, digests) in benchmarks/mobilenet_pruning.jsonl;
+the section between the mobilenet-pruning markers of benchmarks/RESULTS.md is generated from them.
+
+    python benchmarks/mobilenet_pruning.py --only summary   # the section again from the records
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -30,7 +31,8 @@ from ssdlab.prune.surgery import make_plan
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profiles import FULL, BenchProfile  # noqa: E402
 from pruning import prune_row  # noqa: E402
-from results_md import machine, write_section  # noqa: E402
+from records import checkpoint_fields, context, measured_on, read_records, write_records  # noqa: E402
+from results_md import write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- mobilenet-pruning:start -->", "<!-- mobilenet-pruning:end -->"
@@ -60,8 +62,8 @@ def mobilenet_config(profile: BenchProfile, out: Path, iterations: int, extra: l
                         *profile.overrides(out, iterations), *(extra or [])])
 
 
-def run(runs: Path, profile: BenchProfile = FULL) -> dict:
-    """Train dense, sparse-train (coupled), prune in every mode; every row."""
+def run(runs: Path, command: str, profile: BenchProfile = FULL) -> list[dict]:
+    """Train dense, sparse-train (coupled), prune in every mode; one record per model."""
     dense_iters, sparse_iters = profile.mobilenet_iters
     dense = train(mobilenet_config(profile, runs / "mobilenet", dense_iters), resume=False)
     cfg = mobilenet_config(profile, runs / "mobilenet_sparse", sparse_iters, [
@@ -72,29 +74,31 @@ def run(runs: Path, profile: BenchProfile = FULL) -> dict:
     safe = {mode: make_plan(model, 0.0, mode).highest_safe for mode in MODES}
     rows = [prune_row("mobilenet", sparse.checkpoint, cfg, p, False, runs, p > safe[mode], mode)
             for p in profile.mobilenet_percents for mode in MODES]
-    return {"dense_checkpoint": str(dense.checkpoint), "sparse_checkpoint": str(sparse.checkpoint),
-            "dense": {"voc_map": dense.metrics["voc_map"], "coco_ap": dense.metrics["coco_ap"],
-                      "iterations": dense_iters, "minutes": dense.train_seconds / 60},
-            "sparse": {"voc_map": sparse.metrics["voc_map"], "coco_ap": sparse.metrics["coco_ap"],
-                       "iterations": sparse_iters, "minutes": sparse.train_seconds / 60},
-            "image_size": cfg.INPUT.IMAGE_SIZE, "highest_safe": safe, "prune": rows}
+    shared = {**context("mobilenet_pruning", profile.course), "command": command, "image_size": cfg.INPUT.IMAGE_SIZE,
+              "threads": torch.get_num_threads()}
+    trained = [{**shared, "row": row, **checkpoint_fields(result.checkpoint), "voc_map": result.metrics["voc_map"],
+                "coco_ap": result.metrics["coco_ap"], "iterations": iterations, "minutes": result.train_seconds / 60}
+               for row, result, iterations in (("dense", dense, dense_iters), ("sparse", sparse, sparse_iters))]
+    trained[1]["highest_safe"] = safe
+    return trained + [{**shared, "row": "pruned", **r, **checkpoint_fields(r["checkpoint"])} for r in rows]
 
 
-def table(result: dict, command: str) -> str:
-    """The RESULTS.md section."""
-    d, s = result["dense"], result["sparse"]
-    safe = ", ".join(f"{mode} {p:.3f}" for mode, p in result["highest_safe"].items())
+def table(records: list[dict]) -> str:
+    """The RESULTS.md section, generated from the records alone."""
+    d, s = (next(r for r in records if r["row"] == row) for row in ("dense", "sparse"))
+    safe = ", ".join(f"{mode} {p:.3f}" for mode, p in s["highest_safe"].items())
     lines = [START, "## Depthwise-coupled pruning: MobileNetV2-SSDLite on the shapes dataset", "",
-             f"Machine: {machine()}; CPU latency batch 1, torch threads: {torch.get_num_threads()}.",
-             f"Command: `{command}`", "",
-             f"MobileNetV2-SSDLite ({result['image_size']} px, no ImageNet weights) trained {d['iterations']} "
+             "Generated from `benchmarks/mobilenet_pruning.jsonl`. Measured: "
+             + "; ".join(dict.fromkeys(measured_on(r) for r in records)) + f"; CPU latency batch 1, torch threads: "
+             f"{d['threads']}.", f"Command: `{d['command']}`", "",
+             f"MobileNetV2-SSDLite ({d['image_size']} px, no ImageNet weights) trained {d['iterations']} "
              f"iterations from scratch ({d['minutes']:.1f} min): VOC mAP@0.5 {d['voc_map']:.4f}, COCO AP "
              f"{d['coco_ap']:.4f}; sparse-trained {s['iterations']} iterations with PRUNE.TYPE coupled, SR 0.005 "
              f"({s['minutes']:.1f} min): VOC mAP@0.5 {s['voc_map']:.4f}, COCO AP {s['coco_ap']:.4f}. "
              f"Highest safe percent: {safe}.", "",
              "| percent | mode | max (levels kept) | params | removed | MACs (M) | CPU ms | "
              "VOC mAP@0.5 (sparse → pruned) | COCO AP |", "|---|---|---|---|---|---|---|---|---|"]
-    for p in result["prune"]:
+    for p in (r for r in records if r["row"] == "pruned"):
         lines.append(f"| {p['percent']:g} | {p['mode']} | {int(p['max'])} ({p['levels']}) | "
                      f"{p['params_before']:,} → {p['params']:,} | {p['compression']:.1%} | "
                      f"{p['macs_before'] / 1e6:.1f} → {p['macs'] / 1e6:.1f} | "
@@ -107,11 +111,15 @@ def table(result: dict, command: str) -> str:
 
 
 def run_all(store: Path, results: Path, runs: Path, command: str, profile: BenchProfile = FULL) -> str:
-    """Run, keep the result in the JSON store, rewrite the RESULTS.md section and return it."""
+    """Run, write the records, rewrite the RESULTS.md section and return it."""
     profile.prepare_data()
-    result = {**run(runs, profile), "command": command}
-    store.write_text(json.dumps(result, indent=1) + "\n")
-    section = table(result, command)
+    write_records(run(runs, command, profile), store)
+    return regenerate(store, results)
+
+
+def regenerate(store: Path, results: Path) -> str:
+    """Rewrite the RESULTS.md section from the stored records; the section."""
+    section = table(read_records(store))
     write_section(section, results, START, END)
     return section
 
@@ -121,8 +129,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--runs", type=Path, default=HERE / "runs")
+    parser.add_argument("--only", choices=["summary"], help="regenerate the RESULTS.md section from the records")
     args = parser.parse_args()
-    print(run_all(HERE / "mobilenet_pruning.json", args.out, args.runs, "python " + " ".join(sys.argv)))
+    store, command = HERE / "mobilenet_pruning.jsonl", "python " + " ".join(sys.argv)
+    print(regenerate(store, args.out) if args.only else run_all(store, args.out, args.runs, command))
 
 
 if __name__ == "__main__":

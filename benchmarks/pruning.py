@@ -35,7 +35,7 @@ from ssdlab.prune.surgery import make_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profiles import FULL, BenchProfile  # noqa: E402
-from results_md import display, machine, write_section  # noqa: E402
+from results_md import ROOT, display, machine, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- pruning:start -->", "<!-- pruning:end -->"
@@ -73,7 +73,7 @@ def prune_row(model: str, sparse: Path, cfg: CfgNode, percent: float, regular: b
             "size_mib": compact["size_mib"], "size_before": original["size_mib"],
             "voc_map": compact["voc_map"], "voc_before": original["voc_map"], "coco_ap": compact["coco_ap"],
             "coco_before": original["coco_ap"],
-            "checkpoint": str(report.files["checkpoint"]), "highest_safe": report.plan.highest_safe}
+            "checkpoint": display(report.files["checkpoint"]), "highest_safe": report.plan.highest_safe}
 
 
 def fine_tune(model: str, pruned: Path, teacher: Path | None, runs: Path, iterations: int,
@@ -85,17 +85,17 @@ def fine_tune(model: str, pruned: Path, teacher: Path | None, runs: Path, iterat
     result = train(cfg.freeze(), resume=False)
     return {"model": model, "distilled": teacher is not None, "iterations": iterations,
             "voc_map": result.metrics["voc_map"], "coco_ap": result.metrics["coco_ap"],
-            "minutes": result.train_seconds / 60, "checkpoint": str(result.checkpoint)}
+            "minutes": result.train_seconds / 60, "checkpoint": display(result.checkpoint)}
 
 
 def remeasure_latency(results: dict, runs: int = 30) -> None:
     """Measure every row's latency again, one model at a time (for a machine that was busy during the runs)."""
     for r in results.values():
-        sparse = ckpt.load(r["sparse_checkpoint"])
+        sparse = ckpt.load(ROOT / r["sparse_checkpoint"])
         size = sparse.cfg.INPUT.IMAGE_SIZE
         before = measure_latency(sparse, size, runs=runs)["median_ms"]
         for p in r["prune"]:
-            p["ms"] = measure_latency(ckpt.load(p["checkpoint"]), size, runs=runs)["median_ms"]
+            p["ms"] = measure_latency(ckpt.load(ROOT / p["checkpoint"]), size, runs=runs)["median_ms"]
             p["ms_before"] = before
 
 
@@ -125,10 +125,10 @@ def run_model(model: str, percents: list[float], tune_percent: float, tune_iters
     rows = [prune_row(model, sparse, cfg, p, False, runs, p > safe) for p in percents]  # --max 1 past the safe ratio
     chosen = min(percents, key=lambda p: abs(p - tune_percent))
     rows.append(prune_row(model, sparse, cfg, chosen, True, runs, chosen > safe))
-    pruned = Path(next(r["checkpoint"] for r in rows if r["percent"] == chosen and not r["regular"]))
+    pruned = ROOT / next(r["checkpoint"] for r in rows if r["percent"] == chosen and not r["regular"])
     tuned = [fine_tune(model, pruned, None, runs, tune_iters, profile),
              fine_tune(model, pruned, sparse, runs, tune_iters, profile)]
-    return {"start": str(start), "sparse_checkpoint": str(sparse), "baseline": base, "highest_safe": safe,
+    return {"start": display(start), "sparse_checkpoint": display(sparse), "baseline": base, "highest_safe": safe,
             "sparse": {"voc_map": trained.metrics.get("voc_map"), "coco_ap": trained.metrics.get("coco_ap"),
                        "minutes": trained.train_seconds / 60},
             "prune": rows, "tuned": tuned, "tune_percent": chosen,

@@ -35,7 +35,7 @@ from ssdlab.prune.surgery import make_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profiles import FULL, BenchProfile  # noqa: E402
-from results_md import machine, write_section  # noqa: E402
+from results_md import display, machine, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- quantization:start -->", "<!-- quantization:end -->"
@@ -68,7 +68,7 @@ def qat_row(model: str, name: str, start: Path, iters: int, runs: Path, profile:
     cfg = recipe(model, start, kind, wbits, abits, iters, runs / f"{model}_quant_{name}", profile)
     result = train(cfg, resume=False)
     return {"row": name, "type": kind, "wbits": wbits, "abits": abits, "iterations": iters,
-            "start": str(start), "minutes": result.train_seconds / 60, "checkpoint": str(result.checkpoint),
+            "start": display(start), "minutes": result.train_seconds / 60, "checkpoint": display(result.checkpoint),
             **measure(ckpt.load(result.checkpoint), cfg, result.metrics, profile.latency_runs)}
 
 
@@ -86,9 +86,9 @@ def quantize_then_prune(model: str, sparse: Path, percent: float, iters: int, ru
     report = prune_checkpoint(result.checkpoint, cfg, percent, mode, drop_levels=percent > safe, quick=True,
                               dataset=datasets(cfg, False))
     compact = report.rows[-1]
-    return {"row": name, "type": "IAO", "wbits": 8, "abits": 8, "iterations": iters, "start": str(sparse),
+    return {"row": name, "type": "IAO", "wbits": 8, "abits": 8, "iterations": iters, "start": display(sparse),
             "prune_type": mode, "percent": percent, "max": percent > safe, "minutes": result.train_seconds / 60,
-            "checkpoint": str(report.files["checkpoint"]), "qat_checkpoint": str(result.checkpoint),
+            "checkpoint": display(report.files["checkpoint"]), "qat_checkpoint": display(result.checkpoint),
             "qat_voc_map": result.metrics["voc_map"],
             **measure(report.model, cfg, {k: compact[k] for k in ("voc_map", "coco_ap")}, profile.latency_runs)}
 

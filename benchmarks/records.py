@@ -9,6 +9,7 @@ from pathlib import Path
 
 from results_md import ROOT, display, machine
 
+from ssdlab.course import PROFILES
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.profile import cpu_flags
 from ssdlab.files import staged
@@ -25,6 +26,18 @@ def context(experiment: str, profile: str) -> dict:
     """The fields every record of one run shares: experiment, commit, date, profile, machine and CPU flags."""
     return {"experiment": experiment, "commit": git_commit(), "date": datetime.date.today().isoformat(),
             "profile": profile, "machine": machine(), "cpu_flags": cpu_flags()}
+
+
+def measured_on(record: dict) -> str:
+    """When, by which commit and on which machine a record was measured ('not recorded' for older records)."""
+    if record.get("commit") is None:
+        return f"not recorded (a record from before records carried the commit and CPU flags; {record['machine']})"
+    return f"{record['date']}, commit {record['commit']}, {record['machine']}; CPU flags: {record['cpu_flags']}"
+
+
+def data_profile(data: Path) -> str:
+    """The course profile whose shapes folder is `data` ('custom' for any other folder)."""
+    return next((name for name, p in PROFILES.items() if Path(p["data"]).resolve() == data.resolve()), "custom")
 
 
 def config_digest(config: dict) -> str:

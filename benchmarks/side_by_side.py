@@ -195,7 +195,7 @@ def onnx_row(name: str, checkpoint: Path, out: Path, profile: BenchProfile) -> d
     cfg = course_config("plain", profile.course, profile.data_overrides())
     size = model.cfg.INPUT.IMAGE_SIZE
     metrics = evaluate_model(OnnxDetector(path, model, torch.get_num_threads()), datasets(cfg, False), cfg)
-    return {"model": name, "checkpoint": str(checkpoint), "file_mib": path.stat().st_size / 2 ** 20,
+    return {"model": name, "checkpoint": display(checkpoint), "file_mib": path.stat().st_size / 2 ** 20,
             "ort_ms": {str(threads): onnx_latency(path, size, profile.onnx_runs, threads) for threads in thread_counts()},
             "torch_ms": measure_latency(model, size, runs=profile.onnx_runs)["median_ms"],
             "voc_map": metrics["voc_map"], "coco_ap": metrics["coco_ap"]}

@@ -16,6 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = ROOT / "benchmarks"
+RESULTS = BENCHMARKS / "RESULTS.md"
 ROW_FAMILIES = {"baseline", "from scratch", "sparse", "pruned", "pruned + fine-tuned", "QAT", "prune → quantize",
                 "quantize → prune"}
 SECTIONS = ("bench", "course-training", "pruning", "mobilenet-pruning", "quantization", "side-by-side", "integer",
@@ -150,12 +151,16 @@ def test_write_section_replaces_or_puts_a_new_section_first(tmp_path, monkeypatc
 
 
 def test_data_pipeline_bench_measures_both_loaders(shapes_dir, tmp_path):
-    out = tmp_path / "RESULTS.md"
+    out, stored = tmp_path / "RESULTS.md", tmp_path / "data_pipeline.jsonl"
     done = subprocess.run([sys.executable, str(BENCHMARKS / "data_pipeline.py"), "--data", str(shapes_dir),
-                           "--samples", "6", "--rounds", "1", "--steps", "2", "--out", str(out)],
-                          capture_output=True, text=True, timeout=600, cwd=tmp_path)
+                           "--samples", "6", "--rounds", "1", "--steps", "2", "--out", str(out), "--records",
+                           str(stored)], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     text = section(out.read_text(), "data-pipeline")
+    assert len(records(stored)) == 6 and all(r["commit"] and r["cpu_flags"] for r in records(stored))
+    again = subprocess.run([sys.executable, str(BENCHMARKS / "data_pipeline.py"), "--only", "summary", "--records",
+                            str(stored), "--out", str(tmp_path / "again.md")], capture_output=True, text=True)
+    assert again.returncode == 0 and section((tmp_path / "again.md").read_text(), "data-pipeline") == text
     rows = re.findall(r"^\| (.+) \| ([0-9.]+) \|$", text, flags=re.M)  # (name, number) of each table row
     timings = {name.split()[0] if "seed" not in name else "seed order": float(ms) for name, ms in rows
                if "NUM_WORKERS" not in name}
@@ -165,17 +170,25 @@ def test_data_pipeline_bench_measures_both_loaders(shapes_dir, tmp_path):
     assert len(rates) == 2 and all(math.isfinite(r) and r > 0 for r in rates)
 
 
-def test_the_committed_summary_records_hold_repo_relative_paths():
-    """bench.jsonl is the same in every clone: no path of the machine that wrote it."""
-    paths = [r[key] for r in records(BENCHMARKS / "bench.jsonl") for key in ("checkpoint", "base")]
-    assert paths and not any(Path(path).is_absolute() for path in paths)
+def test_the_committed_benchmark_files_hold_repo_relative_paths():
+    """Every committed record and family file is the same in every clone: no path of the machine that wrote it."""
+    def strings(value) -> list[str]:
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+    stored = [json.loads(path.read_text()) for path in BENCHMARKS.glob("*.json")]
+    stored += [records(path) for path in BENCHMARKS.glob("*.jsonl")]
+    paths = [s for s in strings(stored) if s.endswith((".pt", ".onnx", ".cfg"))]
+    assert paths and not [s for s in paths if Path(s).is_absolute()]
 
 
 def test_the_summary_regenerates_from_the_committed_records_in_a_clean_clone(tmp_path):
     """`bench.py --only summary` where no benchmark checkpoint exists: every row whose checkpoint is missing comes
     back from its record unchanged, the committed baselines are measured again (with this run's commit)."""
-    for name in ("bench.jsonl", "bench_times.jsonl", "pruning.json", "mobilenet_pruning.json", "quantization.json",
-                 "course_training.json", "RESULTS.md"):
+    for name in ("bench.jsonl", "bench_times.jsonl", "pruning.json", "mobilenet_pruning.jsonl", "quantization.json",
+                 "course_training.jsonl", "RESULTS.md"):
         shutil.copy(BENCHMARKS / name, tmp_path / name)
     done = subprocess.run([sys.executable, str(BENCHMARKS / "bench.py"), "--only", "summary", "--out", str(tmp_path)],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
@@ -187,8 +200,8 @@ def test_the_summary_regenerates_from_the_committed_records_in_a_clean_clone(tmp
             assert new["commit"] and new["weights_digest"] and new["metrics"] == pytest.approx(old["metrics"])
         else:
             assert new == old
-    assert table_rows(section((tmp_path / "RESULTS.md").read_text(), "bench"))[-1] == table_rows(
-        section((BENCHMARKS / "RESULTS.md").read_text(), "bench"))[-1]  # the last row's checkpoint is not here
+    last_row = [table_rows(section(path.read_text(), "bench"))[-1] for path in (tmp_path / "RESULTS.md", RESULTS)]
+    assert last_row[0][:-1] == last_row[1][:-1]  # its checkpoint is not here (the run label follows the order)
 
 
 def test_a_broken_record_line_names_the_file_and_line(tmp_path):
