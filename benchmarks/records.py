@@ -15,11 +15,15 @@ from ssdlab.engine.profile import cpu_flags
 from ssdlab.files import staged
 
 
+RESULT_FILES = (":!benchmarks/*.json", ":!benchmarks/*.jsonl", ":!benchmarks/*.png", ":!benchmarks/RESULTS.md")
+
+
 def git_commit() -> str:
-    """The repository's HEAD commit (short), '+' when the working tree has changes."""
+    """The repository's HEAD commit (short), '+' when tracked files other than the benchmark results changed."""
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return git("rev-parse", "--short", "HEAD") + ("+" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", *RESULT_FILES)
+    return git("rev-parse", "--short", "HEAD") + ("+" if changed else "")
 
 
 def context(experiment: str, profile: str) -> dict:
