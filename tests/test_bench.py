@@ -253,3 +253,15 @@ def test_results_md_holds_only_generated_sections():
     for block in blocks:
         assert re.search(r"python benchmarks/\w+\.py|make bench", block.group(2)), block.group(1)
     assert "2026-11-30" in (BENCHMARKS / "NOTES.md").read_text()
+
+
+@pytest.mark.parametrize("script, arguments", [
+    ("course_training.py", ["--out"]), ("mobilenet_pruning.py", ["--out"]), ("data_pipeline.py", ["--out"]),
+    ("integer.py", ["--records", str(BENCHMARKS / "integer.jsonl"), "--out"]), ("int8_graph.py", ["--results"])])
+def test_a_committed_section_is_what_its_records_generate(script, arguments, tmp_path):
+    """Each records-backed section of RESULTS.md, regenerated from the committed records alone, is unchanged."""
+    shutil.copy(RESULTS, tmp_path / "RESULTS.md")
+    done = subprocess.run([sys.executable, str(BENCHMARKS / script), "--only", "summary", *arguments,
+                           str(tmp_path / "RESULTS.md")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "RESULTS.md").read_text() == RESULTS.read_text()
