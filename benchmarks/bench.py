@@ -15,9 +15,8 @@ by its own script into the same folder: integer (the integer-only reference of t
 integer.py), int8_graph (int8 graphs in ONNX Runtime: ssdlab PTQ/QAT, onnxruntime, pruned,
 Torch-Pruning, int8_graph.py), data_pipeline (the cost of a training sample, data_pipeline.py)
 and baselines (the committed baselines, baselines.py). Each family
-keeps its results next to RESULTS.md (one JSON record per result in a .jsonl file for course,
-mobilenet, integer, int8_graph and data_pipeline; a JSON document for pruning, quantization and
-side_by_side) and rewrites its own section; the summary then
+keeps its results next to RESULTS.md (one JSON record per result in a .jsonl file: commit,
+machine, CPU flags, digests) and rewrites its own section, generated from its records; the summary then
 loads every stored checkpoint once more, in a fresh process, to measure params, size, MACs and CPU
 latency the same way for all rows, and keeps one JSON-lines record per row in bench.jsonl (commit,
 date, machine, CPU flags, weights and config digests, metrics, cost, repo-relative paths; the run
@@ -30,7 +29,6 @@ SSDLAB_PROFILE (full otherwise).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -60,8 +58,8 @@ SCRIPT_FAMILIES = ("integer", "int8_graph", "data_pipeline", "baselines")  # run
 FAMILIES = ("course", "pruning", "mobilenet", "quantization", "combined", "side_by_side", *SCRIPT_FAMILIES)
 ROW_FAMILIES = ("baseline", "from scratch", "sparse", "pruned", "pruned + fine-tuned", "QAT", "prune → quantize",
                 "quantize → prune")
-STORES = {"course": "course_training.jsonl", "pruning": "pruning.json", "mobilenet": "mobilenet_pruning.jsonl",
-          "quantization": "quantization.json", "side_by_side": "side_by_side.json", "summary": "bench.jsonl",
+STORES = {"course": "course_training.jsonl", "pruning": "pruning.jsonl", "mobilenet": "mobilenet_pruning.jsonl",
+          "quantization": "quantization.jsonl", "side_by_side": "side_by_side.jsonl", "summary": "bench.jsonl",
           "times": "bench_times.jsonl"}
 
 
@@ -82,10 +80,13 @@ class Bench:
         """The JSON file that keeps a family's rows."""
         return self.out / STORES[family]
 
-    def load(self, family: str) -> dict:
-        """A family's stored rows ({} when it never ran)."""
-        path = self.store(family)
-        return json.loads(path.read_text()) if path.exists() else {}
+    def pruned(self) -> dict[str, dict]:
+        """The pruning family's records as {run key: sparse run with its 'prune' and 'tuned' lists}."""
+        return pruning.from_records(read_records(self.store("pruning")))
+
+    def quantized(self) -> dict[str, dict[str, dict]]:
+        """The quantization family's records as {course model: {row name: record}}."""
+        return quantization.by_model(read_records(self.store("quantization")))
 
     def family_command(self, family: str) -> str:
         """The command that reruns one family."""
@@ -140,7 +141,7 @@ def script_arguments(bench: Bench, family: str) -> list[str]:
     (smoke: the tiny settings)."""
     smoke = bench.name == "smoke"
     if family == "integer":
-        stored = bench.load("quantization")
+        stored = bench.quantized()
         points = [str(ROOT / stored[m]["iao-w8a8"]["checkpoint"]) for m in COURSE_MODELS if "iao-w8a8" in stored.get(m, {})]
         return ["--ckpt", *(points or [str(iao_checkpoint(bench))]), "--out", str(bench.results), "--data",
                 str(bench.profile.data)]
@@ -166,8 +167,8 @@ def run_quantized(bench: Bench, family: str, model: str, command: str) -> str:
 
 
 def combined_starts(bench: Bench, model: str) -> tuple[Path, Path, float]:
-    """A course model pruned at its fine-tune percent, its sparse model, and that percent (from pruning.json)."""
-    run = bench.load("pruning").get(model)
+    """A course model pruned at its fine-tune percent, its sparse model, and that percent (from pruning.jsonl)."""
+    run = bench.pruned().get(model)
     if run is None:
         raise FileNotFoundError(f"{bench.store('pruning')} has no {model} run; run the pruning family first")
     percent = run["tune_percent"]
@@ -177,7 +178,7 @@ def combined_starts(bench: Bench, model: str) -> tuple[Path, Path, float]:
 
 def iao_checkpoint(bench: Bench) -> Path:
     """The plain model's IAO W8A8 QAT checkpoint of the quantization family (for the int8 ONNX row)."""
-    stored = bench.load("quantization").get("plain", {}).get("iao-w8a8", {})
+    stored = bench.quantized().get("plain", {}).get("iao-w8a8", {})
     return ROOT / stored.get("checkpoint", bench.runs / "plain_quant_iao-w8a8" / "model_final.pt")
 
 
@@ -225,7 +226,7 @@ def mobilenet_rows(records: list[dict]) -> list[dict]:
               for p in records if p["row"] == "pruned")]
 
 
-def quantization_rows(results: dict, runs: Path) -> list[dict]:
+def quantization_rows(results: dict) -> list[dict]:
     """QAT rows and the pruned + quantized rows of each course model, relative to its float baseline."""
     families = {"pruned-iao-w8a8": "prune → quantize", "iao-w8a8-pruned": "quantize → prune"}
     rows = []
@@ -233,10 +234,8 @@ def quantization_rows(results: dict, runs: Path) -> list[dict]:
         for name, r in stored.items():
             if name in quantization.ROWS:
                 variant = f"{name} W{r['wbits']}A{r['abits']}" + (f" p{r['percent']:g}" if "percent" in r else "")
-                checkpoint = r.get("checkpoint", runs / f"{model}_quant_{name}" / "model_final.pt")
-                command = r.get("command", f"python benchmarks/quantization.py --model {model} --rows {name} "
-                                           f"--iters {r['iterations']}")
-                rows.append(row(families.get(name, "QAT"), model, variant, checkpoint, r, command, baseline(model)))
+                rows.append(row(families.get(name, "QAT"), model, variant, r["checkpoint"], r, r["command"],
+                                baseline(model)))
     return rows
 
 
@@ -253,8 +252,8 @@ def course_rows(records: list[dict]) -> list[dict]:
 
 def collect_rows(bench: Bench) -> list[dict]:
     """Every stored row once, in family order (a checkpoint already listed as a baseline is not repeated)."""
-    rows = (pruning_rows(bench.load("pruning")) + mobilenet_rows(read_records(bench.store("mobilenet")))
-            + quantization_rows(bench.load("quantization"), bench.runs)
+    rows = (pruning_rows(bench.pruned()) + mobilenet_rows(read_records(bench.store("mobilenet")))
+            + quantization_rows(bench.quantized())
             + course_rows(read_records(bench.store("course"))))
     unique, seen = [], set()
     for r in sorted(rows, key=lambda r: ROW_FAMILIES.index(r["family"])):

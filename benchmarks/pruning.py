@@ -8,13 +8,15 @@ resumed when benchmarks/runs/<model>_sparse exists, unless --fresh), prune at ea
 with --max 1 past the highest safe percent), once with --regular 1, and fine-tune the pruned
 model at --tune-percent (default 0.6 plain, 0.5 residual) with and without distillation from
 the sparse model. Also counts MobileNetV2-SSDLite's prunable layers and channels per mode.
-Rows are kept in benchmarks/pruning.json; the section between the pruning markers of
-benchmarks/RESULTS.md is rewritten.
+One JSON record per model of a sparse run (the sparse model, each pruned and fine-tuned one: commit,
+machine, CPU flags, weights and config digests) in benchmarks/pruning.jsonl; the section between the
+pruning markers of benchmarks/RESULTS.md is generated from those records alone.
+
+    python benchmarks/pruning.py --only summary        # the section again from the records
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -35,10 +37,12 @@ from ssdlab.prune.surgery import make_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profiles import FULL, BenchProfile  # noqa: E402
-from results_md import ROOT, display, machine, write_section  # noqa: E402
+from records import CONTEXT, checkpoint_fields, context, measured_on, read_records, write_records  # noqa: E402
+from results_md import ROOT, display, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- pruning:start -->", "<!-- pruning:end -->"
+LATENCY_RUNS = 30  # the prune report's interleaved timing of the sparse and the pruned model
 
 
 def run_key(model: str, sr: float | None, weight: str = "none") -> str:
@@ -73,7 +77,7 @@ def prune_row(model: str, sparse: Path, cfg: CfgNode, percent: float, regular: b
             "size_mib": compact["size_mib"], "size_before": original["size_mib"],
             "voc_map": compact["voc_map"], "voc_before": original["voc_map"], "coco_ap": compact["coco_ap"],
             "coco_before": original["coco_ap"],
-            "checkpoint": display(report.files["checkpoint"]), "highest_safe": report.plan.highest_safe}
+            **checkpoint_fields(report.files["checkpoint"]), "highest_safe": report.plan.highest_safe}
 
 
 def fine_tune(model: str, pruned: Path, teacher: Path | None, runs: Path, iterations: int,
@@ -85,12 +89,34 @@ def fine_tune(model: str, pruned: Path, teacher: Path | None, runs: Path, iterat
     result = train(cfg.freeze(), resume=False)
     return {"model": model, "distilled": teacher is not None, "iterations": iterations,
             "voc_map": result.metrics["voc_map"], "coco_ap": result.metrics["coco_ap"],
-            "minutes": result.train_seconds / 60, "checkpoint": display(result.checkpoint)}
+            "minutes": result.train_seconds / 60, **checkpoint_fields(result.checkpoint)}
 
 
-def remeasure_latency(results: dict, runs: int = 30) -> None:
+def to_records(results: dict[str, dict]) -> list[dict]:
+    """The sparse runs as records: per run its sparse model, then each pruned and each fine-tuned model."""
+    records = []
+    for key, r in results.items():
+        shared = {k: r[k] for k in (*CONTEXT, "command")} | {"run": key}
+        sparse = {k: v for k, v in r.items() if k not in (*CONTEXT, "command", "prune", "tuned")}
+        records += [{**shared, "row": "sparse", **sparse},
+                    *({**shared, "row": "pruned", **p} for p in r["prune"]),
+                    *({**shared, "row": "tuned", **t} for t in r["tuned"])]
+    return records
+
+
+def from_records(records: list[dict]) -> dict[str, dict]:
+    """The records as {run key: the sparse run with its 'prune' and 'tuned' lists}."""
+    def rows(key: str, kind: str) -> list[dict]:
+        return [{k: v for k, v in r.items() if k not in (*CONTEXT, "command", "run", "row")} for r in records
+                if r["run"] == key and r["row"] == kind]
+    return {r["run"]: {**{k: v for k, v in r.items() if k not in ("run", "row")}, "prune": rows(r["run"], "pruned"),
+                       "tuned": rows(r["run"], "tuned")} for r in records if r["row"] == "sparse"}
+
+
+def remeasure_latency(results: dict, profile: str, runs: int = 30) -> None:
     """Measure every row's latency again, one model at a time (for a machine that was busy during the runs)."""
     for r in results.values():
+        r.update(context("pruning", profile), threads=torch.get_num_threads(), latency_runs=runs)
         sparse = ckpt.load(ROOT / r["sparse_checkpoint"])
         size = sparse.cfg.INPUT.IMAGE_SIZE
         before = measure_latency(sparse, size, runs=runs)["median_ms"]
@@ -128,7 +154,9 @@ def run_model(model: str, percents: list[float], tune_percent: float, tune_iters
     pruned = ROOT / next(r["checkpoint"] for r in rows if r["percent"] == chosen and not r["regular"])
     tuned = [fine_tune(model, pruned, None, runs, tune_iters, profile),
              fine_tune(model, pruned, sparse, runs, tune_iters, profile)]
-    return {"start": display(start), "sparse_checkpoint": display(sparse), "baseline": base, "highest_safe": safe,
+    return {**context("pruning", profile.course), **checkpoint_fields(sparse), "start": display(start),
+            "sparse_checkpoint": display(sparse), "baseline": base, "highest_safe": safe,
+            "threads": torch.get_num_threads(), "latency_runs": LATENCY_RUNS,
             "sparse": {"voc_map": trained.metrics.get("voc_map"), "coco_ap": trained.metrics.get("coco_ap"),
                        "minutes": trained.train_seconds / 60},
             "prune": rows, "tuned": tuned, "tune_percent": chosen,
@@ -136,15 +164,18 @@ def run_model(model: str, percents: list[float], tune_percent: float, tune_iters
                               "MAX_ITER": cfg.SOLVER.MAX_ITER, "LR": cfg.SOLVER.LR}}
 
 
-def table(results: dict, counts: dict, command: str, runs: int = 30) -> str:
-    """The RESULTS.md section."""
+def table(results: dict, counts: dict) -> str:
+    """The RESULTS.md section, generated from the records alone."""
     lines = [START, "## Pruning the course models (network slimming, no fine-tune unless stated)", "",
-             f"Machine: {machine()}; CPU latency is batch 1 on {torch.get_num_threads()} threads, re-measured "
-             f"one model after another with `{command}` (median of {runs}, on an otherwise idle machine).", ""]
+             "Generated from `benchmarks/pruning.jsonl`. Measured: "
+             + "; ".join(dict.fromkeys(measured_on(r) for r in results.values()))
+             + "; CPU latency is batch 1, re-measured one model after another at the end of each run (median of "
+             f"{', '.join(sorted({str(r['latency_runs']) for r in results.values()}))}, threads "
+             f"{', '.join(sorted({str(r['threads']) for r in results.values()}))}).", ""]
     for model, r in results.items():
         sc = r["sparse_config"]
         lines += [f"### {model}", "", f"Command: `{r.get('command', '')}`", "",
-                  f"Dense start `{display(r['start'])}`: VOC mAP@0.5 {r['baseline']['voc_map']:.4f}, "
+                  f"Dense start `{r['start']}`: VOC mAP@0.5 {r['baseline']['voc_map']:.4f}, "
                   f"COCO AP {r['baseline']['coco_ap']:.4f}. "
                   f"Sparse training: PRUNE.TYPE {sc['TYPE']}, SR {sc['SR']}"
                   + (f" (SR_WEIGHT {sc['SR_WEIGHT']})" if sc.get("SR_WEIGHT", "none") != "none" else "")
@@ -181,7 +212,7 @@ def run_all(runs_wanted: list[tuple[str, float | None, str]], starts: dict[str, 
     """Run each (model, SR, SR weighting) and keep it in the JSON store (remeasure: then time every stored model again,
     one after the other); rewrite the RESULTS.md section and return it."""
     profile.prepare_data()
-    results_json = json.loads(store.read_text()) if store.exists() else {}
+    results_json = from_records(read_records(store))
     bases = {model: evaluate_baseline(model, starts[model], profile) for model, *_ in runs_wanted}
     for model, sr, weight in runs_wanted:
         tune = tune_percent if tune_percent is not None else profile.tune_percent[model]
@@ -189,12 +220,16 @@ def run_all(runs_wanted: list[tuple[str, float | None, str]], starts: dict[str, 
         results_json[key] = run_model(model, list(percents or profile.percents), tune, profile.tune_iters, runs,
                                       starts[model], bases[model], sr, weight, profile, resume)
         results_json[key]["command"] = command
-        store.write_text(json.dumps(results_json, indent=1) + "\n")
+        write_records(to_records(results_json), store)
     if remeasure:
-        remeasure_latency(results_json, profile.latency_runs)
-        store.write_text(json.dumps(results_json, indent=1) + "\n")
-    how = command if remeasure else "python benchmarks/pruning.py --latency"
-    section = table(dict(sorted(results_json.items())), mobilenet_counts(), how, profile.latency_runs)
+        remeasure_latency(results_json, profile.course, profile.latency_runs)
+        write_records(to_records(results_json), store)
+    return regenerate(store, results)
+
+
+def regenerate(store: Path, results: Path) -> str:
+    """Rewrite the RESULTS.md section from the stored records; the section."""
+    section = table(dict(sorted(from_records(read_records(store)).items())), mobilenet_counts())
     write_section(section, results, START, END)
     return section
 
@@ -216,12 +251,16 @@ def main() -> None:
                                                              "benchmarks/runs/<model>_sparse")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--runs", type=Path, default=HERE / "runs")
+    parser.add_argument("--only", choices=["summary"], help="regenerate the RESULTS.md section from the records")
     args = parser.parse_args()
-    store = HERE / "pruning.json"
+    store = HERE / "pruning.jsonl"
+    if args.only:
+        print(regenerate(store, args.out))
+        return
     if args.latency:
-        results = json.loads(store.read_text()) if store.exists() else {}
-        remeasure_latency(results)
-        store.write_text(json.dumps(results, indent=1) + "\n")
+        results = from_records(read_records(store))
+        remeasure_latency(results, "full")
+        write_records(to_records(results), store)
         args.models = []
     profile = replace(FULL, tune_iters=args.tune_iters)
     starts = {model: args.start or baseline(model) for model in args.models}

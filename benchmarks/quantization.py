@@ -10,14 +10,16 @@ with its QAT recipe course/<model>_quant.yaml and the row's QUANTIZATION setting
 `pruned-iao-w8a8` starts from a pruned checkpoint instead (--pruned, e.g. one written by
 benchmarks/pruning.py: prune-then-quantize); `iao-w8a8-pruned` continues a sparse model
 (--sparse) with IAO QAT that keeps the L1 penalty of the model's sparse recipe on BN γ, then
-prunes the quantized model at --percent (quantize-then-prune). Rows are kept per model in
-benchmarks/quantization.json; the section between the quantization markers of
-benchmarks/RESULTS.md is rewritten with a table per model.
+prunes the quantized model at --percent (quantize-then-prune). One JSON record per row and model
+(commit, machine, CPU flags, weights and config digests) in benchmarks/quantization.jsonl; a new run
+replaces the records of its rows, and the section between the quantization markers of
+benchmarks/RESULTS.md is generated from the records alone, a table per model.
+
+    python benchmarks/quantization.py --only summary       # the section again from the records
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -35,7 +37,8 @@ from ssdlab.prune.surgery import make_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profiles import FULL, BenchProfile  # noqa: E402
-from results_md import display, machine, write_section  # noqa: E402
+from records import checkpoint_fields, context, measured_on, read_records, write_records  # noqa: E402
+from results_md import ROOT, display, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- quantization:start -->", "<!-- quantization:end -->"
@@ -59,7 +62,8 @@ def measure(model, cfg: CfgNode, metrics: dict | None = None, runs: int = 10) ->
     """Params, bit-width-aware size, latency and metrics of a model (evaluated unless metrics are given)."""
     metrics = metrics or evaluate_model(model, datasets(cfg, False), cfg)
     return {"params": count_params(model), "size_mib": size_mib(model), "voc_map": metrics["voc_map"],
-            "coco_ap": metrics["coco_ap"], "ms": measure_latency(model, cfg.INPUT.IMAGE_SIZE, runs=runs)["median_ms"]}
+            "coco_ap": metrics["coco_ap"], "ms": measure_latency(model, cfg.INPUT.IMAGE_SIZE, runs=runs)["median_ms"],
+            "threads": torch.get_num_threads()}
 
 
 def qat_row(model: str, name: str, start: Path, iters: int, runs: Path, profile: BenchProfile = FULL) -> dict:
@@ -101,13 +105,21 @@ def run_row(model: str, name: str, start: Path | None, iters: int, runs: Path, p
     return qat_row(model, name, start if name.startswith("pruned") else baseline(model), iters, runs, profile)
 
 
-def section(results: dict[str, dict], command: str) -> str:
-    """The RESULTS.md section: a table per course model."""
-    rows = [r for model in results.values() for n, r in model.items() if n in ROWS]
+def by_model(records: list[dict]) -> dict[str, dict[str, dict]]:
+    """The records as {course model: {row name: record}} (the float baseline under 'float')."""
+    return {m: {r["row"]: r for r in records if r["model"] == m} for m in COURSE_MODELS
+            if any(r["model"] == m for r in records)}
+
+
+def section(records: list[dict]) -> str:
+    """The RESULTS.md section, generated from the records alone: a table per course model."""
+    results, rows = by_model(records), [r for r in records if r["row"] in ROWS]
+    threads = ", ".join(sorted({str(r["threads"]) for r in records}))
     lines = [START, "## Quantization-aware training of the course models", "",
-             f"Machine: {machine()}; latency: batch 1, {torch.get_num_threads()} threads, fake quantization "
-             "in PyTorch (so not faster than float).",
-             "Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(r.get("command", command) for r in rows))]
+             "Generated from `benchmarks/quantization.jsonl`. Measured: "
+             + "; ".join(dict.fromkeys(measured_on(r) for r in records)) + f"; latency: batch 1, {threads} threads, "
+             "fake quantization in PyTorch (so not faster than float).",
+             "Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows))]
     for model, stored in results.items():
         lines += ["", f"### {model}", "", *table([stored[n] for n in ROWS if n in stored], stored["float"])]
     lines += ["", "BWN WBITS 2 = binary (1 bit per weight), 3 = ternary (2 bits); float layers (the first conv "
@@ -137,20 +149,25 @@ def table(rows: list[dict], float_row: dict) -> list[str]:
 def run_all(model: str, names: list[str], store: Path, results: Path, runs: Path, command: str,
             profile: BenchProfile = FULL, iters: int | None = None, starts: dict[str, Path] | None = None,
             percent: float = 0.6) -> str:
-    """Run each row of a course model (starts: the checkpoint of pruned-* and *-pruned rows), keep it in the JSON
-    store under the model, rewrite the RESULTS.md section and return it."""
+    """Run each row of a course model (starts: the checkpoint of pruned-* and *-pruned rows), replace its record
+    in the store, rewrite the RESULTS.md section and return it."""
     profile.prepare_data()
     iters = iters or profile.qat_iters
-    stored = json.loads(store.read_text()) if store.exists() else {}
-    rows = stored.setdefault(model, {})
+    shared = {**context("quantization", profile.course), "model": model, "command": command}
     float_cfg = recipe(model, baseline(model), "no", 32, 32, iters, runs / "unused", profile)
-    rows["float"] = measure(ckpt.load(baseline(model)), float_cfg, runs=profile.latency_runs)
+    kept = [{**shared, "row": "float", **checkpoint_fields(baseline(model)),
+             **measure(ckpt.load(baseline(model)), float_cfg, runs=profile.latency_runs)}]
     for name in names:
-        rows[name] = {**run_row(model, name, (starts or {}).get(name), iters, runs, profile, percent),
-                      "command": command}
-        store.write_text(json.dumps(stored, indent=1) + "\n")
-    store.write_text(json.dumps(stored, indent=1) + "\n")
-    text = section({m: stored[m] for m in COURSE_MODELS if m in stored}, command)
+        row = run_row(model, name, (starts or {}).get(name), iters, runs, profile, percent)
+        kept.append({**shared, **row, **checkpoint_fields(ROOT / row["checkpoint"])})
+        replaced = {(r["model"], r["row"]) for r in kept}
+        write_records([r for r in read_records(store) if (r["model"], r["row"]) not in replaced] + kept, store)
+    return regenerate(store, results)
+
+
+def regenerate(store: Path, results: Path) -> str:
+    """Rewrite the RESULTS.md section from the stored records; the section."""
+    text = section(read_records(store))
     write_section(text, results, START, END)
     return text
 
@@ -166,13 +183,18 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--runs", type=Path, default=HERE / "runs")
+    parser.add_argument("--only", choices=["summary"], help="regenerate the RESULTS.md section from the records")
     args = parser.parse_args()
+    store = HERE / "quantization.jsonl"
+    if args.only:
+        print(regenerate(store, args.out))
+        return
     if any(r.startswith("pruned") for r in args.rows) and args.pruned is None:
         parser.error("the pruned-* rows need --pruned CHECKPOINT")
     if any(r.endswith("-pruned") for r in args.rows) and args.sparse is None:
         parser.error("the *-pruned rows need --sparse CHECKPOINT")
     starts = {name: args.pruned if name.startswith("pruned") else args.sparse for name in COMBINED_ROWS}
-    print(run_all(args.model, args.rows, HERE / "quantization.json", args.out, args.runs, "python " + " ".join(sys.argv),
+    print(run_all(args.model, args.rows, store, args.out, args.runs, "python " + " ".join(sys.argv),
                   iters=args.iters, starts=starts, percent=args.percent))
 
 

@@ -26,6 +26,9 @@ def git_commit() -> str:
     return git("rev-parse", "--short", "HEAD") + ("+" if changed else "")
 
 
+CONTEXT = ("experiment", "commit", "date", "profile", "machine", "cpu_flags")  # the fields of context()
+
+
 def context(experiment: str, profile: str) -> dict:
     """The fields every record of one run shares: experiment, commit, date, profile, machine and CPU flags."""
     return {"experiment": experiment, "commit": git_commit(), "date": datetime.date.today().isoformat(),

@@ -12,12 +12,14 @@ share of the step; the detectors take turns step by step, so both see the machin
 plain course model in ONNX Runtime: the float baseline against an IAO W8A8 QAT checkpoint exported as
 int8 QDQ, latency at batch 1 (one thread and every thread) and mAP on the val split; and the
 fp32 vs int8 latency of the full-size IAO configuration (VGG16-BN SSD300, random weights).
-Kept in benchmarks/side_by_side.json; the section between the side-by-side markers is rewritten.
+One JSON record per comparison row (commit, machine, CPU flags; digests of the checkpoints) in
+benchmarks/side_by_side.jsonl; the section between the side-by-side markers is generated from them.
+
+    python benchmarks/side_by_side.py --only summary  # the section again from the records
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -45,7 +47,8 @@ from ssdlab.quant.apply import calibrate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profiles import FULL, BenchProfile  # noqa: E402
-from results_md import display, machine, write_section  # noqa: E402
+from records import checkpoint_fields, context, measured_on, read_records, write_records  # noqa: E402
+from results_md import write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- side-by-side:start -->", "<!-- side-by-side:end -->"
@@ -195,7 +198,7 @@ def onnx_row(name: str, checkpoint: Path, out: Path, profile: BenchProfile) -> d
     cfg = course_config("plain", profile.course, profile.data_overrides())
     size = model.cfg.INPUT.IMAGE_SIZE
     metrics = evaluate_model(OnnxDetector(path, model, torch.get_num_threads()), datasets(cfg, False), cfg)
-    return {"model": name, "checkpoint": display(checkpoint), "file_mib": path.stat().st_size / 2 ** 20,
+    return {"model": name, **checkpoint_fields(checkpoint), "file_mib": path.stat().st_size / 2 ** 20,
             "ort_ms": {str(threads): onnx_latency(path, size, profile.onnx_runs, threads) for threads in thread_counts()},
             "torch_ms": measure_latency(model, size, runs=profile.onnx_runs)["median_ms"],
             "voc_map": metrics["voc_map"], "coco_ap": metrics["coco_ap"]}
@@ -280,7 +283,7 @@ def onnx_table(rows: list[dict], runs: int) -> list[str]:
     lines = ["| model | checkpoint | .onnx file (MiB) | " + " | ".join(f"ONNX Runtime ms, {threads_text(t)}" for t in threads)
              + " | PyTorch ms | VOC mAP@0.5 | COCO AP |", "|---|---|---|" + "---|" * len(threads) + "---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | `{display(r['checkpoint'])}` | {r['file_mib']:.2f} | "
+        lines.append(f"| {r['model']} | `{r['checkpoint']}` | {r['file_mib']:.2f} | "
                      + " | ".join(f"{r['ort_ms'][t]:.2f}" for t in threads)
                      + f" | {r['torch_ms']:.2f} | {r['voc_map']:.4f} | {r['coco_ap']:.4f} |")
     fp32, int8 = rows
@@ -304,26 +307,35 @@ def full_size_table(rows: list[dict], runs: int) -> list[str]:
     return lines + ["", f"Batch 1, median of {runs} runs. " + FULL_SIZE_NOTE]
 
 
-def table(result: dict) -> str:
-    """The RESULTS.md section."""
+def table(records: list[dict]) -> str:
+    """The RESULTS.md section, generated from the records alone."""
+    first, part = records[0], {p: [r for r in records if r["part"] == p] for p in ("training", "onnx", "full_size")}
     return "\n".join([
         START, "## Side by side: training speed against torchvision, int8 in ONNX Runtime", "",
-        f"Machine: {machine()}; torch threads: {result['threads']}. Command: `{result['command']}`", "",
+        "Generated from `benchmarks/side_by_side.jsonl`. Measured: "
+        + "; ".join(dict.fromkeys(measured_on(r) for r in records))
+        + f"; torch threads: {first['threads']}. Command: `{first['command']}`", "",
         "### Training images/s (random images, 4 random boxes each, no pretrained weights, 21 classes)", "",
-        *training_table(result["training"]), "", "### The plain course model in ONNX Runtime: fp32 vs int8", "",
-        *onnx_table(result["onnx"], result["onnx_runs"]), "",
+        *training_table(part["training"]), "", "### The plain course model in ONNX Runtime: fp32 vs int8", "",
+        *onnx_table(part["onnx"], first["onnx_runs"]), "",
         "### Full-size IAO W8A8 detectors in ONNX Runtime: fp32 vs int8 latency", "",
-        *full_size_table(result["full_size"], result["int8_runs"]), END])
+        *full_size_table(part["full_size"], first["int8_runs"]), END])
 
 
 def run_all(store: Path, results: Path, iao_checkpoint: Path, command: str, profile: BenchProfile = FULL) -> str:
-    """Both comparisons; keep them in the JSON store, rewrite the RESULTS.md section and return it."""
+    """Both comparisons; write their records, rewrite the RESULTS.md section and return it."""
     profile.prepare_data()
-    result = {"threads": torch.get_num_threads(), "onnx_runs": profile.onnx_runs, "int8_runs": profile.int8_runs,
-              "command": command, "training": compare_training(profile), "onnx": compare_onnx(iao_checkpoint, profile),
-              "full_size": full_size_int8(profile)}
-    store.write_text(json.dumps(result, indent=1) + "\n")
-    section = table(result)
+    shared = {**context("side_by_side", profile.course), "command": command, "threads": torch.get_num_threads(),
+              "onnx_runs": profile.onnx_runs, "int8_runs": profile.int8_runs}
+    parts = {"training": compare_training(profile), "onnx": compare_onnx(iao_checkpoint, profile),
+             "full_size": full_size_int8(profile)}
+    write_records([{**shared, "part": name, **r} for name, rows in parts.items() for r in rows], store)
+    return regenerate(store, results)
+
+
+def regenerate(store: Path, results: Path) -> str:
+    """Rewrite the RESULTS.md section from the stored records; the section."""
+    section = table(read_records(store))
     write_section(section, results, START, END)
     return section
 
@@ -334,10 +346,15 @@ def main() -> None:
     parser.add_argument("--iao", type=Path, default=HERE / "runs" / "plain_quant_iao-w8a8" / "model_final.pt",
                         help="IAO W8A8 checkpoint for the int8 row (benchmarks/quantization.py --rows iao-w8a8)")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--only", choices=["summary"], help="regenerate the RESULTS.md section from the records")
     args = parser.parse_args()
+    store = HERE / "side_by_side.jsonl"
+    if args.only:
+        print(regenerate(store, args.out))
+        return
     if not args.iao.is_file():
         parser.error(f"{args.iao} does not exist; run python benchmarks/quantization.py --rows iao-w8a8 first")
-    print(run_all(HERE / "side_by_side.json", args.out, args.iao, "python " + " ".join(sys.argv)))
+    print(run_all(store, args.out, args.iao, "python " + " ".join(sys.argv)))
 
 
 if __name__ == "__main__":

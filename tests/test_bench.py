@@ -103,14 +103,18 @@ def test_smoke_bench_numbers_are_finite_and_compression_consistent(smoke_bench):
     for r in stored:  # measured in this run: its commit, machine, CPU flags and checkpoint digests
         assert r["commit"] and r["cpu_flags"] and len(r["weights_digest"]) == len(r["config_digest"]) == 16, r
     assert {t["family"] for t in records(smoke_bench / "bench_times.jsonl")} >= {"course", "pruning", "int8_graph"}
-    for run in json.loads((smoke_bench / "pruning.json").read_text()).values():
-        for p in run["prune"]:  # --max 1 exactly when the percent is above the highest safe one
-            assert p["max"] == (p["percent"] > p["highest_safe"])
+    pruned = [r for r in records(smoke_bench / "pruning.jsonl") if r["row"] == "pruned"]
+    assert pruned and all(p["commit"] and p["cpu_flags"] and p["weights_digest"] for p in pruned)
+    for p in pruned:  # --max 1 exactly when the percent is above the highest safe one
+        assert p["max"] == (p["percent"] > p["highest_safe"])
 
 
 @pytest.mark.slow
 def test_smoke_bench_side_by_side_and_plots(smoke_bench):
-    result = json.loads((smoke_bench / "side_by_side.json").read_text())
+    stored = records(smoke_bench / "side_by_side.jsonl")
+    result = {part: [r for r in stored if r["part"] == part] for part in ("training", "onnx", "full_size")}
+    assert all(r["commit"] and r["cpu_flags"] for r in stored)
+    assert all(len(r["weights_digest"]) == 16 for r in result["onnx"])
     assert [r["torchvision"] for r in result["training"]] == ["ssdlite320_mobilenet_v3_large", "ssd300_vgg16"]
     for r in result["training"]:
         assert r["ratio"] == pytest.approx(r["mine"]["images_per_s"] / r["theirs"]["images_per_s"])
@@ -187,7 +191,7 @@ def test_the_committed_benchmark_files_hold_repo_relative_paths():
 def test_the_summary_regenerates_from_the_committed_records_in_a_clean_clone(tmp_path):
     """`bench.py --only summary` where no benchmark checkpoint exists: every row whose checkpoint is missing comes
     back from its record unchanged, the committed baselines are measured again (with this run's commit)."""
-    for name in ("bench.jsonl", "bench_times.jsonl", "pruning.json", "mobilenet_pruning.jsonl", "quantization.json",
+    for name in ("bench.jsonl", "bench_times.jsonl", "pruning.jsonl", "mobilenet_pruning.jsonl", "quantization.jsonl",
                  "course_training.jsonl", "RESULTS.md"):
         shutil.copy(BENCHMARKS / name, tmp_path / name)
     done = subprocess.run([sys.executable, str(BENCHMARKS / "bench.py"), "--only", "summary", "--out", str(tmp_path)],
@@ -256,7 +260,8 @@ def test_results_md_holds_only_generated_sections():
 
 
 @pytest.mark.parametrize("script, arguments", [
-    ("course_training.py", ["--out"]), ("mobilenet_pruning.py", ["--out"]), ("data_pipeline.py", ["--out"]),
+    ("course_training.py", ["--out"]), ("pruning.py", ["--out"]), ("mobilenet_pruning.py", ["--out"]),
+    ("quantization.py", ["--out"]), ("side_by_side.py", ["--out"]), ("data_pipeline.py", ["--out"]),
     ("integer.py", ["--records", str(BENCHMARKS / "integer.jsonl"), "--out"]), ("int8_graph.py", ["--results"])])
 def test_a_committed_section_is_what_its_records_generate(script, arguments, tmp_path):
     """Each records-backed section of RESULTS.md, regenerated from the committed records alone, is unchanged."""
@@ -265,3 +270,13 @@ def test_a_committed_section_is_what_its_records_generate(script, arguments, tmp
                            str(tmp_path / "RESULTS.md")], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "RESULTS.md").read_text() == RESULTS.read_text()
+
+
+def test_the_pruning_records_round_trip_through_the_sparse_runs():
+    """pruning.jsonl read as sparse runs (each with its pruned and fine-tuned models) and written back is unchanged."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from pruning import from_records, to_records
+    stored = records(BENCHMARKS / "pruning.jsonl")
+    runs = from_records(stored)
+    assert to_records(runs) == stored and all(run["prune"] and run["tuned"] for run in runs.values())
+    assert {r["row"] for r in stored} == {"sparse", "pruned", "tuned"}
