@@ -159,6 +159,7 @@ def _defaults() -> dict:
             "SR_STEP_FACTOR": 0.1,
             "SR_WEIGHT": "none",  # none | params | macs | latency: scale each layer's SR by what one of its channels carries
             "ROUND_TO": 8,
+            "GAMMA_SCALE": "global",  # global: rank raw |γ| (network slimming) | layer: |γ| over its layer's largest
         },
         "DISTILL": {  # fine-tuning a pruned model from its unpruned teacher (ssdlab.prune.distill)
             "TEACHER": "",  # teacher checkpoint; empty = no distillation

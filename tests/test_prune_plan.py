@@ -19,12 +19,12 @@ import torch
 
 from ssdlab.config import load_config
 from ssdlab.engine.profile import count_macs, count_params
-from ssdlab.errors import PruneError
+from ssdlab.errors import ConfigError, PruneError
 from ssdlab.model.build import build_model
 from ssdlab.model.cfg import feature_layers, infer_channels, parse_cfg, read_cfg, write_cfg
 from ssdlab.model.ssd import SSD
 from ssdlab.prune.plan import (MODES, ModelSpec, channel_groups, model_cost, plan, prunable_groups, prunable_layers,
-                               spatial_sizes, threshold_index)
+                               scale_gammas, spatial_sizes, threshold_index)
 from ssdlab.prune.surgery import compact_config, compact_layers
 
 CONFIGS = Path(__file__).resolve().parents[1] / "ssdlab" / "configs"
@@ -135,6 +135,33 @@ def test_hand_plan_at_half(hand_spec):
     # params by hand: conv W + 2·BN per output (bias=0); head: 3x3 convs to 4·3 and 4·4 outputs with bias
     params = (3 * 2 + 2 * 2) + (2 * 1 + 2 * 1) + (1 * 4 + 2 * 4) + (4 * 12 * 9 + 12) + (4 * 16 * 9 + 16)
     assert result.params_after == params
+
+
+def test_layer_scaled_plan_by_hand(hand_spec):
+    """PRUNE.GAMMA_SCALE layer: each |γ| over its layer's largest (0.9, 0.3, 0.7), then the same global rule."""
+    scaled = scale_gammas(HAND, "layer")
+    by_hand = {0: [1, 8 / 9, 1 / 9, 0.05 / 0.9], 1: [2 / 3, 1, 1 / 30, 2 / 30], 2: [1, 6 / 7, 5 / 7, 4 / 7]}
+    for layer, values in by_hand.items():
+        np.testing.assert_allclose(scaled[layer], values)
+    result = plan(hand_spec, scaled, 0.5)  # sorted pool: 1/30 .0556 1/15 1/9 4/7 2/3 [5/7] 6/7 8/9 1 1 1
+    assert result.threshold == pytest.approx(5 / 7)
+    assert {i: list(k) for i, k in result.kept.items()} == {0: [0, 1], 1: [1], 2: [0, 1, 2]}
+    assert result.safe and result.highest_safe == pytest.approx(9 / 12)  # every layer's largest is 1
+
+
+def test_layer_scale_ignores_a_layer_whose_gammas_shrank_together(hand_spec):
+    """A layer's γ all × 0.01 (what an L1 penalty does when the next BatchNorm undoes the scale): the global
+    ranking empties it, the layer-scaled ranking keeps the plan it had."""
+    shrunk = {**HAND, 1: HAND[1] * 0.01}
+    assert plan(hand_spec, shrunk, 0.5).emptied == [1]
+    before, after = plan(hand_spec, scale_gammas(HAND, "layer"), 0.5), plan(hand_spec, scale_gammas(shrunk, "layer"), 0.5)
+    assert {i: list(k) for i, k in after.kept.items()} == {i: list(k) for i, k in before.kept.items()}
+    assert scale_gammas(HAND, "global") is HAND
+
+
+def test_an_unknown_gamma_scale_names_the_key():
+    with pytest.raises(ConfigError, match=r"PRUNE.GAMMA_SCALE = 'max' is unknown; use one of global, layer"):
+        scale_gammas(HAND, "max")
 
 
 @pytest.mark.parametrize("n", [1, 7, 10, 12, 100, 720, 11584])

@@ -10,6 +10,10 @@ two tensors it adds. Every space is one *group*, pruned with one mask:
 - `coupled` groups pass through a depthwise conv (an expand conv and its depthwise conv):
   the depthwise channels follow the expand conv's mask.
 
+The threshold is global over the prunable |γ|; with PRUNE.GAMMA_SCALE `layer` each |γ| is first divided by
+the largest of its layer (scale_gammas), so a layer whose γ all shrank together during sparse training is
+ranked by their relative sizes instead of being emptied.
+
 Mode `normal` prunes normal groups, `shortcut` adds shortcut groups, and `coupled` adds
 depthwise-coupled groups as well (with shortcut groups). A group is never pruned when one of
 its layers has no BatchNorm or carries the L2Norm feature, or when it is the input image.
@@ -26,7 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ssdlab.errors import PruneError
+from ssdlab.errors import ConfigError, PruneError
 from ssdlab.model.cfg import feature_layers, infer_channels
 
 MODES = ("normal", "shortcut", "coupled")
@@ -177,6 +181,19 @@ class PrunePlan:
     def compression(self) -> float:
         """1 - params after / params before."""
         return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
+
+
+GAMMA_SCALES = ("global", "layer")
+
+
+def scale_gammas(gammas: dict[int, np.ndarray], scale: str = "global") -> dict[int, np.ndarray]:
+    """The |γ| the global threshold ranks: as they are (`global`), or each over the largest |γ| of its layer
+    (`layer`: a layer whose γ all shrank together keeps its relative order, so it is neither emptied nor spared)."""
+    if scale not in GAMMA_SCALES:
+        raise ConfigError(f"PRUNE.GAMMA_SCALE = {scale!r} is unknown; use one of {', '.join(GAMMA_SCALES)}")
+    if scale == "global":
+        return gammas
+    return {i: np.abs(g) / max(float(np.max(np.abs(g))), 1e-12) for i, g in gammas.items()}
 
 
 def threshold_index(n: int, percent: float) -> int:

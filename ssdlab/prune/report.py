@@ -59,10 +59,12 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def summary_lines(result: PrunePlan, rows: list[dict], timing: dict | None = None) -> list[str]:
+def summary_lines(result: PrunePlan, rows: list[dict], timing: dict | None = None,
+                  gamma_scale: str = "global") -> list[str]:
     """Threshold, channels and compression below the table."""
     original, compact = rows[0], rows[-1]
-    lines = [f"mode {result.mode}, percent {result.percent:g}, threshold |γ| >= {result.threshold:.6g}, "
+    ranked = "|γ| / largest |γ| of its layer" if gamma_scale == "layer" else "|γ|"
+    lines = [f"mode {result.mode}, percent {result.percent:g}, threshold {ranked} >= {result.threshold:.6g}, "
              f"highest safe percent {result.highest_safe:.4f}",
              f"channels kept {result.channels_after} of {result.channels_before} in the pruned layers; "
              f"head levels kept {result.levels}",
@@ -108,7 +110,7 @@ def prune_checkpoint(path: str | Path, cfg: CfgNode, percent: float, mode: str =
     warnings = [NOT_SPARSE.format(path=path)] if state["config"]["PRUNE"]["TYPE"] == "no" else []
     for warning in warnings:
         log.warning(warning)
-    result = make_plan(model, percent, mode, regular, drop_levels, cfg.PRUNE.ROUND_TO)
+    result = make_plan(model, percent, mode, regular, drop_levels, cfg.PRUNE.ROUND_TO, cfg.PRUNE.GAMMA_SCALE)
     check_request(result, drop_levels)
     note = f"{mode}{' regular' if regular else ''}{' max' if drop_levels else ''} from {path.name}"
     compensated = masked_model(model, result, "compensated")
@@ -124,7 +126,7 @@ def prune_checkpoint(path: str | Path, cfg: CfgNode, percent: float, mode: str =
     size = cfg.INPUT.IMAGE_SIZE
     timing = compare_latency({"original": torch_call(model, size), "compact": torch_call(compact, size)})
     rows[0]["latency_ms"], rows[-1]["latency_ms"] = timing["original"]["median_ms"], timing["compact"]["median_ms"]
-    text = "\n".join([f"ssdlab prune: {path}", format_table(rows), *summary_lines(result, rows, timing),
+    text = "\n".join([f"ssdlab prune: {path}", format_table(rows), *summary_lines(result, rows, timing, cfg.PRUNE.GAMMA_SCALE),
                       *(f"warning: {w}" for w in warnings)]) + "\n"
     out_dir = Path(out_dir) if out_dir else path.parent
     tag = tag or default_tag(path, result, regular, drop_levels)

@@ -15,7 +15,7 @@ from ssdlab.config import CfgNode
 from ssdlab.engine.inference import evaluate_model
 from ssdlab.model.ssd import SSD
 from ssdlab.prune.plan import Group, ModelSpec, plan_for_kept, prunable_groups
-from ssdlab.prune.surgery import bn_gammas, masked_model
+from ssdlab.prune.surgery import masked_model, plan_gammas
 
 
 def top_channels(group: Group, gammas: dict[int, np.ndarray], ratio: float) -> np.ndarray:
@@ -30,7 +30,7 @@ def sensitivity_scan(model: SSD, dataset, cfg: CfgNode, mode: str = "normal",
     """One row per (group, ratio): layers, width, channels kept, VOC mAP@0.5 and its drop."""
     model = model.eval()
     spec = ModelSpec.from_model(model)
-    gammas = bn_gammas(model)
+    gammas = plan_gammas(model)
     base = evaluate_model(model, dataset, cfg)["voc_map"]
     groups = prunable_groups(spec.layers, mode, spec.in_channels)
     rows = []

@@ -25,7 +25,7 @@ from ssdlab.model.backbone import Shortcut
 from ssdlab.model.build import build_model
 from ssdlab.model.cfg import feature_layers, write_cfg
 from ssdlab.model.ssd import SSD
-from ssdlab.prune.plan import Group, ModelSpec, PrunePlan, plan, prunable_groups
+from ssdlab.prune.plan import Group, ModelSpec, PrunePlan, plan, prunable_groups, scale_gammas
 from ssdlab.quant.layers import QUANTIZER_STATE, IAOConvBN, QuantConv2d
 
 MASKINGS = ("preview", "zeroed", "compensated")
@@ -38,11 +38,17 @@ def bn_gammas(model: SSD) -> dict[int, np.ndarray]:
             for i, module in enumerate(model.backbone.module_list) if hasattr(module, "bn")}
 
 
+def plan_gammas(model: SSD, scale: str | None = None) -> dict[int, np.ndarray]:
+    """The |γ| a plan ranks: bn_gammas under PRUNE.GAMMA_SCALE (the model's own unless scale is given)."""
+    return scale_gammas(bn_gammas(model), model.cfg.PRUNE.GAMMA_SCALE if scale is None else scale)
+
+
 def make_plan(model: SSD, percent: float, mode: str = "normal", regular: bool = False,
-              drop_levels: bool = False, round_to: int | None = None) -> PrunePlan:
-    """The plan for a model's own γ (PRUNE.ROUND_TO unless round_to is given)."""
+              drop_levels: bool = False, round_to: int | None = None, gamma_scale: str | None = None) -> PrunePlan:
+    """The plan for a model's own γ (PRUNE.ROUND_TO and PRUNE.GAMMA_SCALE of the model unless given)."""
     round_to = model.cfg.PRUNE.ROUND_TO if round_to is None else round_to
-    return plan(ModelSpec.from_model(model), bn_gammas(model), percent, mode, regular, drop_levels, round_to)
+    return plan(ModelSpec.from_model(model), plan_gammas(model, gamma_scale), percent, mode, regular, drop_levels,
+                round_to)
 
 
 def pruned_groups(model: SSD, result: PrunePlan) -> list[tuple[Group, np.ndarray]]:

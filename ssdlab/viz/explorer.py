@@ -23,7 +23,7 @@ from IPython.display import display
 from ssdlab.errors import PruneError
 from ssdlab.model.cfg import feature_layers
 from ssdlab.prune.plan import MODES, ModelSpec, PrunePlan, plan, prunable_groups
-from ssdlab.prune.surgery import bn_gammas, masked_model
+from ssdlab.prune.surgery import masked_model, plan_gammas
 
 
 class ThresholdExplorer:
@@ -32,7 +32,7 @@ class ThresholdExplorer:
     def __init__(self, model, evaluate: Callable | None = None, percent: float = 0.5, mode: str = "normal"):
         self.model, self.evaluate_fn = model, evaluate
         self.spec = ModelSpec.from_model(model)
-        self.gammas = bn_gammas(model)
+        self.gammas = plan_gammas(model)  # under the model's PRUNE.GAMMA_SCALE, as `ssdlab prune` ranks them
         self.levels = len(feature_layers(self.spec.layers))  # head levels of the unpruned model
         self.percent = widgets.FloatSlider(value=percent, min=0.0, max=0.99, step=0.01, description="prune",
                                            continuous_update=True, readout_format=".0%",
