@@ -22,7 +22,7 @@ from ssdlab.engine.train import train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profiles import FULL, BenchProfile  # noqa: E402
-from records import checkpoint_fields, context, measured_on, read_records, write_records  # noqa: E402
+from records import checkpoint_fields, context, measured, read_records, write_records  # noqa: E402
 from results_md import write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -47,7 +47,7 @@ def table(rows: list[dict], n_val: int = FULL.n_val) -> str:
     """The RESULTS.md section, generated from the records alone."""
     lines = [START, "## Course recipes: training from scratch on the shapes dataset", "",
              "Generated from `benchmarks/course_training.jsonl`. Measured: "
-             + "; ".join(dict.fromkeys(measured_on(r) for r in rows)) + ".", "",
+             + measured(rows) + ".", "",
              "| model | iterations | precision | training time | images/s | VOC mAP@0.5 (area) | COCO AP | COCO AP50 | command |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:

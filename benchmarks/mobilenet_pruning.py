@@ -31,7 +31,7 @@ from ssdlab.prune.surgery import make_plan
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profiles import FULL, BenchProfile  # noqa: E402
 from pruning import prune_row  # noqa: E402
-from records import checkpoint_fields, context, measured_on, read_records, write_records  # noqa: E402
+from records import checkpoint_fields, context, measured, read_records, write_records  # noqa: E402
 from results_md import write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -80,7 +80,7 @@ def run(runs: Path, command: str, profile: BenchProfile = FULL) -> list[dict]:
                 "coco_ap": result.metrics["coco_ap"], "iterations": iterations, "minutes": result.train_seconds / 60}
                for row, result, iterations in (("dense", dense, dense_iters), ("sparse", sparse, sparse_iters))]
     trained[1]["highest_safe"] = safe
-    return trained + [{**shared, "row": "pruned", **r, **checkpoint_fields(r["checkpoint"])} for r in rows]
+    return trained + [{**shared, "row": "pruned", **r} for r in rows]  # prune_row has the digests
 
 
 def table(records: list[dict]) -> str:
@@ -89,7 +89,7 @@ def table(records: list[dict]) -> str:
     safe = ", ".join(f"{mode} {p:.3f}" for mode, p in s["highest_safe"].items())
     lines = [START, "## Depthwise-coupled pruning: MobileNetV2-SSDLite on the shapes dataset", "",
              "Generated from `benchmarks/mobilenet_pruning.jsonl`. Measured: "
-             + "; ".join(dict.fromkeys(measured_on(r) for r in records)) + f"; CPU latency batch 1, torch threads: "
+             + measured(records) + f"; CPU latency batch 1, torch threads: "
              f"{d['threads']}.", f"Command: `{d['command']}`", "",
              f"MobileNetV2-SSDLite ({d['image_size']} px, no ImageNet weights) trained {d['iterations']} "
              f"iterations from scratch ({d['minutes']:.1f} min): VOC mAP@0.5 {d['voc_map']:.4f}, COCO AP "

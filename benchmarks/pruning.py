@@ -37,7 +37,7 @@ from ssdlab.prune.surgery import make_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profiles import FULL, BenchProfile  # noqa: E402
-from records import CONTEXT, checkpoint_fields, context, measured_on, read_records, write_records  # noqa: E402
+from records import CONTEXT, checkpoint_fields, context, measured, read_records, write_records  # noqa: E402
 from results_md import ROOT, display, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -168,7 +168,7 @@ def table(results: dict, counts: dict) -> str:
     """The RESULTS.md section, generated from the records alone."""
     lines = [START, "## Pruning the course models (network slimming, no fine-tune unless stated)", "",
              "Generated from `benchmarks/pruning.jsonl`. Measured: "
-             + "; ".join(dict.fromkeys(measured_on(r) for r in results.values()))
+             + measured(list(results.values()))
              + "; CPU latency is batch 1, re-measured one model after another at the end of each run (median of "
              f"{', '.join(sorted({str(r['latency_runs']) for r in results.values()}))}, threads "
              f"{', '.join(sorted({str(r['threads']) for r in results.values()}))}).", ""]

@@ -37,7 +37,7 @@ from ssdlab.prune.surgery import make_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profiles import FULL, BenchProfile  # noqa: E402
-from records import checkpoint_fields, context, measured_on, read_records, write_records  # noqa: E402
+from records import checkpoint_fields, context, measured, read_records, write_records  # noqa: E402
 from results_md import ROOT, display, write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -117,7 +117,7 @@ def section(records: list[dict]) -> str:
     threads = ", ".join(sorted({str(r["threads"]) for r in records}))
     lines = [START, "## Quantization-aware training of the course models", "",
              "Generated from `benchmarks/quantization.jsonl`. Measured: "
-             + "; ".join(dict.fromkeys(measured_on(r) for r in records)) + f"; latency: batch 1, {threads} threads, "
+             + measured(records) + f"; latency: batch 1, {threads} threads, "
              "fake quantization in PyTorch (so not faster than float).",
              "Commands: " + "; ".join(f"`{c}`" for c in dict.fromkeys(r["command"] for r in rows))]
     for model, stored in results.items():

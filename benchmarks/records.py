@@ -42,6 +42,11 @@ def measured_on(record: dict) -> str:
     return f"{record['date']}, commit {record['commit']}, {record['machine']}; CPU flags: {record['cpu_flags']}"
 
 
+def measured(records: list[dict]) -> str:
+    """Each distinct measured_on of the records, in order, joined by '; '."""
+    return "; ".join(dict.fromkeys(measured_on(r) for r in records))
+
+
 def data_profile(data: Path) -> str:
     """The course profile whose shapes folder is `data` ('custom' for any other folder)."""
     return next((name for name, p in PROFILES.items() if Path(p["data"]).resolve() == data.resolve()), "custom")

@@ -47,7 +47,7 @@ from ssdlab.quant.apply import calibrate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from profiles import FULL, BenchProfile  # noqa: E402
-from records import checkpoint_fields, context, measured_on, read_records, write_records  # noqa: E402
+from records import checkpoint_fields, context, measured, read_records, write_records  # noqa: E402
 from results_md import write_section  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -313,7 +313,7 @@ def table(records: list[dict]) -> str:
     return "\n".join([
         START, "## Side by side: training speed against torchvision, int8 in ONNX Runtime", "",
         "Generated from `benchmarks/side_by_side.jsonl`. Measured: "
-        + "; ".join(dict.fromkeys(measured_on(r) for r in records))
+        + measured(records)
         + f"; torch threads: {first['threads']}. Command: `{first['command']}`", "",
         "### Training images/s (random images, 4 random boxes each, no pretrained weights, 21 classes)", "",
         *training_table(part["training"]), "", "### The plain course model in ONNX Runtime: fp32 vs int8", "",
