@@ -10,10 +10,13 @@ Every row starts from the committed float baseline (`ssdlab/checkpoints/plain_sh
   input layer quantized too (course_plain_int8.cfg);
 - onnxruntime `quantize_static` of the fp32 graph (QDQ, per-channel int8 weights, uint8
   activations, MinMax calibration on the same 256 training images);
+- OpenVINO (when openvino and nncf are installed: `pip install 'ssdlab[peers]'`): the fp32 graph run in
+  f32 and in OpenVINO's default precision for this CPU, and NNCF's int8 PTQ of it (same images);
 - pruned: notebook 02's sparse training with `PRUNE.SR_WEIGHT macs`, pruned at each --percents
   ratio (kept widths rounded up to 8) as fp32, fine-tuned --tune iterations (the sparse model
   teaching), then ssdlab PTQ of every conv; Torch-Pruning (when installed) of the same sparse model
-  at the same ratio, ranked by |γ| across layers and by its default (filter L2 norm, per layer).
+  at the same ratio, ranked by |γ| across layers and by its default (filter L2 norm, per layer), and NNCF
+  int8 of the fine-tuned graph in OpenVINO.
 The rows are timed interleaved (`ssdlab.engine.profile.compare_latency`) at batch 1 on one
 thread and on every core, and evaluated on the val split through ONNX Runtime. One JSON record per
 row goes to benchmarks/int8_graph.jsonl (commit, machine and CPU flags, weights digest, metrics,
@@ -41,6 +44,8 @@ from ssdlab.export.runtime import optimized_ops, onnx_session
 from ssdlab.quant.ptq import DEFAULT_IMAGES, calibration_batches, post_training_quantize
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import openvino_rows  # noqa: E402
+from openvino_rows import OpenVinoGraph, OpenVinoSession, nncf_int8  # noqa: E402
 from records import context, read_records, write_records  # noqa: E402
 from results_md import display, write_section  # noqa: E402
 
@@ -49,6 +54,7 @@ RECORDS = HERE / "int8_graph.jsonl"
 START, END = "<!-- int8-graph:start -->", "<!-- int8-graph:end -->"
 ROUND_TO = 8  # the pruned rows' kept widths: multiples of 8 run about 15% faster in ONNX Runtime than odd widths
 Source = Path | torch.nn.Module | None  # a row's model: its ssdlab checkpoint, Torch-Pruning's model, or None
+Graph = Path | OpenVinoGraph  # a row's graph: an ONNX file for ONNX Runtime, or one for OpenVINO
 VARIANTS = {  # row suffix: QUANTIZATION.FINAL and backbone cfg
     "heads float": ("False", "course_plain_quan.cfg"),
     "heads int8": ("True", "course_plain_quan.cfg"),
@@ -85,23 +91,30 @@ class Calibration:
         return next(self.inputs, None)
 
 
+def calibration(cfg, images: int) -> list[torch.Tensor]:
+    """The calibration batches of the peers' PTQ rows: `images` training images in ssdlab PTQ's seeded order."""
+    train = build_dataset(cfg.DATASETS.TRAIN, False, transform=build_transforms(cfg, False))
+    return list(calibration_batches(train, images, 16, cfg.SOLVER.SEED))
+
+
 def ort_static(fp32: Path, out: Path, cfg, images: int) -> Path:
     """onnxruntime quantize_static of the fp32 graph: QDQ, per-channel int8 weights, uint8 activations, MinMax."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    train = build_dataset(cfg.DATASETS.TRAIN, False, transform=build_transforms(cfg, False))
     prepared, path = out / "fp32_prepared.onnx", out / "ort_static.onnx"
     quant_pre_process(str(fp32), str(prepared))
-    quantize_static(str(prepared), str(path), Calibration(calibration_batches(train, images, 16, cfg.SOLVER.SEED)),
+    quantize_static(str(prepared), str(path), Calibration(calibration(cfg, images)),
                     quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8)
     return path
 
 
-def fused_convs(path: Path) -> dict:
-    """Convs in onnxruntime's optimized graph of a file: how many run as QLinearConv, how many in float."""
-    ops = optimized_ops(path)
+def fused_convs(graph: Graph) -> dict:
+    """Convs in the graph the runtime executes: how many run in int8 (ONNX Runtime: QLinearConv), how many not."""
+    if isinstance(graph, OpenVinoGraph):
+        return graph.conv_precisions()
+    ops = optimized_ops(graph)
     return {"qlinearconv": ops.count("QLinearConv"), "float_conv": ops.count("Conv") + ops.count("FusedConv")}
 
 
@@ -112,11 +125,11 @@ def sparse_checkpoint(profile: str) -> Path:
 
 
 def pruned_rows(out: Path, profile: str, images: int, percents: tuple[float, ...],
-                tune: int) -> dict[str, tuple[Path, Source]]:
+                tune: int) -> dict[str, tuple[Graph, Source]]:
     """At each percent: ssdlab's prune (widths rounded up to 8), fine-tuned for `tune` iterations with the sparse model
-    as teacher, then ssdlab PTQ of every conv; Torch-Pruning of the same sparse model at the same ratio."""
+    as teacher, then ssdlab PTQ of every conv and NNCF int8; Torch-Pruning of the same sparse model at that ratio."""
     sparse = sparse_checkpoint(profile)
-    rows: dict[str, tuple[Path, Source]] = {}
+    rows: dict[str, tuple[Graph, Source]] = {}
     for percent in percents:
         name = f"pruned p{percent:g}"
         pruned = Path(prune_stage(sparse, course_config("plain", profile), percent, quick=True,
@@ -130,6 +143,11 @@ def pruned_rows(out: Path, profile: str, images: int, percents: tuple[float, ...
                                                       extra=variant_overrides("every conv int8")), images).checkpoint
         rows[f"{name} + ssdlab PTQ, every conv int8"] = (
             write_onnx(ckpt.load(quantized), out, f"pruned_ptq_{percent:g}"), quantized)
+        if openvino_rows.versions():
+            fp32 = rows[f"{name}, fp32"][0]
+            assert isinstance(fp32, Path)
+            rows[f"{name} + NNCF int8 in OpenVINO"] = (
+                nncf_int8(fp32, out, calibration(course_config("plain", profile), images)), pruned)
         rows.update(torch_pruning_rows(out, sparse, percent))
     return rows
 
@@ -156,16 +174,31 @@ def torch_pruning_rows(out: Path, sparse: Path, percent: float) -> dict[str, tup
     return rows
 
 
+def openvino_contenders(fp32: Path, start: Path, out: Path, cfg, images: int) -> dict[str, tuple[Graph, Source]]:
+    """The fp32 graph in OpenVINO (f32, and the precision OpenVINO picks for this CPU) and NNCF's int8 of it; none
+    when openvino or nncf is missing."""
+    versions = openvino_rows.versions()
+    if versions is None:
+        print("openvino or nncf is not installed (pip install 'ssdlab[peers]'): the OpenVINO rows are left out")
+        return {}
+    default = OpenVinoGraph(fp32, "default")
+    return {f"OpenVINO {versions['openvino']} fp32": (OpenVinoGraph(fp32), start),
+            f"OpenVINO {versions['openvino']}, its default precision here ({default.precision_used()})": (default, start),
+            f"NNCF {versions['nncf']} int8 in OpenVINO": (nncf_int8(fp32, out, calibration(cfg, images)), None)}
+
+
 def contenders(out: Path, profile: str, images: int, qat: bool, percents: tuple[float, ...],
-               tune: int) -> dict[str, tuple[Path, Source]]:
-    """Row name -> (ONNX file, its Source: None for onnxruntime's PTQ)."""
+               tune: int) -> dict[str, tuple[Graph, Source]]:
+    """Row name -> (graph, its Source: None for the peers' PTQ of the baseline's fp32 graph)."""
     start = baseline("plain")
-    rows = {"fp32": (write_onnx(ckpt.load(start), out, "fp32"), start)}
+    fp32 = write_onnx(ckpt.load(start), out, "fp32")
+    rows: dict[str, tuple[Graph, Source]] = {"fp32": (fp32, start)}
     for variant in VARIANTS:
         point = ptq_checkpoint(variant, profile, images)
         rows[f"ssdlab PTQ, {variant}"] = (write_onnx(ckpt.load(point), out, f"ptq_{len(rows)}"), point)
     cfg = course_config("plain", profile)
-    rows["onnxruntime quantize_static"] = (ort_static(rows["fp32"][0], out, cfg, images), None)
+    rows["onnxruntime quantize_static"] = (ort_static(fp32, out, cfg, images), None)
+    rows.update(openvino_contenders(fp32, start, out, cfg, images))
     for variant in VARIANTS if qat else ():
         point = qat_checkpoint(variant, profile)
         rows[f"ssdlab QAT, {variant}"] = (write_onnx(ckpt.load(point), out, f"qat_{len(rows)}"), point)
@@ -173,17 +206,27 @@ def contenders(out: Path, profile: str, images: int, qat: bool, percents: tuple[
 
 
 def detector_model(source: Source, reference):
-    """A row's model for decoding and counting (onnxruntime's PTQ row: the float baseline it quantized)."""
+    """A row's model for decoding and counting (the peers' PTQ rows: the float baseline they quantized)."""
     if isinstance(source, Path):
         return ckpt.load(source)
     return reference if source is None else source
 
 
-def measure(rows: dict[str, tuple[Path, Source]], profile: str, runs: int) -> list[dict]:
+def open_session(graph: Graph, threads: int):
+    """An ONNX Runtime session, or an OpenVINO one with the same run(None, feeds)."""
+    return OpenVinoSession(graph, threads) if isinstance(graph, OpenVinoGraph) else onnx_session(graph, threads)
+
+
+def file_mib(graph: Graph) -> float:
+    """The graph's size on disk."""
+    return graph.files_mib() if isinstance(graph, OpenVinoGraph) else graph.stat().st_size / 2 ** 20
+
+
+def measure(rows: dict[str, tuple[Graph, Source]], profile: str, runs: int) -> list[dict]:
     """One record per row: latency at 1 thread and every core (interleaved), mAP through ONNX Runtime, graph counts."""
     cfg = course_config("plain", profile)
     val, size, reference = datasets(cfg, False), cfg.INPUT.IMAGE_SIZE, ckpt.load(baseline("plain"))
-    timings = {threads: compare_latency({name: session_call(onnx_session(path, threads), size)
+    timings = {threads: compare_latency({name: session_call(open_session(path, threads), size)
                                          for name, (path, _) in rows.items()}, runs=runs, threads=threads)
                for threads in dict.fromkeys((1, torch.get_num_threads()))}
     common = {**context("int8_graph", profile), "start": display(baseline("plain"))}
@@ -191,7 +234,7 @@ def measure(rows: dict[str, tuple[Path, Source]], profile: str, runs: int) -> li
     for name, (path, source) in rows.items():
         point = source if isinstance(source, Path) else None
         model = detector_model(source, reference)
-        detector = OnnxDetector(path, model, torch.get_num_threads())
+        detector = OnnxDetector(getattr(path, "path", path), model, session=open_session(path, torch.get_num_threads()))
         metrics = evaluate_model(detector, val, cfg)
         state = ckpt.read_checkpoint(point) if point else None
         totals = summary(model, size)
@@ -199,7 +242,7 @@ def measure(rows: dict[str, tuple[Path, Source]], profile: str, runs: int) -> li
                         "weights_digest": ckpt.weights_digest(state) if state else None,
                         "metrics": {"voc_map": metrics["voc_map"], "coco_ap": metrics["coco_ap"]},
                         "cost": {"params": totals["params"], "macs": totals["macs"],
-                                 "file_mib": path.stat().st_size / 2 ** 20, **fused_convs(path),
+                                 "file_mib": file_mib(path), **fused_convs(path),
                                  "latency": {str(t): timing[name] for t, timing in timings.items()}}})
     return records
 
@@ -216,12 +259,12 @@ def table(records: list[dict]) -> str:
     fp32 = next(r for r in records if r["row"] == "fp32")
     threads = list(fp32["cost"]["latency"])
     first = fp32["cost"]["latency"][threads[0]]
-    lines = [START, "## int8 graphs in ONNX Runtime: ssdlab PTQ and QAT against onnxruntime's PTQ", "",
+    lines = [START, "## int8 graphs in ONNX Runtime: ssdlab PTQ and QAT against onnxruntime's PTQ and NNCF in OpenVINO", "",
              f"Generated by `python benchmarks/int8_graph.py --only summary` from `benchmarks/int8_graph.jsonl` "
              f"(commit {fp32['commit']}, {fp32['date']}, profile {fp32['profile']}). Machine: {fp32['machine']}; "
              f"CPU flags: {fp32['cpu_flags']}. Start: `{fp32['start']}`. Batch 1, median of {first['runs']} "
              "interleaved runs; in brackets the ratio to fp32 at the same thread count.", "",
-             "| row | params | MMACs | QLinearConv / float convs | .onnx MiB | " + " | ".join(
+             "| row | params | MMACs | int8 / float convs | file MiB | " + " | ".join(
                  f"ms, {t} thread{'s' if t != '1' else ''} (ratio)" for t in threads) + " | VOC mAP@0.5 | Δ mAP (pt) |",
              "|---|---|---|---|---|" + "---|" * len(threads) + "---|---|"]
     for r in records:
@@ -237,7 +280,11 @@ NOTE = (
     "heads float: QUANTIZATION.FINAL False (the course default): the 12 head convs stay float and the last backbone "
     "conv, read only by heads, is not fused. heads int8: FINAL True, the heads quantize their outputs too. every conv "
     "int8: course_plain_int8.cfg also quantizes the input layer. onnxruntime quantize_static quantizes every conv of "
-    "the fp32 graph from its own calibration (no training). pruned: the baseline sparse-trained with the L1 "
+    "the fp32 graph from its own calibration (no training). int8 / float convs: in the graph the runtime executes "
+    "(ONNX Runtime: QLinearConv; OpenVINO: convolutions run in u8/i8). OpenVINO rows time the same fp32 graph in "
+    "OpenVINO, asking for f32 and in the precision OpenVINO picks for this CPU (bfloat16 where the CPU has "
+    "AVX512_BF16 or AMX); NNCF int8: nncf.quantize of the fp32 graph (default preset) from the same 256 "
+    "calibration images, run in OpenVINO; every ratio is to ONNX Runtime fp32. pruned: the baseline sparse-trained with the L1 "
     "weighted by the MACs a channel carries (`PRUNE.SR_WEIGHT macs`, notebook 02's recipe otherwise), pruned at "
     "that percent (kept widths rounded up to 8; compensated, no fine-tune), then fine-tuned (`+ N it`, LR 0.0005, "
     "the sparse model as teacher). Torch-Pruning: the same sparse model pruned at the same ratio by Torch-Pruning's "

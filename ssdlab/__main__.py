@@ -61,7 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     prune = sub.add_parser("prune", help="prune a sparse-trained checkpoint: compact .pt, .cfg and a .txt report")
     prune.add_argument("--ckpt", required=True, help="the (sparse-trained) checkpoint to prune")
-    prune.add_argument("--percent", type=float, required=True, help="fraction of the prunable channels to remove")
+    amount = prune.add_mutually_exclusive_group(required=True)
+    amount.add_argument("--percent", type=float, help="fraction of the prunable channels to remove")
+    amount.add_argument("--macs", type=float, help="instead of --percent: the smallest percent whose compact model "
+                                                   "keeps at most this share of the MACs (e.g. 0.5)")
     prune.add_argument("--regular", type=int, choices=[0, 1], default=0,
                        help="1: round kept channels up to a multiple of PRUNE.ROUND_TO (default 8)")
     prune.add_argument("--max", type=int, choices=[0, 1], default=0,

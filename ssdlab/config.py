@@ -158,6 +158,8 @@ def _defaults() -> dict:
             "SR_STEP_AT": 0.5,  # step: fraction of MAX_ITER after which SR is scaled
             "SR_STEP_FACTOR": 0.1,
             "SR_WEIGHT": "none",  # none | params | macs | latency: scale each layer's SR by what one of its channels carries
+            "SR_PENALTY": "l1",  # l1: SR·sign(γ) (network slimming) | hoyer: the same less its part along γ (scale-free)
+            "SR_TARGET": 0.0,  # > 0: penalise only the channels a plan keeping this share of the MACs removes
             "ROUND_TO": 8,
             "GAMMA_SCALE": "global",  # global: rank raw |γ| (network slimming) | layer: |γ| over its layer's largest
         },
@@ -212,6 +214,7 @@ RANGES: dict[str, tuple[float, float | None, bool, str]] = {
     "PRUNE.SR_STEP_AT": (0, 1, False, "the fraction of MAX_ITER after which SR is scaled"),
     "PRUNE.SR_STEP_FACTOR": (0, None, False, "the factor SR is scaled by"),
     "PRUNE.ROUND_TO": (1, None, False, "the multiple kept channels are rounded to"),
+    "PRUNE.SR_TARGET": (0, 1, False, "the share of the MACs the targeted penalty plans for (0: off)"),
     "DISTILL.TEMPERATURE": (0, None, True, "the distillation temperature"),
     "DISTILL.CLS_WEIGHT": (0, None, False, "the class distillation weight"),
     "DISTILL.BOX_WEIGHT": (0, None, False, "the box distillation weight"),

@@ -4,6 +4,7 @@ Only the script's working is checked (tiny settings, no timing assertions); the 
 finite and consistent with each other, e.g. the compression against the dense reference's params.
 """
 import hashlib
+import importlib.util
 import json
 import math
 import re
@@ -221,13 +222,25 @@ def test_a_broken_record_line_names_the_file_and_line(tmp_path):
 def test_int8_graph_records_every_row_and_regenerates_its_section(smoke_bench, tmp_path):
     """The smoke bench's int8-graph family: one record per row, the section generated from the records alone."""
     stored, results = smoke_bench / "int8_graph.jsonl", tmp_path / "RESULTS.md"
-    rows = records(stored)
+    every = records(stored)
+    rows = [r for r in every if "OpenVINO" not in r["row"]]  # the ONNX Runtime rows; OpenVINO's below
     names = [r["row"] for r in rows]
     assert names[:8] == ["fp32", "ssdlab PTQ, heads float", "ssdlab PTQ, heads int8", "ssdlab PTQ, every conv int8",
                          "onnxruntime quantize_static", "pruned p0.3, fp32", "pruned p0.3 + 4 it, fp32",
                          "pruned p0.3 + 4 it + ssdlab PTQ, every conv int8"]
     assert [n.split(" p0.3, ")[1] for n in names[8:]] == ["|γ| across layers", "defaults (L2, per layer)"]
-    by_row = {r["row"]: r for r in rows}
+    by_row = {r["row"]: r for r in every}
+    peers = [r["row"] for r in every if "OpenVINO" in r["row"]]
+    if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
+        import nncf
+        import openvino
+        version = openvino.get_version().split("-")[0]
+        assert peers[0] == f"OpenVINO {version} fp32" and peers[2:] == [
+            f"NNCF {nncf.__version__} int8 in OpenVINO", "pruned p0.3 + 4 it + NNCF int8 in OpenVINO"]
+        assert re.fullmatch(rf"OpenVINO {version}, its default precision here \((f32|bf16|f16)\)", peers[1])
+        assert by_row[peers[0]]["cost"]["qlinearconv"] == 0 and by_row[peers[0]]["cost"]["float_conv"] == 21
+        assert by_row[peers[2]]["cost"]["qlinearconv"] == 21 and by_row[peers[2]]["weights_digest"] is None
+        assert by_row[peers[3]]["cost"]["params"] == by_row["pruned p0.3 + 4 it, fp32"]["cost"]["params"]
     assert by_row["fp32"]["cost"]["qlinearconv"] == 0 and by_row["ssdlab PTQ, every conv int8"]["cost"] == {
         **by_row["ssdlab PTQ, every conv int8"]["cost"], "qlinearconv": 21, "float_conv": 0}
     assert by_row["pruned p0.3, fp32"]["cost"]["params"] < by_row["fp32"]["cost"]["params"]

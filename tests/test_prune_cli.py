@@ -10,14 +10,15 @@ import torch
 import ssdlab
 from ssdlab.data.catalog import datasets
 from ssdlab.engine import checkpoint as ckpt
-from ssdlab.engine.profile import count_params
+from ssdlab.engine.profile import count_macs, count_params
 from ssdlab.engine.train import train
 from ssdlab.errors import PruneError
 from ssdlab.model.ssd import SSD
 from ssdlab.prune.distill import distillation_losses
 from ssdlab.prune.report import prune_checkpoint
 from ssdlab.prune.sensitivity import sensitivity_scan
-from ssdlab.prune.surgery import make_plan
+from ssdlab.prune.plan import ModelSpec, plan
+from ssdlab.prune.surgery import make_budget_plan, make_plan, plan_gammas
 from tests.conftest import TESTS
 
 
@@ -65,6 +66,29 @@ def test_prune_cli_writes_compact_model_cfg_and_report(sparse_run, tmp_path):
     stored = torch.load(tmp_path / "half.pt", weights_only=True)
     assert stored["prune"]["percent"] == percent and stored["prune"]["regular"] is True
     assert "compression (params)" in report and "highest safe percent" in report
+
+
+def test_prune_cli_meets_a_macs_budget_at_the_smallest_percent(sparse_run, tmp_path):
+    path, _ = sparse_run
+    model = ckpt.load(path)
+    expected = make_budget_plan(model, 0.8, "normal")
+    assert expected.macs_after <= 0.8 * expected.macs_before and expected.percent > 0
+    done = ssdlab_cli("prune", "--ckpt", str(path), "--macs", "0.8", "--out", str(tmp_path), "--tag", "budget",
+                      "--quick", "1", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"--macs 0.8: percent {expected.percent:.4f}, which keeps" in done.stdout
+    stored = torch.load(tmp_path / "budget.pt", weights_only=True)
+    assert stored["prune"]["percent"] == pytest.approx(expected.percent)
+    compact = ckpt.load(tmp_path / "budget.pt")
+    assert count_macs(compact, 64) <= 0.8 * count_macs(model, 64)  # tiny.yaml's 64 px input, measured on the model
+    below = plan(ModelSpec.from_model(model), plan_gammas(model), expected.percent - 1e-3)
+    assert below.macs_after > 0.8 * below.macs_before  # one channel fewer pruned: over the budget
+    both = ssdlab_cli("prune", "--ckpt", str(path), "--macs", "0.8", "--percent", "0.3", cwd=tmp_path)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
+    for share in ("0", "1.5"):
+        bad = ssdlab_cli("prune", "--ckpt", str(path), "--macs", share, "--out", str(tmp_path / "x"), cwd=tmp_path)
+        assert bad.returncode == 2 and "outside (0, 1); give the share of the MACs to keep" in bad.stderr
+        assert "Traceback" not in bad.stderr and not (tmp_path / "x").exists()
 
 
 def test_pruned_model_fine_tunes_with_distillation(sparse_run, tmp_path):

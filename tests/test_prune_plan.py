@@ -23,7 +23,8 @@ from ssdlab.errors import ConfigError, PruneError
 from ssdlab.model.build import build_model
 from ssdlab.model.cfg import feature_layers, infer_channels, parse_cfg, read_cfg, write_cfg
 from ssdlab.model.ssd import SSD
-from ssdlab.prune.plan import (MODES, ModelSpec, channel_groups, model_cost, plan, prunable_groups, prunable_layers,
+from ssdlab.prune.plan import (MODES, ModelSpec, budget_plan, channel_groups, model_cost, plan, prunable_groups,
+                               prunable_layers,
                                scale_gammas, spatial_sizes, threshold_index)
 from ssdlab.prune.surgery import compact_config, compact_layers
 
@@ -157,6 +158,26 @@ def test_layer_scale_ignores_a_layer_whose_gammas_shrank_together(hand_spec):
     before, after = plan(hand_spec, scale_gammas(HAND, "layer"), 0.5), plan(hand_spec, scale_gammas(shrunk, "layer"), 0.5)
     assert {i: list(k) for i, k in after.kept.items()} == {i: list(k) for i, k in before.kept.items()}
     assert scale_gammas(HAND, "global") is HAND
+
+
+@pytest.mark.parametrize("share", [0.99, 0.75, 0.5, 0.3])  # k = 1, 5, 7, 8
+def test_budget_plan_is_the_smallest_percent_within_the_macs_share(hand_spec, share):
+    """Against a walk over every distinct threshold k/12 of the hand example (layer-scaled, safe up to 9/12)."""
+    gammas = scale_gammas(HAND, "layer")
+    walk = [plan(hand_spec, gammas, k / 12) for k in range(10)]
+    first = next(p for p in walk if p.macs_after <= share * p.macs_before)
+    result = budget_plan(hand_spec, gammas, share)
+    assert result.safe and result.macs_after <= share * result.macs_before and result.percent == first.percent
+    assert {i: list(k) for i, k in result.kept.items()} == {i: list(k) for i, k in first.kept.items()}
+
+
+def test_a_budget_out_of_reach_gives_the_highest_safe_plan(hand_spec):
+    gammas = scale_gammas(HAND, "layer")
+    result = budget_plan(hand_spec, gammas, 0.01)
+    assert result.safe and result.percent == pytest.approx(9 / 12)
+    for share in (0.0, 1.0):
+        with pytest.raises(PruneError, match="outside \\(0, 1\\); give the share of the MACs to keep"):
+            budget_plan(hand_spec, gammas, share)
 
 
 def test_an_unknown_gamma_scale_names_the_key():

@@ -12,8 +12,10 @@ from ssdlab.errors import ConfigError
 from ssdlab.lessons import plugins_from_config
 from ssdlab.model.build import build_model
 from ssdlab.model.cfg import infer_channels
-from ssdlab.prune.plan import ModelSpec, channel_cost, layer_costs, spatial_sizes
-from ssdlab.prune.sparsity import SparsityHook, gamma_record, prunable_bns, sr_at, sr_weights
+from ssdlab.prune.plan import ModelSpec, budget_plan, channel_cost, layer_costs, scale_gammas, spatial_sizes
+from ssdlab.prune.sparsity import (REPLAN_EVERY, SparsityHook, SparsityPlugin, gamma_record, penalty_direction,
+                                   prunable_bns, sr_at, sr_weights)
+from ssdlab.prune.surgery import bn_gammas
 
 
 def test_hook_adds_sr_times_sign_to_prunable_gammas_only(tiny_cfg):
@@ -29,6 +31,61 @@ def test_hook_adds_sr_times_sign_to_prunable_gammas_only(tiny_cfg):
     SparsityHook(cfg, model)(model, iteration=0)
     assert torch.allclose(bns[1].weight.grad[:4], torch.tensor([0.35, -0.15, 0.1, 0.35]))
     assert torch.equal(bns[1].bias.grad, torch.zeros_like(bns[1].bias))  # β is not penalised
+
+
+def test_hoyer_penalty_by_hand_is_l1_less_its_part_along_gamma(tiny_cfg):
+    """γ = (1, -2, 0, 0.5): ‖γ‖₁ = 3.5, ‖γ‖₂² = 5.25, so d = sign(γ) - (2/3) γ = (1/3, 1/3, 0, 2/3)."""
+    gamma = torch.tensor([1.0, -2.0, 0.0, 0.5])
+    direction = penalty_direction(gamma, "hoyer")
+    assert torch.allclose(direction, torch.tensor([1 / 3, 1 / 3, 0.0, 2 / 3]))
+    assert float(direction @ gamma) == pytest.approx(0.0, abs=1e-6)  # no pull on the layer's scale
+    assert torch.allclose(penalty_direction(3 * gamma, "hoyer"), direction)  # the same for any scale
+    uniform = torch.full((5,), 0.7)
+    assert torch.allclose(penalty_direction(uniform, "hoyer"), torch.zeros(5), atol=1e-6)
+    cfg = tiny_cfg("PRUNE.TYPE", "normal", "PRUNE.SR", "0.25", "PRUNE.SR_PENALTY", "hoyer")
+    model = build_model(cfg)
+    bn = prunable_bns(model, "normal")[1]
+    with torch.no_grad():
+        bn.weight.copy_(torch.cat([gamma, torch.zeros(bn.num_features - 4)]))
+    bn.weight.grad = torch.zeros_like(bn.weight)
+    SparsityHook(cfg, model)(model, iteration=0)
+    assert torch.allclose(bn.weight.grad[:4], 0.25 * direction)
+    with pytest.raises(ConfigError, match=r"PRUNE.SR_PENALTY = 'l2' is unknown; use one of l1, hoyer"):
+        SparsityHook(tiny_cfg("PRUNE.TYPE", "normal", "PRUNE.SR_PENALTY", "l2"), model)
+
+
+def test_a_macs_target_penalises_only_the_channels_its_budget_plan_removes(tiny_cfg):
+    cfg = tiny_cfg("PRUNE.TYPE", "normal", "PRUNE.SR", "0.1", "PRUNE.SR_TARGET", "0.6", "PRUNE.GAMMA_SCALE", "layer",
+                   "PRUNE.ROUND_TO", "2")
+    model = build_model(cfg)
+    bns = prunable_bns(model, "normal")
+    with torch.no_grad():
+        for i, bn in bns.items():
+            bn.weight.copy_(torch.linspace(0.05, 1.0, bn.num_features) * (i + 1))
+    expected = budget_plan(ModelSpec.from_model(model), scale_gammas(bn_gammas(model), "layer"), 0.6,
+                           regular=True, round_to=2)  # kept widths rounded up to PRUNE.ROUND_TO, as prune --regular 1
+    assert all(len(k) % 2 == 0 for k in expected.kept.values())
+    assert expected.macs_after <= 0.6 * expected.macs_before and expected.percent > 0
+    plugin = SparsityPlugin(cfg)
+    plugin.setup(model, torch.device("cpu"))
+    for bn in bns.values():
+        bn.weight.grad = torch.zeros_like(bn.weight)
+    plugin.after_backward(model, iteration=0)
+    for i, bn in bns.items():
+        removed = torch.ones(bn.num_features, dtype=torch.bool)
+        removed[expected.kept_out(i)] = False
+        assert torch.allclose(bn.weight.grad[removed], torch.full((int(removed.sum()),), 0.1))
+        assert torch.equal(bn.weight.grad[~removed], torch.zeros(int((~removed).sum())))
+    record = plugin.eval_record(model)["target"]
+    assert record["percent"] == pytest.approx(expected.percent, abs=1e-4) and record["macs"] <= 0.6
+    with torch.no_grad():  # the ranking turns over: the hook keeps its plan until the next replan
+        for bn in bns.values():
+            bn.weight.copy_(bn.weight.flip(0))
+    kept = {i: list(plugin.hook.target.kept_out(i)) for i in bns}
+    plugin.after_backward(model, iteration=1)
+    assert {i: list(plugin.hook.target.kept_out(i)) for i in bns} == kept
+    plugin.after_backward(model, iteration=REPLAN_EVERY)
+    assert {i: list(plugin.hook.target.kept_out(i)) for i in bns} != kept
 
 
 def test_step_schedule_scales_sr_after_the_step(tiny_cfg):

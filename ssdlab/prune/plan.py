@@ -251,6 +251,29 @@ def plan(spec: ModelSpec, gammas: dict[int, np.ndarray], percent: float, mode: s
     return _with_costs(result, spec)
 
 
+def budget_plan(spec: ModelSpec, gammas: dict[int, np.ndarray], macs_share: float, mode: str = "normal",
+                regular: bool = False, round_to: int = 8) -> PrunePlan:
+    """The plan at the smallest percent k/N (N prunable channels) whose MACs are at most `macs_share` of the
+    model's, by bisection over k (the plan at the highest safe percent when no safe percent gets there);
+    regular/round_to as in `plan`."""
+    if not 0.0 < macs_share < 1.0:
+        raise PruneError(f"a MACs budget of {macs_share:g} is outside (0, 1); give the share of the MACs to keep")
+    first = plan(spec, gammas, 0.0, mode)
+    n = sum(len(gammas[i]) for i in first.producers)
+    low, high = 0, min(round(first.highest_safe * n), n - 1)
+    best = plan(spec, gammas, high / n, mode, regular, round_to=round_to)
+    if best.macs_after > macs_share * best.macs_before:
+        return best
+    while low < high:  # invariant: the plan at k = high is within the budget
+        middle = (low + high) // 2
+        candidate = plan(spec, gammas, middle / n, mode, regular, round_to=round_to)
+        if candidate.macs_after <= macs_share * candidate.macs_before:
+            high, best = middle, candidate
+        else:
+            low = middle + 1
+    return best
+
+
 def _with_costs(result: PrunePlan, spec: ModelSpec) -> PrunePlan:
     """Fill the kept widths of the (cut) cfg and the params/MACs before and after."""
     result.widths_after = [len(result.kept_out(i)) for i in range(result.cut + 1)]

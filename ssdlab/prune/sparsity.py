@@ -14,6 +14,20 @@ once on this machine's CPU (batch 1, eager mode; ssdlab.engine.profile.layer_lat
 conv's MACs by its measured ms per MAC: layers that run slowly for their MACs (high resolution, few
 channels) count for more. The table is kept in OUTPUT_DIR/layer_latency.json, so a resumed run uses
 the same weights.
+
+PRUNE.SR_PENALTY `hoyer` makes the penalty blind to a layer's scale: scaling all of a layer's γ (and β) by one
+factor passes through the ReLU and the next BatchNorm undoes it, so plain L1 can be paid by shrinking a whole
+layer instead of zeroing single channels. `hoyer` adds SR · w · (sign(γ) − (‖γ‖₁ / ‖γ‖₂²) γ) per layer: the L1
+subgradient less its component along γ, i.e. ‖γ‖₂ times the gradient of the Hoyer measure ‖γ‖₁ / ‖γ‖₂
+(DeepHoyer, Yang et al. 2020). It shrinks the γ below ‖γ‖₂² / ‖γ‖₁ and grows those above, leaving the
+layer's scale alone.
+
+PRUNE.SR_TARGET (a share of the MACs, 0 = off) aims the penalty at a budget: every REPLAN_EVERY iterations the
+hook plans the prune that keeps that share of the MACs (ssdlab.prune.plan.budget_plan) and adds the penalty to
+the channels that plan removes only, so the network learns without them while it trains; the rest go free.
+The plan ranks |γ| under PRUNE.GAMMA_SCALE as `ssdlab prune` does (`layer` keeps a layer whose γ shrank
+together from being emptied). Prune the result at the percent the log's `target` names (`ssdlab prune
+--percent P`): by then those channels' γ are near zero.
 """
 from __future__ import annotations
 
@@ -31,13 +45,17 @@ from ssdlab.engine.plugins import Plugin
 from ssdlab.engine.profile import cpu_flags, layer_latency
 from ssdlab.errors import ConfigError
 from ssdlab.files import write_json
-from ssdlab.prune.plan import COSTS, MODES, ModelSpec, channel_cost, layer_speed, prunable_layers
+from ssdlab.prune.plan import (COSTS, MODES, ModelSpec, PrunePlan, budget_plan, channel_cost, layer_speed,
+                               prunable_layers, scale_gammas)
+from ssdlab.prune.surgery import bn_gammas
 
 if TYPE_CHECKING:
     from ssdlab.model.ssd import SSD
 
 SCHEDULES = ("constant", "step")
 WEIGHTS = ("none", *COSTS)
+PENALTIES = ("l1", "hoyer")
+REPLAN_EVERY = 50  # iterations between two budget plans of PRUNE.SR_TARGET
 
 
 def sparsity_enabled(cfg: CfgNode) -> bool:
@@ -56,6 +74,17 @@ def sr_at(cfg: CfgNode, iteration: int) -> float:
     if prune.SR_SCHEDULE == "step" and iteration >= prune.SR_STEP_AT * cfg.SOLVER.MAX_ITER:
         return prune.SR * prune.SR_STEP_FACTOR
     return prune.SR
+
+
+def penalty_direction(gamma: torch.Tensor, penalty: str) -> torch.Tensor:
+    """The gradient direction of PRUNE.SR_PENALTY on one layer's γ: sign(γ) (`l1`), or sign(γ) less its
+    component along γ (`hoyer`: scale-free)."""
+    if penalty not in PENALTIES:
+        raise ConfigError(f"PRUNE.SR_PENALTY = {penalty!r} is unknown; use one of {', '.join(PENALTIES)}")
+    sign = torch.sign(gamma)
+    if penalty == "l1":
+        return sign
+    return sign - gamma * (gamma.abs().sum() / gamma.pow(2).sum().clamp_min(1e-12))
 
 
 def prunable_bns(model: nn.Module, mode: str) -> dict[int, nn.BatchNorm2d]:
@@ -98,24 +127,53 @@ def sr_weights(model: nn.Module, mode: str, weight: str, table: Path | None = No
     return {i: cost[i] / mean for i in bns}
 
 
+def target_plan(model: nn.Module, cfg: CfgNode) -> PrunePlan:
+    """The plan that keeps PRUNE.SR_TARGET of the MACs, ranking |γ| under PRUNE.GAMMA_SCALE as `ssdlab prune` does
+    (kept widths rounded up to PRUNE.ROUND_TO, as `prune --regular 1`)."""
+    net = cast("SSD", getattr(model, "module", model))
+    gammas = scale_gammas(bn_gammas(net), cfg.PRUNE.GAMMA_SCALE)
+    return budget_plan(ModelSpec.from_model(net), gammas, cfg.PRUNE.SR_TARGET, cfg.PRUNE.TYPE,
+                       regular=cfg.PRUNE.ROUND_TO > 1, round_to=cfg.PRUNE.ROUND_TO)
+
+
+def removed_masks(result: PrunePlan, bns: dict[int, nn.BatchNorm2d]) -> dict[int, torch.Tensor]:
+    """Per prunable BN, 1.0 for the channels a plan removes and 0.0 for those it keeps."""
+    masks = {}
+    for i, bn in bns.items():
+        removed = np.ones(bn.num_features, dtype=np.float32)
+        removed[result.kept_out(i)] = 0.0
+        masks[i] = torch.from_numpy(removed).to(bn.weight.device)
+    return masks
+
+
 class SparsityHook:
-    """The after-backward hook that adds SR · w · sign(γ) to the prunable γ gradients (w: PRUNE.SR_WEIGHT)."""
+    """The after-backward hook that adds SR · w · d(γ) to the prunable γ gradients (w: PRUNE.SR_WEIGHT; d: the
+    direction of PRUNE.SR_PENALTY, sign(γ) for L1)."""
 
     def __init__(self, cfg: CfgNode, model: nn.Module):
         sparsity_enabled(cfg)
         sr_at(cfg, 0)  # validates the schedule now rather than mid-run
+        penalty_direction(torch.ones(1), cfg.PRUNE.SR_PENALTY)  # and the penalty
         self.cfg = cfg
         self.bns = prunable_bns(model, cfg.PRUNE.TYPE)
         self.weights = sr_weights(model, cfg.PRUNE.TYPE, cfg.PRUNE.SR_WEIGHT,
                                   Path(cfg.OUTPUT_DIR) / "layer_latency.json")
+        self.target: PrunePlan | None = None  # the budget plan of PRUNE.SR_TARGET, when set
+        self.masks: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
     def __call__(self, model: nn.Module, iteration: int) -> None:
-        """γ.grad += SR · w · sign(γ) for every prunable BN."""
-        rate = sr_at(self.cfg, iteration)
+        """γ.grad += SR · w · d(γ) for every prunable BN."""
+        rate, penalty = sr_at(self.cfg, iteration), self.cfg.PRUNE.SR_PENALTY
+        if self.cfg.PRUNE.SR_TARGET and (self.target is None or iteration % REPLAN_EVERY == 0):
+            self.target = target_plan(model, self.cfg)
+            self.masks = removed_masks(self.target, self.bns)
         for i, bn in self.bns.items():
             if bn.weight.grad is not None:
-                bn.weight.grad.add_(torch.sign(bn.weight), alpha=rate * self.weights[i])
+                direction = penalty_direction(bn.weight, penalty)
+                if self.target is not None:
+                    direction = direction * self.masks[i]
+                bn.weight.grad.add_(direction, alpha=rate * self.weights[i])
 
 
 class SparsityPlugin(Plugin):
@@ -124,6 +182,7 @@ class SparsityPlugin(Plugin):
     def __init__(self, cfg: CfgNode):
         sparsity_enabled(cfg)
         sr_at(cfg, 0)  # validates the schedule before the model is built
+        penalty_direction(torch.ones(1), cfg.PRUNE.SR_PENALTY)
         self.cfg = cfg
         self.hook: SparsityHook | None = None
 
@@ -132,13 +191,19 @@ class SparsityPlugin(Plugin):
         self.hook = SparsityHook(self.cfg, model)
 
     def after_backward(self, model: nn.Module, iteration: int) -> None:
-        """γ.grad += SR · w · sign(γ)."""
+        """γ.grad += SR · w · d(γ)."""
         assert self.hook is not None, "setup() makes the hook"
         self.hook(model, iteration)
 
     def eval_record(self, model: nn.Module) -> dict:
-        """{"gamma": |γ| per prunable layer}."""
-        return {"gamma": gamma_record(model, self.cfg.PRUNE.TYPE)}
+        """{"gamma": |γ| per prunable layer}, and with PRUNE.SR_TARGET the percent and MACs share of its plan."""
+        record: dict = {"gamma": gamma_record(model, self.cfg.PRUNE.TYPE)}
+        hook = self.hook
+        if hook is not None and hook.target is not None:
+            target = hook.target
+            record["target"] = {"percent": round(target.percent, 4), "macs": target.macs_after / target.macs_before,
+                                "kept": {str(i): len(target.kept_out(i)) for i in hook.bns}}
+        return record
 
 
 def gamma_record(model: nn.Module, mode: str, decimals: int = 5) -> dict[str, list[float]]:

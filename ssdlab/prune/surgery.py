@@ -25,7 +25,7 @@ from ssdlab.model.backbone import Shortcut
 from ssdlab.model.build import build_model
 from ssdlab.model.cfg import feature_layers, write_cfg
 from ssdlab.model.ssd import SSD
-from ssdlab.prune.plan import Group, ModelSpec, PrunePlan, plan, prunable_groups, scale_gammas
+from ssdlab.prune.plan import Group, ModelSpec, PrunePlan, budget_plan, plan, prunable_groups, scale_gammas
 from ssdlab.quant.layers import QUANTIZER_STATE, IAOConvBN, QuantConv2d
 
 MASKINGS = ("preview", "zeroed", "compensated")
@@ -49,6 +49,14 @@ def make_plan(model: SSD, percent: float, mode: str = "normal", regular: bool = 
     round_to = model.cfg.PRUNE.ROUND_TO if round_to is None else round_to
     return plan(ModelSpec.from_model(model), plan_gammas(model, gamma_scale), percent, mode, regular, drop_levels,
                 round_to)
+
+
+def make_budget_plan(model: SSD, macs_share: float, mode: str = "normal", regular: bool = False,
+                     round_to: int | None = None, gamma_scale: str | None = None) -> PrunePlan:
+    """The plan at the smallest percent that keeps at most `macs_share` of a model's MACs (see budget_plan)."""
+    round_to = model.cfg.PRUNE.ROUND_TO if round_to is None else round_to
+    return budget_plan(ModelSpec.from_model(model), plan_gammas(model, gamma_scale), macs_share, mode, regular,
+                       round_to)
 
 
 def pruned_groups(model: SSD, result: PrunePlan) -> list[tuple[Group, np.ndarray]]:
