@@ -13,7 +13,7 @@ from ssdlab.lessons import plugins_from_config
 from ssdlab.model.build import build_model
 from ssdlab.model.cfg import infer_channels
 from ssdlab.prune.plan import ModelSpec, budget_plan, channel_cost, layer_costs, scale_gammas, spatial_sizes
-from ssdlab.prune.sparsity import (REPLAN_EVERY, SparsityHook, SparsityPlugin, gamma_record, penalty_direction,
+from ssdlab.prune.sparsity import (REPLAN_EVERY, REPLAN_UNTIL, SparsityHook, SparsityPlugin, gamma_record, penalty_direction,
                                    prunable_bns, sr_at, sr_weights)
 from ssdlab.prune.surgery import bn_gammas
 
@@ -56,7 +56,7 @@ def test_hoyer_penalty_by_hand_is_l1_less_its_part_along_gamma(tiny_cfg):
 
 def test_a_macs_target_penalises_only_the_channels_its_budget_plan_removes(tiny_cfg):
     cfg = tiny_cfg("PRUNE.TYPE", "normal", "PRUNE.SR", "0.1", "PRUNE.SR_TARGET", "0.6", "PRUNE.GAMMA_SCALE", "layer",
-                   "PRUNE.ROUND_TO", "2")
+                   "PRUNE.ROUND_TO", "2", "SOLVER.MAX_ITER", str(4 * REPLAN_EVERY))
     model = build_model(cfg)
     bns = prunable_bns(model, "normal")
     with torch.no_grad():
@@ -85,7 +85,13 @@ def test_a_macs_target_penalises_only_the_channels_its_budget_plan_removes(tiny_
     plugin.after_backward(model, iteration=1)
     assert {i: list(plugin.hook.target.kept_out(i)) for i in bns} == kept
     plugin.after_backward(model, iteration=REPLAN_EVERY)
-    assert {i: list(plugin.hook.target.kept_out(i)) for i in bns} != kept
+    replanned = {i: list(plugin.hook.target.kept_out(i)) for i in bns}
+    assert replanned != kept
+    with torch.no_grad():  # turned back: past REPLAN_UNTIL of the run the plan no longer follows
+        for bn in bns.values():
+            bn.weight.copy_(bn.weight.flip(0))
+    plugin.after_backward(model, iteration=int(REPLAN_UNTIL * 4 * REPLAN_EVERY))
+    assert {i: list(plugin.hook.target.kept_out(i)) for i in bns} == replanned
 
 
 def test_step_schedule_scales_sr_after_the_step(tiny_cfg):

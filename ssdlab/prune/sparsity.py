@@ -22,9 +22,11 @@ subgradient less its component along γ, i.e. ‖γ‖₂ times the gradient of 
 (DeepHoyer, Yang et al. 2020). It shrinks the γ below ‖γ‖₂² / ‖γ‖₁ and grows those above, leaving the
 layer's scale alone.
 
-PRUNE.SR_TARGET (a share of the MACs, 0 = off) aims the penalty at a budget: every REPLAN_EVERY iterations the
-hook plans the prune that keeps that share of the MACs (ssdlab.prune.plan.budget_plan) and adds the penalty to
-the channels that plan removes only, so the network learns without them while it trains; the rest go free.
+PRUNE.SR_TARGET (a share of the MACs, 0 = off) aims the penalty at a budget: every REPLAN_EVERY iterations of
+the first REPLAN_UNTIL of the run the hook plans the prune that keeps that share of the MACs
+(ssdlab.prune.plan.budget_plan), then keeps its last plan, and adds the penalty to the channels that plan removes
+only, so the network learns without them while it trains; the rest go free. (A channel dropped by a late replan
+would have no time to reach zero.)
 The plan ranks |γ| under PRUNE.GAMMA_SCALE as `ssdlab prune` does (`layer` keeps a layer whose γ shrank
 together from being emptied). Prune the result at the percent the log's `target` names (`ssdlab prune
 --percent P`): by then those channels' γ are near zero.
@@ -56,6 +58,7 @@ SCHEDULES = ("constant", "step")
 WEIGHTS = ("none", *COSTS)
 PENALTIES = ("l1", "hoyer")
 REPLAN_EVERY = 50  # iterations between two budget plans of PRUNE.SR_TARGET
+REPLAN_UNTIL = 0.5  # the share of SOLVER.MAX_ITER after which the plan stays as it is
 
 
 def sparsity_enabled(cfg: CfgNode) -> bool:
@@ -161,11 +164,15 @@ class SparsityHook:
         self.target: PrunePlan | None = None  # the budget plan of PRUNE.SR_TARGET, when set
         self.masks: dict[int, torch.Tensor] = {}
 
+    def replans(self, iteration: int) -> bool:
+        """True at the iterations where PRUNE.SR_TARGET plans again (every REPLAN_EVERY, in the first REPLAN_UNTIL)."""
+        return iteration % REPLAN_EVERY == 0 and iteration < REPLAN_UNTIL * self.cfg.SOLVER.MAX_ITER
+
     @torch.no_grad()
     def __call__(self, model: nn.Module, iteration: int) -> None:
         """γ.grad += SR · w · d(γ) for every prunable BN."""
         rate, penalty = sr_at(self.cfg, iteration), self.cfg.PRUNE.SR_PENALTY
-        if self.cfg.PRUNE.SR_TARGET and (self.target is None or iteration % REPLAN_EVERY == 0):
+        if self.cfg.PRUNE.SR_TARGET and (self.target is None or self.replans(iteration)):
             self.target = target_plan(model, self.cfg)
             self.masks = removed_masks(self.target, self.bns)
         for i, bn in self.bns.items():
