@@ -97,14 +97,14 @@ def calibration(cfg, images: int) -> list[torch.Tensor]:
     return list(calibration_batches(train, images, 16, cfg.SOLVER.SEED))
 
 
-def ort_static(fp32: Path, out: Path, cfg, images: int) -> Path:
+def ort_static(fp32: Path, out: Path, batches: list[torch.Tensor]) -> Path:
     """onnxruntime quantize_static of the fp32 graph: QDQ, per-channel int8 weights, uint8 activations, MinMax."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     prepared, path = out / "fp32_prepared.onnx", out / "ort_static.onnx"
     quant_pre_process(str(fp32), str(prepared))
-    quantize_static(str(prepared), str(path), Calibration(calibration(cfg, images)),
+    quantize_static(str(prepared), str(path), Calibration(batches),
                     quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8)
     return path
@@ -124,8 +124,8 @@ def sparse_checkpoint(profile: str) -> Path:
                                       stage="plain_sparse_macs")).checkpoint
 
 
-def pruned_rows(out: Path, profile: str, images: int, percents: tuple[float, ...],
-                tune: int) -> dict[str, tuple[Graph, Source]]:
+def pruned_rows(out: Path, profile: str, images: int, percents: tuple[float, ...], tune: int,
+                batches: list[torch.Tensor]) -> dict[str, tuple[Graph, Source]]:
     """At each percent: ssdlab's prune (widths rounded up to 8), fine-tuned for `tune` iterations with the sparse model
     as teacher, then ssdlab PTQ of every conv and NNCF int8; Torch-Pruning of the same sparse model at that ratio."""
     sparse = sparse_checkpoint(profile)
@@ -134,20 +134,19 @@ def pruned_rows(out: Path, profile: str, images: int, percents: tuple[float, ...
         name = f"pruned p{percent:g}"
         pruned = Path(prune_stage(sparse, course_config("plain", profile), percent, quick=True,
                                   round_to=ROUND_TO).files["checkpoint"])
-        rows[f"{name}, fp32"] = (write_onnx(ckpt.load(pruned), out, f"pruned_{percent:g}"), pruned)
+        fp32 = write_onnx(ckpt.load(pruned), out, f"pruned_{percent:g}")
+        rows[f"{name}, fp32"] = (fp32, pruned)
         if tune:
             pruned = train_recipe(tune_config(pruned, tune, profile, teacher=sparse)).checkpoint
             name = f"{name} + {tune} it"
-            rows[f"{name}, fp32"] = (write_onnx(ckpt.load(pruned), out, f"tuned_{percent:g}"), pruned)
+            fp32 = write_onnx(ckpt.load(pruned), out, f"tuned_{percent:g}")
+            rows[f"{name}, fp32"] = (fp32, pruned)
         quantized = post_training_quantize(ptq_config(images, profile, start=pruned,
                                                       extra=variant_overrides("every conv int8")), images).checkpoint
         rows[f"{name} + ssdlab PTQ, every conv int8"] = (
             write_onnx(ckpt.load(quantized), out, f"pruned_ptq_{percent:g}"), quantized)
         if openvino_rows.versions():
-            fp32 = rows[f"{name}, fp32"][0]
-            assert isinstance(fp32, Path)
-            rows[f"{name} + NNCF int8 in OpenVINO"] = (
-                nncf_int8(fp32, out, calibration(course_config("plain", profile), images)), pruned)
+            rows[f"{name} + NNCF int8 in OpenVINO"] = (nncf_int8(fp32, out, batches), pruned)
         rows.update(torch_pruning_rows(out, sparse, percent))
     return rows
 
@@ -174,7 +173,8 @@ def torch_pruning_rows(out: Path, sparse: Path, percent: float) -> dict[str, tup
     return rows
 
 
-def openvino_contenders(fp32: Path, start: Path, out: Path, cfg, images: int) -> dict[str, tuple[Graph, Source]]:
+def openvino_contenders(fp32: Path, start: Path, out: Path,
+                        batches: list[torch.Tensor]) -> dict[str, tuple[Graph, Source]]:
     """The fp32 graph in OpenVINO (f32, and the precision OpenVINO picks for this CPU) and NNCF's int8 of it; none
     when openvino or nncf is missing."""
     versions = openvino_rows.versions()
@@ -184,7 +184,7 @@ def openvino_contenders(fp32: Path, start: Path, out: Path, cfg, images: int) ->
     default = OpenVinoGraph(fp32, "default")
     return {f"OpenVINO {versions['openvino']} fp32": (OpenVinoGraph(fp32), start),
             f"OpenVINO {versions['openvino']}, its default precision here ({default.precision_used()})": (default, start),
-            f"NNCF {versions['nncf']} int8 in OpenVINO": (nncf_int8(fp32, out, calibration(cfg, images)), None)}
+            f"NNCF {versions['nncf']} int8 in OpenVINO": (nncf_int8(fp32, out, batches), None)}
 
 
 def contenders(out: Path, profile: str, images: int, qat: bool, percents: tuple[float, ...],
@@ -196,13 +196,13 @@ def contenders(out: Path, profile: str, images: int, qat: bool, percents: tuple[
     for variant in VARIANTS:
         point = ptq_checkpoint(variant, profile, images)
         rows[f"ssdlab PTQ, {variant}"] = (write_onnx(ckpt.load(point), out, f"ptq_{len(rows)}"), point)
-    cfg = course_config("plain", profile)
-    rows["onnxruntime quantize_static"] = (ort_static(fp32, out, cfg, images), None)
-    rows.update(openvino_contenders(fp32, start, out, cfg, images))
+    batches = calibration(course_config("plain", profile), images)  # the peers' PTQ rows all calibrate on these
+    rows["onnxruntime quantize_static"] = (ort_static(fp32, out, batches), None)
+    rows.update(openvino_contenders(fp32, start, out, batches))
     for variant in VARIANTS if qat else ():
         point = qat_checkpoint(variant, profile)
         rows[f"ssdlab QAT, {variant}"] = (write_onnx(ckpt.load(point), out, f"qat_{len(rows)}"), point)
-    return {**rows, **pruned_rows(out, profile, images, percents, tune)}
+    return {**rows, **pruned_rows(out, profile, images, percents, tune, batches)}
 
 
 def detector_model(source: Source, reference):

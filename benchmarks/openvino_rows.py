@@ -1,6 +1,6 @@
 """OpenVINO rows of benchmarks/int8_graph.py: the fp32 ONNX graph in OpenVINO, and NNCF's int8 PTQ of it.
 
-    pip install 'ssdlab[peers]'     # openvino and nncf (left out of [dev]: CI does not need them)
+    pip install 'ssdlab[peers]'     # openvino and nncf (also in [dev], so `make test` runs these rows)
 
 OpenVINO picks its own inference precision: on a CPU with AVX512_BF16 or AMX it runs an "fp32" model in
 bfloat16 unless told otherwise, so the fp32 row asks for f32 and a second row shows the default. NNCF quantizes

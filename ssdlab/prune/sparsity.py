@@ -28,8 +28,8 @@ the first REPLAN_UNTIL of the run the hook plans the prune that keeps that share
 only, so the network learns without them while it trains; the rest go free. (A channel dropped by a late replan
 would have no time to reach zero.)
 The plan ranks |γ| under PRUNE.GAMMA_SCALE as `ssdlab prune` does (`layer` keeps a layer whose γ shrank
-together from being emptied). Prune the result at the percent the log's `target` names (`ssdlab prune
---percent P`): by then those channels' γ are near zero.
+together from being emptied). Prune the result with `ssdlab prune --macs S --regular 1` (the same budget; the
+log's `target` names the percent): by then those channels' γ are near zero.
 """
 from __future__ import annotations
 
@@ -47,9 +47,8 @@ from ssdlab.engine.plugins import Plugin
 from ssdlab.engine.profile import cpu_flags, layer_latency
 from ssdlab.errors import ConfigError
 from ssdlab.files import write_json
-from ssdlab.prune.plan import (COSTS, MODES, ModelSpec, PrunePlan, budget_plan, channel_cost, layer_speed,
-                               prunable_layers, scale_gammas)
-from ssdlab.prune.surgery import bn_gammas
+from ssdlab.prune.plan import COSTS, MODES, ModelSpec, PrunePlan, channel_cost, layer_speed, prunable_layers
+from ssdlab.prune.surgery import make_budget_plan
 
 if TYPE_CHECKING:
     from ssdlab.model.ssd import SSD
@@ -69,6 +68,14 @@ def sparsity_enabled(cfg: CfgNode) -> bool:
     return kind != "no"
 
 
+def check_sparsity(cfg: CfgNode) -> None:
+    """ConfigError now, rather than mid-run, for an unknown PRUNE.TYPE, SR_SCHEDULE or SR_PENALTY."""
+    sparsity_enabled(cfg)
+    sr_at(cfg, 0)
+    if cfg.PRUNE.SR_PENALTY not in PENALTIES:
+        raise ConfigError(f"PRUNE.SR_PENALTY = {cfg.PRUNE.SR_PENALTY!r} is unknown; use one of {', '.join(PENALTIES)}")
+
+
 def sr_at(cfg: CfgNode, iteration: int) -> float:
     """The sparsity rate at an iteration under PRUNE.SR_SCHEDULE."""
     prune = cfg.PRUNE
@@ -81,9 +88,7 @@ def sr_at(cfg: CfgNode, iteration: int) -> float:
 
 def penalty_direction(gamma: torch.Tensor, penalty: str) -> torch.Tensor:
     """The gradient direction of PRUNE.SR_PENALTY on one layer's γ: sign(γ) (`l1`), or sign(γ) less its
-    component along γ (`hoyer`: scale-free)."""
-    if penalty not in PENALTIES:
-        raise ConfigError(f"PRUNE.SR_PENALTY = {penalty!r} is unknown; use one of {', '.join(PENALTIES)}")
+    component along γ (`hoyer`: scale-free; any other name: see check_sparsity)."""
     sign = torch.sign(gamma)
     if penalty == "l1":
         return sign
@@ -134,9 +139,8 @@ def target_plan(model: nn.Module, cfg: CfgNode) -> PrunePlan:
     """The plan that keeps PRUNE.SR_TARGET of the MACs, ranking |γ| under PRUNE.GAMMA_SCALE as `ssdlab prune` does
     (kept widths rounded up to PRUNE.ROUND_TO, as `prune --regular 1`)."""
     net = cast("SSD", getattr(model, "module", model))
-    gammas = scale_gammas(bn_gammas(net), cfg.PRUNE.GAMMA_SCALE)
-    return budget_plan(ModelSpec.from_model(net), gammas, cfg.PRUNE.SR_TARGET, cfg.PRUNE.TYPE,
-                       regular=cfg.PRUNE.ROUND_TO > 1, round_to=cfg.PRUNE.ROUND_TO)
+    return make_budget_plan(net, cfg.PRUNE.SR_TARGET, cfg.PRUNE.TYPE, cfg.PRUNE.ROUND_TO > 1, cfg.PRUNE.ROUND_TO,
+                            cfg.PRUNE.GAMMA_SCALE)
 
 
 def removed_masks(result: PrunePlan, bns: dict[int, nn.BatchNorm2d]) -> dict[int, torch.Tensor]:
@@ -154,9 +158,7 @@ class SparsityHook:
     direction of PRUNE.SR_PENALTY, sign(γ) for L1)."""
 
     def __init__(self, cfg: CfgNode, model: nn.Module):
-        sparsity_enabled(cfg)
-        sr_at(cfg, 0)  # validates the schedule now rather than mid-run
-        penalty_direction(torch.ones(1), cfg.PRUNE.SR_PENALTY)  # and the penalty
+        check_sparsity(cfg)
         self.cfg = cfg
         self.bns = prunable_bns(model, cfg.PRUNE.TYPE)
         self.weights = sr_weights(model, cfg.PRUNE.TYPE, cfg.PRUNE.SR_WEIGHT,
@@ -187,9 +189,7 @@ class SparsityPlugin(Plugin):
     """Sparse training: the SparsityHook after every backward pass, the prunable |γ| logged at each evaluation."""
 
     def __init__(self, cfg: CfgNode):
-        sparsity_enabled(cfg)
-        sr_at(cfg, 0)  # validates the schedule before the model is built
-        penalty_direction(torch.ones(1), cfg.PRUNE.SR_PENALTY)
+        check_sparsity(cfg)  # before the model is built
         self.cfg = cfg
         self.hook: SparsityHook | None = None
 
