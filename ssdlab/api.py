@@ -32,12 +32,13 @@ def evaluate(model: "SSD", dataset=None, cfg: CfgNode | None = None, device: str
     return evaluate_model(model.eval(), dataset, cfg, device)
 
 
-def prune_channels(checkpoint: str | Path, percent: float, mode: str | None = None, cfg: CfgNode | None = None,
+def prune_channels(checkpoint: str | Path, percent: float | None, mode: str | None = None, cfg: CfgNode | None = None,
           regular: bool = False, drop_levels: bool = False, quick: bool = False, out: str | Path | None = None,
-          tag: str | None = None, dataset=None):
-    """Prune a sparse checkpoint at `percent` (see ssdlab.prune.report.prune_checkpoint): the compact model, its cfg
-    and the report are written beside it (or into `out`); cfg defaults to the checkpoint's, mode to its PRUNE.TYPE
-    (normal when it was not sparse-trained), dataset to the cfg's DATASETS.TEST."""
+          tag: str | None = None, dataset=None, macs: float | None = None):
+    """Prune a sparse checkpoint at `percent`, or (percent None) at the smallest percent that keeps at most `macs` of
+    its MACs (see ssdlab.prune.report.prune_checkpoint): the compact model, its cfg and the report are written
+    beside it (or into `out`); cfg defaults to the checkpoint's, mode to its PRUNE.TYPE (normal when it was not
+    sparse-trained), dataset to the cfg's DATASETS.TEST."""
     from ssdlab.data.catalog import datasets
     from ssdlab.engine import checkpoint as ckpt
     from ssdlab.prune.report import prune_checkpoint
@@ -45,7 +46,8 @@ def prune_channels(checkpoint: str | Path, percent: float, mode: str | None = No
     cfg = cfg or ckpt.checkpoint_config(ckpt.read_checkpoint(checkpoint), str(checkpoint))
     mode = mode or (cfg.PRUNE.TYPE if cfg.PRUNE.TYPE != "no" else "normal")
     dataset = dataset if dataset is not None else datasets(cfg, is_train=False)
-    return prune_checkpoint(checkpoint, cfg, percent, mode, regular, drop_levels, quick, out, tag, dataset=dataset)
+    return prune_checkpoint(checkpoint, cfg, percent, mode, regular, drop_levels, quick, out, tag, dataset=dataset,
+                            macs=macs)
 
 
 def quantize(recipe: CfgNode | str | Path, checkpoint: str | Path | None = None, overrides: list[str] | None = None,

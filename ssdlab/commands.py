@@ -206,18 +206,8 @@ def cmd_prune(args: argparse.Namespace) -> None:
     from ssdlab.api import prune_channels
 
     path, state, cfg = checkpoint_and_config(args)
-    mode, percent = prune_mode(args, cfg), args.percent
-    if args.macs is not None:
-        from ssdlab.prune.surgery import make_budget_plan
-
-        model = ckpt.load(path)
-        result = make_budget_plan(model, args.macs, mode, bool(args.regular), cfg.PRUNE.ROUND_TO,
-                                  cfg.PRUNE.GAMMA_SCALE)
-        percent = result.percent
-        share = result.macs_after / result.macs_before
-        print(f"--macs {args.macs:g}: percent {percent:.4f}, which keeps {share:.3f} of the MACs")
-    report = prune_channels(path, percent, mode, cfg, bool(args.regular), bool(args.max),
-                            bool(args.quick), args.out, args.tag)
+    report = prune_channels(path, args.percent, prune_mode(args, cfg), cfg, bool(args.regular), bool(args.max),
+                            bool(args.quick), args.out, args.tag, macs=args.macs)
     print(report.text, end="")
     for kind, file in report.files.items():
         print(f"{kind}: {file}")

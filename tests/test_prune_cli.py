@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import ssdlab
+from ssdlab.api import prune_channels
 from ssdlab.data.catalog import datasets
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.profile import count_macs, count_params
@@ -76,7 +77,7 @@ def test_prune_cli_meets_a_macs_budget_at_the_smallest_percent(sparse_run, tmp_p
     done = ssdlab_cli("prune", "--ckpt", str(path), "--macs", "0.8", "--out", str(tmp_path), "--tag", "budget",
                       "--quick", "1", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"--macs 0.8: percent {expected.percent:.4f}, which keeps" in done.stdout
+    assert f"MACs budget 0.8: percent {expected.percent:.4f}, which keeps" in done.stdout
     stored = torch.load(tmp_path / "budget.pt", weights_only=True)
     assert stored["prune"]["percent"] == pytest.approx(expected.percent)
     compact = ckpt.load(tmp_path / "budget.pt")
@@ -89,6 +90,20 @@ def test_prune_cli_meets_a_macs_budget_at_the_smallest_percent(sparse_run, tmp_p
         bad = ssdlab_cli("prune", "--ckpt", str(path), "--macs", share, "--out", str(tmp_path / "x"), cwd=tmp_path)
         assert bad.returncode == 2 and "outside (0, 1); give the share of the MACs to keep" in bad.stderr
         assert "Traceback" not in bad.stderr and not (tmp_path / "x").exists()
+
+
+def test_the_python_api_prunes_to_a_macs_budget_as_the_cli_does(sparse_run, tmp_path):
+    path, cfg = sparse_run
+    expected = make_budget_plan(ckpt.load(path), 0.8, "normal")
+    report = prune_channels(path, None, "normal", cfg, quick=True, out=tmp_path, tag="api", macs=0.8)
+    assert report.plan.percent == expected.percent and report.plan.kept.keys() == expected.kept.keys()
+    assert all((report.plan.kept[i] == expected.kept[i]).all() for i in expected.kept)
+    assert report.text.splitlines()[1].startswith(f"MACs budget 0.8: percent {expected.percent:.4f}")
+    assert torch.load(tmp_path / "api.pt", weights_only=True)["prune"]["macs_budget"] == 0.8
+    for percent, macs in ((0.3, 0.8), (None, None)):
+        with pytest.raises(PruneError, match="give exactly one of percent"):
+            prune_channels(path, percent, "normal", cfg, quick=True, out=tmp_path / "x", macs=macs)
+    assert not (tmp_path / "x").exists()
 
 
 def test_pruned_model_fine_tunes_with_distillation(sparse_run, tmp_path):

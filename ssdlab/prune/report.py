@@ -1,6 +1,7 @@
 """Prune a checkpoint end to end: plan, mask, compensate, compact, measure, and write the results.
 
     report = prune_checkpoint("runs/plain_sparse/model_final.pt", cfg, percent=0.5)
+    report = prune_checkpoint("runs/plain_sparse/model_final.pt", cfg, None, macs=0.5)  # keep half the MACs
     print(report.text)          # the table also written to <tag>.txt
 
 Writes `<tag>.pt` (the compact model, self-describing), `<tag>.cfg` and `<tag>.txt` into the
@@ -22,7 +23,7 @@ from ssdlab.errors import PruneError
 from ssdlab.files import check_file_stem, check_output_folder, staged
 from ssdlab.model.ssd import SSD
 from ssdlab.prune.plan import PrunePlan
-from ssdlab.prune.surgery import compact_model, make_plan, masked_model
+from ssdlab.prune.surgery import compact_model, make_budget_plan, make_plan, masked_model
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,12 @@ def summary_lines(result: PrunePlan, rows: list[dict], timing: dict | None = Non
     return lines
 
 
+def budget_line(result: PrunePlan, macs: float) -> str:
+    """What a MACs budget chose: the percent and the share of the MACs its plan keeps."""
+    return (f"MACs budget {macs:g}: percent {result.percent:.4f}, which keeps "
+            f"{result.macs_after / result.macs_before:.3f} of the MACs")
+
+
 def check_request(result: PrunePlan, drop_levels: bool) -> None:
     """Refuse a percent that empties a layer unless drop_levels (--max 1) asked for that."""
     if not drop_levels and not result.safe:
@@ -95,10 +102,28 @@ def default_tag(path: Path, result: PrunePlan, regular: bool, drop_levels: bool)
             + ("_max" if drop_levels else ""))
 
 
-def prune_checkpoint(path: str | Path, cfg: CfgNode, percent: float, mode: str = "normal", regular: bool = False,
-                     drop_levels: bool = False, quick: bool = False, out_dir: str | Path | None = None,
-                     tag: str | None = None, dataset=None) -> PruneReport:
-    """Prune one checkpoint and write <tag>.pt, <tag>.cfg and <tag>.txt (see the module doc)."""
+def choose_plan(model: SSD, cfg: CfgNode, percent: float | None, macs: float | None, mode: str, regular: bool,
+                drop_levels: bool) -> PrunePlan:
+    """The plan at `percent`, or (macs given) at the smallest percent whose compact model keeps at most that share
+    of the MACs (surgery.make_budget_plan)."""
+    if (percent is None) == (macs is None):
+        raise PruneError("give exactly one of percent (the share of channels to remove) and macs (the share of "
+                         "the MACs to keep)")
+    if macs is not None:
+        budget = make_budget_plan(model, macs, mode, regular, cfg.PRUNE.ROUND_TO, cfg.PRUNE.GAMMA_SCALE)
+        if not drop_levels:
+            return budget
+        percent = budget.percent
+    assert percent is not None
+    return make_plan(model, percent, mode, regular, drop_levels, cfg.PRUNE.ROUND_TO, cfg.PRUNE.GAMMA_SCALE)
+
+
+def prune_checkpoint(path: str | Path, cfg: CfgNode, percent: float | None, mode: str = "normal",
+                     regular: bool = False, drop_levels: bool = False, quick: bool = False,
+                     out_dir: str | Path | None = None, tag: str | None = None, dataset=None,
+                     macs: float | None = None) -> PruneReport:
+    """Prune one checkpoint at `percent` or to a MACs budget `macs` and write <tag>.pt, <tag>.cfg and <tag>.txt
+    (see the module doc)."""
     path = Path(path)
     check_output_folder(Path(out_dir) if out_dir else None, "--out", PruneError)
     if tag is not None:
@@ -110,7 +135,7 @@ def prune_checkpoint(path: str | Path, cfg: CfgNode, percent: float, mode: str =
     warnings = [NOT_SPARSE.format(path=path)] if state["config"]["PRUNE"]["TYPE"] == "no" else []
     for warning in warnings:
         log.warning(warning)
-    result = make_plan(model, percent, mode, regular, drop_levels, cfg.PRUNE.ROUND_TO, cfg.PRUNE.GAMMA_SCALE)
+    result = choose_plan(model, cfg, percent, macs, mode, regular, drop_levels)
     check_request(result, drop_levels)
     note = f"{mode}{' regular' if regular else ''}{' max' if drop_levels else ''} from {path.name}"
     compensated = masked_model(model, result, "compensated")
@@ -126,12 +151,15 @@ def prune_checkpoint(path: str | Path, cfg: CfgNode, percent: float, mode: str =
     size = cfg.INPUT.IMAGE_SIZE
     timing = compare_latency({"original": torch_call(model, size), "compact": torch_call(compact, size)})
     rows[0]["latency_ms"], rows[-1]["latency_ms"] = timing["original"]["median_ms"], timing["compact"]["median_ms"]
-    text = "\n".join([f"ssdlab prune: {path}", format_table(rows), *summary_lines(result, rows, timing, cfg.PRUNE.GAMMA_SCALE),
+    budget = [budget_line(result, macs)] if macs is not None else []
+    text = "\n".join([f"ssdlab prune: {path}", *budget, format_table(rows),
+                      *summary_lines(result, rows, timing, cfg.PRUNE.GAMMA_SCALE),
                       *(f"warning: {w}" for w in warnings)]) + "\n"
     out_dir = Path(out_dir) if out_dir else path.parent
     tag = tag or default_tag(path, result, regular, drop_levels)
     metrics = {k: rows[-1][k] for k in ("voc_map", "coco_ap") if rows[-1][k] is not None}
-    record = {"source": str(path), "mode": mode, "percent": float(percent), "regular": bool(regular),
+    record = {"source": str(path), "mode": mode, "percent": float(result.percent), "macs_budget": macs,
+              "regular": bool(regular),
               "max": bool(drop_levels), "threshold": result.threshold, "highest_safe": result.highest_safe,
               "params_before": rows[0]["params"], "params_after": rows[-1]["params"]}
     checkpoint = ckpt.make_checkpoint(compact, metrics=metrics, prune=record)
