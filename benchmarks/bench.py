@@ -14,7 +14,10 @@ combined (prune-then-quantize and quantize-then-prune of each course model), sid
 by its own script into the same folder: integer (the integer-only reference of the IAO rows,
 integer.py), int8_graph (int8 graphs in ONNX Runtime: ssdlab PTQ/QAT, onnxruntime, pruned,
 Torch-Pruning, int8_graph.py), data_pipeline (the cost of a training sample, data_pipeline.py)
-and baselines (the committed baselines, baselines.py). Each family
+and baselines (the committed baselines, baselines.py). Every training run is a course stage
+(ssdlab.course: runs/<stage>-<digest> of the course profile, the repository's runs/ for the full
+profile), so a benchmark reuses what the tour or a notebook already trained for the same request
+and never retrains or deletes another caller's run. Each family
 keeps its results next to RESULTS.md (one JSON record per result in a .jsonl file: commit,
 machine, CPU flags, digests) and rewrites its own section, generated from its records; the summary then
 loads every stored checkpoint once more, in a fresh process, to measure params, size, MACs and CPU
@@ -48,7 +51,7 @@ import plots  # noqa: E402
 import pruning  # noqa: E402
 import quantization  # noqa: E402
 import side_by_side  # noqa: E402
-from profiles import BenchProfile, get_profile  # noqa: E402
+from profiles import BenchProfile, at_root, get_profile  # noqa: E402
 from records import checkpoint_fields, context, measured_on, read_records, write_records  # noqa: E402
 from results_md import ROOT, display, write_section  # noqa: E402
 
@@ -69,7 +72,6 @@ class Bench:
     def __init__(self, profile_name: str, out: Path):
         self.name = profile_name
         self.out = out
-        self.runs = out / "runs"
         self.profile: BenchProfile = get_profile(profile_name, None if profile_name == "full" else out / "shapes")
         self.results = out / "RESULTS.md"
         default_out = default_output(profile_name)
@@ -107,7 +109,7 @@ def starts(bench: Bench) -> dict[str, Path]:
     """The dense start of each course model: the committed baseline, else the course family's checkpoint."""
     found = {}
     for model in COURSE_MODELS:
-        trained = bench.runs / model / "model_final.pt"
+        trained = Path(course_training.recipe(model, bench.profile).OUTPUT_DIR) / "model_final.pt"
         found[model] = baseline(model) if baseline(model).is_file() else trained
         if not found[model].is_file():
             raise FileNotFoundError(f"no dense {model} model: neither {baseline(model)} nor {trained}; "
@@ -119,12 +121,12 @@ def run_family(bench: Bench, family: str) -> str:
     """Run one family through its script's functions; the RESULTS.md section it wrote."""
     p, command = bench.profile, bench.family_command(family)
     if family == "course":
-        return course_training.run_all(list(COURSE_MODELS), bench.store(family), bench.results, bench.runs, command, p)
+        return course_training.run_all(list(COURSE_MODELS), bench.store(family), bench.results, command, p)
     if family == "pruning":
-        return pruning.run_all(list(p.pruning_runs), starts(bench), bench.store(family), bench.results, bench.runs,
-                               command, p, resume=False, remeasure=True)
+        return pruning.run_all(list(p.pruning_runs), starts(bench), bench.store(family), bench.results, command, p,
+                               remeasure=True)
     if family == "mobilenet":
-        return mobilenet_pruning.run_all(bench.store(family), bench.results, bench.runs, command, p)
+        return mobilenet_pruning.run_all(bench.store(family), bench.results, command, p)
     if family in ("quantization", "combined"):  # each model's run rewrites the whole section: keep the last
         return [run_quantized(bench, family, model, command) for model in COURSE_MODELS][-1]
     if family == "side_by_side":
@@ -158,11 +160,11 @@ def run_quantized(bench: Bench, family: str, model: str, command: str) -> str:
     """One course model's QAT rows, or (combined) its prune-then-quantize and quantize-then-prune rows at its
     pruning run's fine-tune percent."""
     if family == "quantization":
-        return quantization.run_all(model, quantization.QAT_ROWS, bench.store(family), bench.results, bench.runs,
-                                    command, bench.profile)
+        return quantization.run_all(model, quantization.QAT_ROWS, bench.store(family), bench.results, command,
+                                    bench.profile)
     pruned, sparse, percent = combined_starts(bench, model)
     return quantization.run_all(model, quantization.COMBINED_ROWS, bench.store("quantization"), bench.results,
-                                bench.runs, command, bench.profile, percent=percent,
+                                command, bench.profile, percent=percent,
                                 starts={"pruned-iao-w8a8": pruned, "iao-w8a8-pruned": sparse})
 
 
@@ -178,8 +180,11 @@ def combined_starts(bench: Bench, model: str) -> tuple[Path, Path, float]:
 
 def iao_checkpoint(bench: Bench) -> Path:
     """The plain model's IAO W8A8 QAT checkpoint of the quantization family (for the int8 ONNX row)."""
-    stored = bench.quantized().get("plain", {}).get("iao-w8a8", {})
-    return ROOT / stored.get("checkpoint", bench.runs / "plain_quant_iao-w8a8" / "model_final.pt")
+    stored = bench.quantized().get("plain", {}).get("iao-w8a8")
+    if stored:
+        return ROOT / stored["checkpoint"]
+    cfg = quantization.row_recipe("plain", "iao-w8a8", baseline("plain"), bench.profile.qat_iters, bench.profile)
+    return Path(cfg.OUTPUT_DIR) / "model_final.pt"
 
 
 def row(family: str, model: str, variant: str, checkpoint: str | Path, metrics: dict, command: str,
@@ -399,7 +404,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", choices=("full", "smoke"),
                         default="smoke" if os.environ.get("SSDLAB_PROFILE") == "smoke" else "full")
-    parser.add_argument("--out", type=Path, help="folder of RESULTS.md, the JSON rows, the plots and runs/ "
+    parser.add_argument("--out", type=Path, help="folder of RESULTS.md, the JSON rows and the plots "
                                                  "(default: benchmarks/ for full, build/bench-smoke/ for smoke)")
     parser.add_argument("--only", nargs="+", choices=(*FAMILIES, "summary"), default=list(FAMILIES),
                         help="families to run (the summary always follows)")
@@ -407,7 +412,9 @@ def main(argv: list[str] | None = None) -> None:
     out = (args.out or default_output(args.profile)).resolve()
     if args.profile == "smoke" and out == HERE.resolve():
         parser.error("the smoke profile never writes into benchmarks/; pick another --out")
-    run(Bench(args.profile, out), [f for f in FAMILIES if f in args.only])
+    bench = Bench(args.profile, out)
+    at_root(bench.profile)
+    run(bench, [f for f in FAMILIES if f in args.only])
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ from ssdlab.engine.train import Trainer
 from ssdlab.errors import ConfigError, SSDLabError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from records import data_profile, config_digest, context, read_records, write_records  # noqa: E402
-from results_md import display, write_section  # noqa: E402
+from records import config_digest, context, data_profile, regenerate, write_records  # noqa: E402
+from results_md import display  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RECORDS = HERE / "data_pipeline.jsonl"
@@ -159,9 +159,7 @@ def main() -> None:
             write_records(measure(args), args.records)
         except SSDLabError as err:
             sys.exit(f"error: {err}")
-    text = section(read_records(args.records))
-    write_section(text, args.out, START, END, before=("\n<!-- course-training:start -->",))
-    print(text)
+    print(regenerate(section, args.records, args.out, (START, END), before=("\n<!-- course-training:start -->",)))
 
 
 if __name__ == "__main__":

@@ -46,8 +46,8 @@ from ssdlab.quant.ptq import DEFAULT_IMAGES, calibration_batches, post_training_
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import openvino_rows  # noqa: E402
 from openvino_rows import OpenVinoGraph, OpenVinoSession, nncf_int8  # noqa: E402
-from records import context, read_records, write_records  # noqa: E402
-from results_md import display, write_section  # noqa: E402
+from records import context, regenerate, write_records  # noqa: E402
+from results_md import display  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RECORDS = HERE / "int8_graph.jsonl"
@@ -313,9 +313,7 @@ def main() -> None:
                               args.tune)
             records = measure(rows, args.profile, args.runs)
         write_records(records, args.records)
-    records = read_records(args.records)
-    write_section(table(records), args.results, START, END, before=("\n<!-- side-by-side:start -->",))
-    print(table(records))
+    print(regenerate(table, args.records, args.results, (START, END), before=("\n<!-- side-by-side:start -->",)))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The integer-only reference against the fake-quantized model, for IAO checkpoints.
 
-    python benchmarks/integer.py --ckpt benchmarks/runs/plain_quant_iao-w8a8/model_final.pt \
-        benchmarks/runs/plain_quant_pruned-iao-w8a8-final/model_final.pt
+    python benchmarks/integer.py --ckpt runs/plain_quant_iao_w8a8-<digest>/model_final.pt \
+        runs/plain_pruned_quant_iao_w8a8-<digest>/model_final.pt
     python benchmarks/integer.py --only summary      # the section again from benchmarks/integer.jsonl
 
 For each checkpoint: mAP of the fake-quantized PyTorch model and of the NumPy integer pipeline
@@ -24,8 +24,8 @@ from ssdlab.engine import checkpoint as ckpt
 from ssdlab.export.intref import compare_integer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from records import data_profile, checkpoint_fields, context, read_records, write_records  # noqa: E402
-from results_md import display, write_section  # noqa: E402
+from records import checkpoint_fields, context, data_profile, regenerate, write_records  # noqa: E402
+from results_md import display  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- integer:start -->", "<!-- integer:end -->"
@@ -88,9 +88,7 @@ def main() -> None:
             parser.error("give --ckpt (IAO QAT checkpoints), or --only summary to regenerate from the records")
         command = "python benchmarks/integer.py --ckpt " + " ".join(display(p) for p in args.ckpt)
         write_records([row(path, args.data, command) for path in args.ckpt], records)
-    text = table(read_records(records))
-    write_section(text, args.out, START, END)
-    print(text)
+    print(regenerate(table, records, args.out, (START, END)))
 
 
 if __name__ == "__main__":

@@ -5,10 +5,12 @@
 The course models have no depthwise convs, so this trains MobileNetV2-SSDLite (the seed's
 mobile_v2_ssd_voc0712.yaml, from scratch, at 192 px with the course priors scaled to it) on the
 shapes data, sparse-trains it with PRUNE.TYPE coupled (the L1 penalty on every prunable γ), and
-prunes that one model at each percent in the modes normal, shortcut and coupled (no fine-tune),
-so the rows show what each mode can remove from the same network. One JSON record per model (dense,
-sparse, each pruned one; commit, machine, CPU flags, digests) in benchmarks/mobilenet_pruning.jsonl;
-the section between the mobilenet-pruning markers of benchmarks/RESULTS.md is generated from them.
+prunes that one model at each percent in the modes normal, shortcut and coupled (no fine-tune), so
+the rows show what each mode can remove from the same network. The runs are stages like the course's
+(runs/mobilenet-<digest>, runs/mobilenet_sparse-<digest>), reused when they have finished. One JSON
+record per model (dense, sparse, each pruned one; commit, machine, CPU flags, digests) in
+benchmarks/mobilenet_pruning.jsonl; the section between the mobilenet-pruning markers of
+benchmarks/RESULTS.md is generated from them.
 
     python benchmarks/mobilenet_pruning.py --only summary   # the section again from the records
 """
@@ -22,17 +24,16 @@ import torch
 
 from ssdlab.config import PACKAGE_CONFIGS, CfgNode, load_config
 from ssdlab.engine import checkpoint as ckpt
-from ssdlab.engine.train import train
+from ssdlab.course import in_stage, train_recipe
 from ssdlab.model.cfg import parse_cfg, read_backbone_text
 from ssdlab.model.ssd import feature_sizes
 from ssdlab.prune.plan import MODES
 from ssdlab.prune.surgery import make_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profiles import FULL, BenchProfile  # noqa: E402
+from profiles import FULL, BenchProfile, at_root  # noqa: E402
 from pruning import prune_row  # noqa: E402
-from records import checkpoint_fields, context, measured, read_records, write_records  # noqa: E402
-from results_md import write_section  # noqa: E402
+from records import checkpoint_fields, context, measured, regenerate, write_records  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- mobilenet-pruning:start -->", "<!-- mobilenet-pruning:end -->"
@@ -55,29 +56,33 @@ def priors_for(size: int) -> list[str]:
             "MODEL.PRIORS.MIN_SIZES", str(scaled[0]), "MODEL.PRIORS.MAX_SIZES", str(scaled[1])]
 
 
-def mobilenet_config(profile: BenchProfile, out: Path, iterations: int, extra: list[str] | None = None) -> CfgNode:
-    """MobileNetV2-SSDLite on the profile's shapes data (with the profile's solver overrides)."""
-    return load_config(PACKAGE_CONFIGS / "mobile_v2_ssd_voc0712.yaml",
-                       [*SHAPES_RECIPE, *priors_for(profile.mobilenet_size), *profile.solver,
-                        *profile.overrides(out, iterations), *(extra or [])])
+def mobilenet_config(profile: BenchProfile, stage: str, iterations: int, extra: list[str] | None = None) -> CfgNode:
+    """MobileNetV2-SSDLite on the profile's shapes data (with the profile's solver overrides), run in the course
+    profile's <root>/<stage>-<digest>."""
+    cfg = load_config(PACKAGE_CONFIGS / "mobile_v2_ssd_voc0712.yaml",
+                      [*SHAPES_RECIPE, *priors_for(profile.mobilenet_size), "DATASETS.TRAIN",
+                       f"['{profile.data}:train']", "DATASETS.TEST", f"['{profile.data}:val']",
+                       *profile.overrides(iterations), *(extra or [])])
+    return in_stage(cfg, stage, profile.course)
 
 
-def run(runs: Path, command: str, profile: BenchProfile = FULL) -> list[dict]:
-    """Train dense, sparse-train (coupled), prune in every mode; one record per model."""
+def run(command: str, profile: BenchProfile = FULL) -> list[dict]:
+    """Train dense, sparse-train (coupled), prune in every mode (finished stages reused); one record per model."""
     dense_iters, sparse_iters = profile.mobilenet_iters
-    dense = train(mobilenet_config(profile, runs / "mobilenet", dense_iters), resume=False)
-    cfg = mobilenet_config(profile, runs / "mobilenet_sparse", sparse_iters, [
+    dense = train_recipe(mobilenet_config(profile, "mobilenet", dense_iters))
+    cfg = mobilenet_config(profile, "mobilenet_sparse", sparse_iters, [
         "MODEL.FINE_TUNE", "True", "MODEL.WEIGHTS", str(dense.checkpoint), "PRUNE.TYPE", "coupled",
         "PRUNE.SR", "0.005", "SOLVER.LR", "0.002", "SOLVER.WARMUP_ITERS", str(min(50, sparse_iters // 4))])
-    sparse = train(cfg, resume=False)
+    sparse = train_recipe(cfg)
     model = ckpt.load(sparse.checkpoint)
     safe = {mode: make_plan(model, 0.0, mode).highest_safe for mode in MODES}
-    rows = [prune_row("mobilenet", sparse.checkpoint, cfg, p, False, runs, p > safe[mode], mode)
+    rows = [prune_row("mobilenet", sparse.checkpoint, cfg, p, False, p > safe[mode], mode)
             for p in profile.mobilenet_percents for mode in MODES]
     shared = {**context("mobilenet_pruning", profile.course), "command": command, "image_size": cfg.INPUT.IMAGE_SIZE,
               "threads": torch.get_num_threads()}
     trained = [{**shared, "row": row, **checkpoint_fields(result.checkpoint), "voc_map": result.metrics["voc_map"],
-                "coco_ap": result.metrics["coco_ap"], "iterations": iterations, "minutes": result.train_seconds / 60}
+                "coco_ap": result.metrics["coco_ap"], "iterations": iterations, "minutes": result.train_seconds / 60,
+                "reused": result.reused}
                for row, result, iterations in (("dense", dense, dense_iters), ("sparse", sparse, sparse_iters))]
     trained[1]["highest_safe"] = safe
     return trained + [{**shared, "row": "pruned", **r} for r in rows]  # prune_row has the digests
@@ -110,29 +115,21 @@ def table(records: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run_all(store: Path, results: Path, runs: Path, command: str, profile: BenchProfile = FULL) -> str:
+def run_all(store: Path, results: Path, command: str, profile: BenchProfile = FULL) -> str:
     """Run, write the records, rewrite the RESULTS.md section and return it."""
     profile.prepare_data()
-    write_records(run(runs, command, profile), store)
-    return regenerate(store, results)
-
-
-def regenerate(store: Path, results: Path) -> str:
-    """Rewrite the RESULTS.md section from the stored records; the section."""
-    section = table(read_records(store))
-    write_section(section, results, START, END)
-    return section
+    write_records(run(command, profile), store)
+    return regenerate(table, store, results, (START, END))
 
 
 def main() -> None:
     """Parse arguments, run, write RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
-    parser.add_argument("--runs", type=Path, default=HERE / "runs")
     parser.add_argument("--only", choices=["summary"], help="regenerate the RESULTS.md section from the records")
     args = parser.parse_args()
     store, command = HERE / "mobilenet_pruning.jsonl", "python " + " ".join(sys.argv)
-    print(regenerate(store, args.out) if args.only else run_all(store, args.out, args.runs, command))
+    print(regenerate(table, store, args.out, (START, END)) if args.only else run_all(store, args.out, command, at_root(FULL)))
 
 
 if __name__ == "__main__":

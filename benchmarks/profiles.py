@@ -1,10 +1,13 @@
 """Benchmark profiles: how much data, how many iterations and how many timed runs each script uses.
 
-`full` is what benchmarks/RESULTS.md reports (the course recipes as they are); `smoke` runs every
-row on tiny settings so that `make test` keeps the scripts working (its numbers mean nothing).
+`full` is what benchmarks/RESULTS.md reports (the course recipes as they are, on the course's data, so its
+runs are the course's stages in runs/: a benchmark and a notebook asking for the same run share it); `smoke`
+runs every row on tiny settings so that `make test` keeps the scripts working (its numbers mean nothing).
+Paths are relative to the working folder, which `at_root` makes the repository for the full profile.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -43,13 +46,16 @@ class BenchProfile:
     threads: int | None = None  # torch threads for everything (None: every core, as ssdlab trains)
 
     def data_overrides(self) -> list[str]:
-        """DATASETS.TRAIN / DATASETS.TEST on this profile's shapes data."""
+        """DATASETS.TRAIN / DATASETS.TEST on this profile's shapes data (none on the course profile's own)."""
+        if self.data == Path(PROFILES[self.course]["data"]):
+            return []
         return ["DATASETS.TRAIN", f"['{self.data}:train']", "DATASETS.TEST", f"['{self.data}:val']"]
 
-    def overrides(self, out: Path, iterations: int | None = None) -> list[str]:
-        """Data, the profile's solver settings, OUTPUT_DIR and (when given) SOLVER.MAX_ITER overrides for a recipe."""
+    def overrides(self, iterations: int | None = None) -> list[str]:
+        """Data, the profile's solver settings and (when given) SOLVER.MAX_ITER overrides for a recipe (none for
+        the full profile: the course's own recipe, so the run is the course's stage)."""
         threads = ["SOLVER.NUM_THREADS", str(self.threads)] if self.threads else []
-        return [*self.data_overrides(), *self.solver, *threads, "OUTPUT_DIR", str(out),
+        return [*self.data_overrides(), *self.solver, *threads,
                 *(["SOLVER.MAX_ITER", str(iterations)] if iterations else [])]
 
     def prepare_data(self) -> Path:
@@ -58,7 +64,7 @@ class BenchProfile:
 
 
 FULL = BenchProfile(
-    course="full", data=ROOT / PROFILES["full"]["data"], n_train=PROFILES["full"]["train"],
+    course="full", data=Path(PROFILES["full"]["data"]), n_train=PROFILES["full"]["train"],
     n_val=PROFILES["full"]["val"], course_iters=None, sparse_iters=None, tune_iters=500, qat_iters=500,
     percents=(0.3, 0.4, 0.5, 0.53, 0.55, 0.6, 0.7, 0.8), tune_percent={"plain": 0.6, "residual": 0.5},
     pruning_runs=(("plain", None, "none"), ("plain", 0.01, "none"), ("plain", 0.01, "params"), ("residual", None, "none")),
@@ -76,6 +82,14 @@ SMOKE = BenchProfile(
             "DATA_LOADER.NUM_WORKERS", "0"), threads=1)  # one thread: robust on a machine shared with other jobs
 
 BENCH_PROFILES = {"full": FULL, "smoke": SMOKE}
+
+
+def at_root(profile: BenchProfile) -> BenchProfile:
+    """The profile, after making the repository the working folder when it is the full one (its relative paths:
+    the course's data and stages)."""
+    if profile.course == "full":
+        os.chdir(ROOT)
+    return profile
 
 
 def get_profile(name: str, data: Path | None = None) -> BenchProfile:

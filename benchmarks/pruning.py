@@ -3,14 +3,16 @@
     python benchmarks/pruning.py                       # both course models, writes RESULTS.md
     python benchmarks/pruning.py --models plain --percents 0.5 0.7
 
-For each model: evaluate the committed baseline, sparse-train it (course/<model>_sparse.yaml,
-resumed when benchmarks/runs/<model>_sparse exists, unless --fresh), prune at each percent (no fine-tune;
-with --max 1 past the highest safe percent), once with --regular 1, and fine-tune the pruned
-model at --tune-percent (default 0.6 plain, 0.5 residual) with and without distillation from
-the sparse model. Also counts MobileNetV2-SSDLite's prunable layers and channels per mode.
-One JSON record per model of a sparse run (the sparse model, each pruned and fine-tuned one: commit,
-machine, CPU flags, weights and config digests) in benchmarks/pruning.jsonl; the section between the
-pruning markers of benchmarks/RESULTS.md is generated from those records alone.
+For each model: evaluate the committed baseline, sparse-train it (course/<model>_sparse.yaml), prune
+at each percent (no fine-tune; with --max 1 past the highest safe percent), once with --regular 1,
+and fine-tune the pruned model at --tune-percent (default 0.6 plain, 0.5 residual) with and without
+distillation from the sparse model. Every run is a course stage (ssdlab.course): the sparse run is
+notebook 02's runs/<model>_sparse-<digest> when the recipe is the course's, the pruned models lie
+beside it, and a finished stage is reused rather than trained again. Also counts
+MobileNetV2-SSDLite's prunable layers and channels per mode. One JSON record per model of a sparse
+run (the sparse model, each pruned and fine-tuned one: commit, machine, CPU flags, weights and
+config digests) in benchmarks/pruning.jsonl; the section between the pruning markers of
+benchmarks/RESULTS.md is generated from those records alone.
 
     python benchmarks/pruning.py --only summary        # the section again from the records
 """
@@ -23,22 +25,21 @@ from pathlib import Path
 
 import torch
 
-from ssdlab.config import PACKAGE_CONFIGS, CfgNode, merge_overrides
-from ssdlab.course import COURSE_MODELS, baseline, course_config, tune_config
+from ssdlab.config import PACKAGE_CONFIGS, CfgNode
+from ssdlab.course import (COURSE_MODELS, baseline, course_config, prune_stage, sparse_config, train_recipe,
+                           tune_config)
 from ssdlab.data.catalog import datasets
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import evaluate_model
 from ssdlab.engine.profile import measure_latency
-from ssdlab.engine.train import train
 from ssdlab.model.cfg import infer_channels, read_cfg
 from ssdlab.prune.plan import MODES, prunable_layers
-from ssdlab.prune.report import prune_checkpoint
 from ssdlab.prune.surgery import make_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profiles import FULL, BenchProfile  # noqa: E402
-from records import CONTEXT, checkpoint_fields, context, measured, read_records, write_records  # noqa: E402
-from results_md import ROOT, display, write_section  # noqa: E402
+from profiles import FULL, BenchProfile, at_root  # noqa: E402
+from records import CONTEXT, checkpoint_fields, context, measured, read_records, regenerate, write_records  # noqa: E402
+from results_md import ROOT, display  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- pruning:start -->", "<!-- pruning:end -->"
@@ -51,23 +52,26 @@ def run_key(model: str, sr: float | None, weight: str = "none") -> str:
     return model + (f" ({', '.join(changes)})" if changes else "")
 
 
-def sparse_train(model: str, runs: Path, start: Path, sr: float | None, weight: str = "none",
-                 profile: BenchProfile = FULL, resume: bool = True):
-    """Sparse-train from `start` (resumes a stopped run unless resume=False); the TrainResult and its config."""
+def sparse_recipe(model: str, start: Path, sr: float | None, weight: str = "none", profile: BenchProfile = FULL):
+    """The sparse training from `start` (SR and its weighting when not the recipe's) in its course stage:
+    <model>_sparse-<digest>, notebook 02's run, for the course's own recipe."""
     extra = (["PRUNE.SR", str(sr)] if sr else []) + ["PRUNE.SR_WEIGHT", weight]
     name = f"{model}_sparse" + (f"_sr{sr:g}" if sr else "") + (f"_{weight}" if weight != "none" else "")
-    cfg = course_config(model, profile.course, ["MODEL.WEIGHTS", str(start),
-                                                *profile.overrides(runs / name, profile.sparse_iters), *extra],
-                        step="sparse")
-    return train(cfg, resume=resume), cfg
+    return sparse_config(model, profile.course, start, [*profile.overrides(profile.sparse_iters), *extra], stage=name)
 
 
-def prune_row(model: str, sparse: Path, cfg: CfgNode, percent: float, regular: bool, runs: Path,
-              drop_levels: bool, mode: str | None = None) -> dict:
-    """Prune once (no fine-tune) and keep the report's numbers."""
+def sparse_train(model: str, start: Path, sr: float | None, weight: str = "none", profile: BenchProfile = FULL):
+    """Sparse-train (reused or resumed when its stage exists); the TrainResult and its config."""
+    cfg = sparse_recipe(model, start, sr, weight, profile)
+    return train_recipe(cfg), cfg
+
+
+def prune_row(model: str, sparse: Path, cfg: CfgNode, percent: float, regular: bool, drop_levels: bool,
+              mode: str | None = None) -> dict:
+    """Prune once beside the sparse model (course.prune_stage, no fine-tune) and keep the report's numbers."""
     mode = mode or cfg.PRUNE.TYPE
-    report = prune_checkpoint(sparse, cfg, percent, mode, regular=regular, drop_levels=drop_levels,
-                              quick=True, out_dir=runs / "pruned" / sparse.parent.name, dataset=datasets(cfg, False))
+    report = prune_stage(sparse, cfg, percent, mode, datasets(cfg, False), quick=True,
+                         round_to=cfg.PRUNE.ROUND_TO if regular else 1, drop_levels=drop_levels)
     original, compact = report.rows[0], report.rows[-1]
     return {"model": model, "mode": mode, "percent": percent, "regular": regular, "max": drop_levels,
             "levels": report.plan.levels,
@@ -80,14 +84,14 @@ def prune_row(model: str, sparse: Path, cfg: CfgNode, percent: float, regular: b
             **checkpoint_fields(report.files["checkpoint"]), "highest_safe": report.plan.highest_safe}
 
 
-def fine_tune(model: str, pruned: Path, teacher: Path | None, runs: Path, iterations: int,
-              profile: BenchProfile = FULL) -> dict:
-    """Fine-tune a pruned model (optionally distilled from the teacher); its final metrics."""
-    out = runs / f"{pruned.parent.name.replace('_sparse', '')}_tuned_{'distilled' if teacher else 'plain'}"
-    cfg = tune_config(pruned, iterations, profile.course, teacher, model).clone()  # the course's fine-tune recipe
-    merge_overrides(cfg, profile.overrides(out, iterations))
-    result = train(cfg.freeze(), resume=False)
-    return {"model": model, "distilled": teacher is not None, "iterations": iterations,
+def fine_tune(model: str, pruned: Path, teacher: Path | None, iterations: int, profile: BenchProfile = FULL) -> dict:
+    """Fine-tune a pruned model (optionally distilled from the teacher) in its course stage
+    (<model>_tuned_plain or _distilled, as notebook 04 names them); its final metrics."""
+    how = "distilled" if teacher else "plain"
+    cfg = tune_config(pruned, iterations, profile.course, teacher, model, stage=f"{model}_tuned_{how}",
+                      extra=profile.overrides(iterations))
+    result = train_recipe(cfg)
+    return {"model": model, "distilled": teacher is not None, "iterations": iterations, "reused": result.reused,
             "voc_map": result.metrics["voc_map"], "coco_ap": result.metrics["coco_ap"],
             "minutes": result.train_seconds / 60, **checkpoint_fields(result.checkpoint)}
 
@@ -136,29 +140,27 @@ def mobilenet_counts() -> dict:
 def evaluate_baseline(model: str, start: Path, profile: BenchProfile = FULL) -> dict:
     """VOC and COCO metrics of the dense starting model on the val split."""
     net = ckpt.load(start)
-    cfg = course_config(model, profile.course, profile.data_overrides())
+    cfg = course_config(model, profile.course, profile.overrides())
     result = evaluate_model(net, datasets(cfg, False), cfg)
     return {"voc_map": result["voc_map"], "coco_ap": result["coco_ap"]}
 
 
-def run_model(model: str, percents: list[float], tune_percent: float, tune_iters: int, runs: Path,
-              start: Path, base: dict, sr: float | None, weight: str = "none", profile: BenchProfile = FULL,
-              resume: bool = True) -> dict:
+def run_model(model: str, percents: list[float], tune_percent: float, tune_iters: int, start: Path, base: dict,
+              sr: float | None, weight: str = "none", profile: BenchProfile = FULL) -> dict:
     """Every step for one course model from its dense start (whose metrics are `base`)."""
-    trained, cfg = sparse_train(model, runs, start, sr, weight, profile, resume)
+    trained, cfg = sparse_train(model, start, sr, weight, profile)
     sparse = trained.checkpoint
     safe = make_plan(ckpt.load(sparse), 0.0, cfg.PRUNE.TYPE).highest_safe
-    rows = [prune_row(model, sparse, cfg, p, False, runs, p > safe) for p in percents]  # --max 1 past the safe ratio
+    rows = [prune_row(model, sparse, cfg, p, False, p > safe) for p in percents]  # --max 1 past the safe ratio
     chosen = min(percents, key=lambda p: abs(p - tune_percent))
-    rows.append(prune_row(model, sparse, cfg, chosen, True, runs, chosen > safe))
+    rows.append(prune_row(model, sparse, cfg, chosen, True, chosen > safe))
     pruned = ROOT / next(r["checkpoint"] for r in rows if r["percent"] == chosen and not r["regular"])
-    tuned = [fine_tune(model, pruned, None, runs, tune_iters, profile),
-             fine_tune(model, pruned, sparse, runs, tune_iters, profile)]
+    tuned = [fine_tune(model, pruned, None, tune_iters, profile), fine_tune(model, pruned, sparse, tune_iters, profile)]
     return {**context("pruning", profile.course), **checkpoint_fields(sparse), "start": display(start),
             "sparse_checkpoint": display(sparse), "baseline": base, "highest_safe": safe,
             "threads": torch.get_num_threads(), "latency_runs": LATENCY_RUNS,
             "sparse": {"voc_map": trained.metrics.get("voc_map"), "coco_ap": trained.metrics.get("coco_ap"),
-                       "minutes": trained.train_seconds / 60},
+                       "minutes": trained.train_seconds / 60, "reused": trained.reused},
             "prune": rows, "tuned": tuned, "tune_percent": chosen,
             "sparse_config": {"SR": cfg.PRUNE.SR, "SR_WEIGHT": cfg.PRUNE.SR_WEIGHT, "TYPE": cfg.PRUNE.TYPE,
                               "MAX_ITER": cfg.SOLVER.MAX_ITER, "LR": cfg.SOLVER.LR}}
@@ -207,8 +209,8 @@ def table(results: dict, counts: dict) -> str:
 
 
 def run_all(runs_wanted: list[tuple[str, float | None, str]], starts: dict[str, Path], store: Path, results: Path,
-            runs: Path, command: str, profile: BenchProfile = FULL, percents: list[float] | None = None,
-            tune_percent: float | None = None, resume: bool = True, remeasure: bool = False) -> str:
+            command: str, profile: BenchProfile = FULL, percents: list[float] | None = None,
+            tune_percent: float | None = None, remeasure: bool = False) -> str:
     """Run each (model, SR, SR weighting) and keep it in the JSON store (remeasure: then time every stored model again,
     one after the other); rewrite the RESULTS.md section and return it."""
     profile.prepare_data()
@@ -217,21 +219,19 @@ def run_all(runs_wanted: list[tuple[str, float | None, str]], starts: dict[str, 
     for model, sr, weight in runs_wanted:
         tune = tune_percent if tune_percent is not None else profile.tune_percent[model]
         key = run_key(model, sr, weight)
-        results_json[key] = run_model(model, list(percents or profile.percents), tune, profile.tune_iters, runs,
-                                      starts[model], bases[model], sr, weight, profile, resume)
+        results_json[key] = run_model(model, list(percents or profile.percents), tune, profile.tune_iters,
+                                      starts[model], bases[model], sr, weight, profile)
         results_json[key]["command"] = command
         write_records(to_records(results_json), store)
     if remeasure:
         remeasure_latency(results_json, profile.course, profile.latency_runs)
         write_records(to_records(results_json), store)
-    return regenerate(store, results)
+    return regenerate(section, store, results, (START, END))
 
 
-def regenerate(store: Path, results: Path) -> str:
-    """Rewrite the RESULTS.md section from the stored records; the section."""
-    section = table(dict(sorted(from_records(read_records(store)).items())), mobilenet_counts())
-    write_section(section, results, START, END)
-    return section
+def section(records: list[dict]) -> str:
+    """The RESULTS.md section of the stored records, the sparse runs in the order of their keys."""
+    return table(dict(sorted(from_records(records).items())), mobilenet_counts())
 
 
 def main() -> None:
@@ -247,25 +247,22 @@ def main() -> None:
                         help="PRUNE.SR_WEIGHT (params: cost-aware sparsity; the run is kept apart)")
     parser.add_argument("--latency", action="store_true",
                         help="only re-measure the stored rows' CPU latency (run on an otherwise idle machine)")
-    parser.add_argument("--fresh", action="store_true", help="sparse-train again instead of resuming or reusing "
-                                                             "benchmarks/runs/<model>_sparse")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
-    parser.add_argument("--runs", type=Path, default=HERE / "runs")
     parser.add_argument("--only", choices=["summary"], help="regenerate the RESULTS.md section from the records")
     args = parser.parse_args()
     store = HERE / "pruning.jsonl"
     if args.only:
-        print(regenerate(store, args.out))
+        print(regenerate(section, store, args.out, (START, END)))
         return
     if args.latency:
         results = from_records(read_records(store))
         remeasure_latency(results, "full")
         write_records(to_records(results), store)
         args.models = []
-    profile = replace(FULL, tune_iters=args.tune_iters)
-    starts = {model: args.start or baseline(model) for model in args.models}
-    print(run_all([(model, args.sr, args.sr_weight) for model in args.models], starts, store, args.out, args.runs,
-                  "python " + " ".join(sys.argv), profile, args.percents, args.tune_percent, resume=not args.fresh))
+    starts = {model: args.start.resolve() if args.start else baseline(model) for model in args.models}
+    profile = at_root(replace(FULL, tune_iters=args.tune_iters))
+    print(run_all([(model, args.sr, args.sr_weight) for model in args.models], starts, store, args.out,
+                  "python " + " ".join(sys.argv), profile, args.percents, args.tune_percent))
 
 
 if __name__ == "__main__":

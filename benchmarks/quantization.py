@@ -2,11 +2,13 @@
 
     python benchmarks/quantization.py                      # all QAT rows of the plain model, writes RESULTS.md
     python benchmarks/quantization.py --model residual --rows iao-w8a8 dorefa-w8a8 --iters 500
-    python benchmarks/quantization.py --rows pruned-iao-w8a8 --pruned benchmarks/runs/pruned/plain_sparse/P.pt
-    python benchmarks/quantization.py --rows iao-w8a8-pruned --sparse benchmarks/runs/plain_sparse/model_final.pt
+    python benchmarks/quantization.py --rows pruned-iao-w8a8 --pruned runs/plain_sparse-<digest>/model_final_normal_p0.6.pt
+    python benchmarks/quantization.py --rows iao-w8a8-pruned --sparse runs/plain_sparse-<digest>/model_final.pt
 
 Each row continues the model's committed float baseline (ssdlab/checkpoints/<model>_shapes.pt)
-with its QAT recipe course/<model>_quant.yaml and the row's QUANTIZATION settings.
+with its QAT recipe course/<model>_quant.yaml and the row's QUANTIZATION settings, in its course
+stage folder runs/<model>_quant_<kind>_w<bits>a<bits>-<digest> (ssdlab.course: a finished run of the
+same request, e.g. notebook 05's, is reused).
 `pruned-iao-w8a8` starts from a pruned checkpoint instead (--pruned, e.g. one written by
 benchmarks/pruning.py: prune-then-quantize); `iao-w8a8-pruned` continues a sparse model
 (--sparse) with IAO QAT that keeps the L1 penalty of the model's sparse recipe on BN γ, then
@@ -26,19 +28,17 @@ from pathlib import Path
 import torch
 
 from ssdlab.config import CfgNode
-from ssdlab.course import COURSE_MODELS, baseline, quant_config, sparse_config
+from ssdlab.course import COURSE_MODELS, baseline, prune_stage, quant_config, sparse_config, train_recipe
 from ssdlab.data.catalog import datasets
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import evaluate_model
 from ssdlab.engine.profile import count_params, measure_latency, size_mib
-from ssdlab.engine.train import train
-from ssdlab.prune.report import prune_checkpoint
 from ssdlab.prune.surgery import make_plan
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profiles import FULL, BenchProfile  # noqa: E402
-from records import checkpoint_fields, context, measured, read_records, write_records  # noqa: E402
-from results_md import ROOT, display, write_section  # noqa: E402
+from profiles import FULL, BenchProfile, at_root  # noqa: E402
+from records import checkpoint_fields, context, measured, read_records, regenerate, write_records  # noqa: E402
+from results_md import ROOT, display  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- quantization:start -->", "<!-- quantization:end -->"
@@ -51,11 +51,20 @@ QAT_ROWS = ["iao-w8a8", "dorefa-w8a8", "iao-w4a4", "dorefa-w4a4", "bwn-binary", 
 COMBINED_ROWS = ["pruned-iao-w8a8", "iao-w8a8-pruned"]
 
 
-def recipe(model: str, start: Path, kind: str, wbits: int, abits: int, iters: int, out: Path,
-           profile: BenchProfile = FULL, extra: list[str] | None = None) -> CfgNode:
-    """The QAT recipe of one row of a course model."""
-    return quant_config(kind, wbits, abits, iters, profile.course, start, [*profile.overrides(out), *(extra or [])],
-                        model)
+def recipe(model: str, start: Path, kind: str, wbits: int, abits: int, iters: int, profile: BenchProfile = FULL,
+           extra: list[str] | None = None, stage: str | None = None) -> CfgNode:
+    """The QAT recipe of one row of a course model, in its course stage (default <model>_quant_<kind>_w<b>a<b>:
+    notebook 05's run when the row and its start are the course's)."""
+    return quant_config(kind, wbits, abits, iters, profile.course, start, [*profile.overrides(), *(extra or [])],
+                        model, stage)
+
+
+def row_recipe(model: str, name: str, start: Path, iters: int, profile: BenchProfile = FULL) -> CfgNode:
+    """The recipe of a QAT row from `start` (a pruned-* row runs in <model>_pruned_quant_<kind>_w<b>a<b>, the
+    tour's name for it)."""
+    kind, wbits, abits = ROWS[name]
+    stage = f"{model}_pruned_quant_{kind.lower()}_w{wbits}a{abits}" if name.startswith("pruned") else None
+    return recipe(model, start, kind, wbits, abits, iters, profile, stage=stage)
 
 
 def measure(model, cfg: CfgNode, metrics: dict | None = None, runs: int = 10) -> dict:
@@ -66,43 +75,44 @@ def measure(model, cfg: CfgNode, metrics: dict | None = None, runs: int = 10) ->
             "threads": torch.get_num_threads()}
 
 
-def qat_row(model: str, name: str, start: Path, iters: int, runs: Path, profile: BenchProfile = FULL) -> dict:
-    """QAT of one row from `start`; its numbers."""
+def qat_row(model: str, name: str, start: Path, iters: int, profile: BenchProfile = FULL) -> dict:
+    """QAT of one row from `start` (reused when its stage has finished); its numbers."""
     kind, wbits, abits = ROWS[name]
-    cfg = recipe(model, start, kind, wbits, abits, iters, runs / f"{model}_quant_{name}", profile)
-    result = train(cfg, resume=False)
-    return {"row": name, "type": kind, "wbits": wbits, "abits": abits, "iterations": iters,
+    cfg = row_recipe(model, name, start, iters, profile)
+    result = train_recipe(cfg)
+    return {"row": name, "type": kind, "wbits": wbits, "abits": abits, "iterations": iters, "reused": result.reused,
             "start": display(start), "minutes": result.train_seconds / 60, "checkpoint": display(result.checkpoint),
             **measure(ckpt.load(result.checkpoint), cfg, result.metrics, profile.latency_runs)}
 
 
-def quantize_then_prune(model: str, sparse: Path, percent: float, iters: int, runs: Path,
-                        profile: BenchProfile = FULL) -> dict:
-    """Sparse IAO W8A8 QAT from a sparse float model (the sparse recipe's PRUNE.TYPE and SR), then prune the
-    quantized model (no fine-tune)."""
+def quantize_then_prune(model: str, sparse: Path, percent: float, iters: int, profile: BenchProfile = FULL) -> dict:
+    """Sparse IAO W8A8 QAT from a sparse float model (the sparse recipe's PRUNE.TYPE and SR, stage
+    <model>_sparse_quant_iao_w8a8), then prune the quantized model beside it (no fine-tune)."""
     name = "iao-w8a8-pruned"
     sparse_recipe = sparse_config(model, profile.course).PRUNE
     mode = sparse_recipe.TYPE
-    cfg = recipe(model, sparse, "IAO", 8, 8, iters, runs / f"{model}_quant_{name}", profile,
-                 ["PRUNE.TYPE", mode, "PRUNE.SR", str(sparse_recipe.SR)])
-    result = train(cfg, resume=False)
+    cfg = recipe(model, sparse, "IAO", 8, 8, iters, profile, ["PRUNE.TYPE", mode, "PRUNE.SR", str(sparse_recipe.SR)],
+                 stage=f"{model}_sparse_quant_iao_w8a8")
+    result = train_recipe(cfg)
     safe = make_plan(ckpt.load(result.checkpoint), 0.0, mode).highest_safe
-    report = prune_checkpoint(result.checkpoint, cfg, percent, mode, drop_levels=percent > safe, quick=True,
-                              dataset=datasets(cfg, False))
+    report = prune_stage(result.checkpoint, cfg, percent, mode, datasets(cfg, False), quick=True,
+                         drop_levels=percent > safe)
     compact = report.rows[-1]
     return {"row": name, "type": "IAO", "wbits": 8, "abits": 8, "iterations": iters, "start": display(sparse),
             "prune_type": mode, "percent": percent, "max": percent > safe, "minutes": result.train_seconds / 60,
-            "checkpoint": display(report.files["checkpoint"]), "qat_checkpoint": display(result.checkpoint),
-            "qat_voc_map": result.metrics["voc_map"],
+            "reused": result.reused, "checkpoint": display(report.files["checkpoint"]),
+            "qat_checkpoint": display(result.checkpoint), "qat_voc_map": result.metrics["voc_map"],
             **measure(report.model, cfg, {k: compact[k] for k in ("voc_map", "coco_ap")}, profile.latency_runs)}
 
 
-def run_row(model: str, name: str, start: Path | None, iters: int, runs: Path, profile: BenchProfile = FULL,
+def run_row(model: str, name: str, start: Path | None, iters: int, profile: BenchProfile = FULL,
             percent: float = 0.6) -> dict:
     """One row: QAT from the float baseline, from a pruned model (pruned-*) or quantize-then-prune (*-pruned)."""
     if name.endswith("-pruned"):
-        return quantize_then_prune(model, start, percent, iters, runs, profile)
-    return qat_row(model, name, start if name.startswith("pruned") else baseline(model), iters, runs, profile)
+        assert start is not None, "the *-pruned rows start from a sparse model"
+        return quantize_then_prune(model, start, percent, iters, profile)
+    return qat_row(model, name, start if start is not None and name.startswith("pruned") else baseline(model), iters,
+                   profile)
 
 
 def by_model(records: list[dict]) -> dict[str, dict[str, dict]]:
@@ -146,30 +156,22 @@ def table(rows: list[dict], float_row: dict) -> list[str]:
     return lines
 
 
-def run_all(model: str, names: list[str], store: Path, results: Path, runs: Path, command: str,
-            profile: BenchProfile = FULL, iters: int | None = None, starts: dict[str, Path] | None = None,
-            percent: float = 0.6) -> str:
+def run_all(model: str, names: list[str], store: Path, results: Path, command: str, profile: BenchProfile = FULL,
+            iters: int | None = None, starts: dict[str, Path] | None = None, percent: float = 0.6) -> str:
     """Run each row of a course model (starts: the checkpoint of pruned-* and *-pruned rows), replace its record
     in the store, rewrite the RESULTS.md section and return it."""
     profile.prepare_data()
     iters = iters or profile.qat_iters
     shared = {**context("quantization", profile.course), "model": model, "command": command}
-    float_cfg = recipe(model, baseline(model), "no", 32, 32, iters, runs / "unused", profile)
+    float_cfg = recipe(model, baseline(model), "no", 32, 32, iters, profile)  # for its test set only
     kept = [{**shared, "row": "float", **checkpoint_fields(baseline(model)),
              **measure(ckpt.load(baseline(model)), float_cfg, runs=profile.latency_runs)}]
     for name in names:
-        row = run_row(model, name, (starts or {}).get(name), iters, runs, profile, percent)
+        row = run_row(model, name, (starts or {}).get(name), iters, profile, percent)
         kept.append({**shared, **row, **checkpoint_fields(ROOT / row["checkpoint"])})
         replaced = {(r["model"], r["row"]) for r in kept}
         write_records([r for r in read_records(store) if (r["model"], r["row"]) not in replaced] + kept, store)
-    return regenerate(store, results)
-
-
-def regenerate(store: Path, results: Path) -> str:
-    """Rewrite the RESULTS.md section from the stored records; the section."""
-    text = section(read_records(store))
-    write_section(text, results, START, END)
-    return text
+    return regenerate(section, store, results, (START, END))
 
 
 def main() -> None:
@@ -182,19 +184,19 @@ def main() -> None:
     parser.add_argument("--percent", type=float, default=0.6, help="prune percent of the *-pruned rows")
     parser.add_argument("--iters", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
-    parser.add_argument("--runs", type=Path, default=HERE / "runs")
     parser.add_argument("--only", choices=["summary"], help="regenerate the RESULTS.md section from the records")
     args = parser.parse_args()
     store = HERE / "quantization.jsonl"
     if args.only:
-        print(regenerate(store, args.out))
+        print(regenerate(section, store, args.out, (START, END)))
         return
     if any(r.startswith("pruned") for r in args.rows) and args.pruned is None:
         parser.error("the pruned-* rows need --pruned CHECKPOINT")
     if any(r.endswith("-pruned") for r in args.rows) and args.sparse is None:
         parser.error("the *-pruned rows need --sparse CHECKPOINT")
-    starts = {name: args.pruned if name.startswith("pruned") else args.sparse for name in COMBINED_ROWS}
-    print(run_all(args.model, args.rows, store, args.out, args.runs, "python " + " ".join(sys.argv),
+    starts = {name: (args.pruned if name.startswith("pruned") else args.sparse) for name in COMBINED_ROWS}
+    starts = {name: path.resolve() for name, path in starts.items() if path is not None}
+    print(run_all(args.model, args.rows, store, args.out, "python " + " ".join(sys.argv), at_root(FULL),
                   iters=args.iters, starts=starts, percent=args.percent))
 
 

@@ -6,8 +6,9 @@ import hashlib
 import json
 import subprocess
 from pathlib import Path
+from typing import Callable
 
-from results_md import ROOT, display, machine
+from results_md import ROOT, display, machine, write_section
 
 from ssdlab.course import PROFILES
 from ssdlab.engine import checkpoint as ckpt
@@ -84,3 +85,12 @@ def read_records(path: Path) -> list[dict]:
                 raise ValueError(f"{display(path)}, line {number}: not a JSON record ({err.msg}); "
                                  "rerun the family that writes it or restore the file from git") from None
     return records
+
+
+def regenerate(render: Callable[[list[dict]], str], store: Path, results: Path, markers: tuple[str, str],
+               before: tuple[str, ...] = ()) -> str:
+    """A family's RESULTS.md section rendered from its stored records alone and written between its markers
+    (a new section goes before the first of `before` found); the section."""
+    section = render(read_records(store))
+    write_section(section, results, *markers, before=before)
+    return section

@@ -46,9 +46,9 @@ from ssdlab.model.build import build_model
 from ssdlab.quant.apply import calibrate
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from profiles import FULL, BenchProfile  # noqa: E402
-from records import checkpoint_fields, context, measured, read_records, write_records  # noqa: E402
-from results_md import write_section  # noqa: E402
+from profiles import FULL, BenchProfile, at_root  # noqa: E402
+from quantization import row_recipe  # noqa: E402
+from records import checkpoint_fields, context, measured, regenerate, write_records  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 START, END = "<!-- side-by-side:start -->", "<!-- side-by-side:end -->"
@@ -195,7 +195,7 @@ def onnx_row(name: str, checkpoint: Path, out: Path, profile: BenchProfile) -> d
     """Export one checkpoint (int8 QDQ when it is IAO), time it in ONNX Runtime and evaluate it."""
     model = ckpt.load(checkpoint)
     path = write_onnx(model, out, name)
-    cfg = course_config("plain", profile.course, profile.data_overrides())
+    cfg = course_config("plain", profile.course, profile.overrides())
     size = model.cfg.INPUT.IMAGE_SIZE
     metrics = evaluate_model(OnnxDetector(path, model, torch.get_num_threads()), datasets(cfg, False), cfg)
     return {"model": name, **checkpoint_fields(checkpoint), "file_mib": path.stat().st_size / 2 ** 20,
@@ -330,31 +330,27 @@ def run_all(store: Path, results: Path, iao_checkpoint: Path, command: str, prof
     parts = {"training": compare_training(profile), "onnx": compare_onnx(iao_checkpoint, profile),
              "full_size": full_size_int8(profile)}
     write_records([{**shared, "part": name, **r} for name, rows in parts.items() for r in rows], store)
-    return regenerate(store, results)
-
-
-def regenerate(store: Path, results: Path) -> str:
-    """Rewrite the RESULTS.md section from the stored records; the section."""
-    section = table(read_records(store))
-    write_section(section, results, START, END)
-    return section
+    return regenerate(table, store, results, (START, END))
 
 
 def main() -> None:
     """Parse arguments, run, write RESULTS.md."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iao", type=Path, default=HERE / "runs" / "plain_quant_iao-w8a8" / "model_final.pt",
-                        help="IAO W8A8 checkpoint for the int8 row (benchmarks/quantization.py --rows iao-w8a8)")
+    parser.add_argument("--iao", type=Path, help="IAO W8A8 checkpoint for the int8 row (default: the course stage "
+                                                 "of benchmarks/quantization.py --rows iao-w8a8 --iters 500)")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--only", choices=["summary"], help="regenerate the RESULTS.md section from the records")
     args = parser.parse_args()
     store = HERE / "side_by_side.jsonl"
     if args.only:
-        print(regenerate(store, args.out))
+        print(regenerate(table, store, args.out, (START, END)))
         return
-    if not args.iao.is_file():
-        parser.error(f"{args.iao} does not exist; run python benchmarks/quantization.py --rows iao-w8a8 first")
-    print(run_all(store, args.out, args.iao, "python " + " ".join(sys.argv)))
+    iao = args.iao.resolve() if args.iao else None
+    profile = at_root(FULL)
+    iao = iao or Path(row_recipe("plain", "iao-w8a8", baseline("plain"), profile.qat_iters).OUTPUT_DIR) / "model_final.pt"
+    if not iao.is_file():
+        parser.error(f"{iao} does not exist; run python benchmarks/quantization.py --rows iao-w8a8 --iters 500 first")
+    print(run_all(store, args.out, iao, "python " + " ".join(sys.argv), profile))
 
 
 if __name__ == "__main__":

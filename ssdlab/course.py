@@ -8,7 +8,7 @@ runs/; `smoke` shrinks data and iterations to finish in about a minute (runs/smo
 Stages: every run of the course (lesson training, sparse training, QAT, fine-tuning) lives in
 `<root>/<stage>-<digest>`, the digest taken over its effective training settings and its start's
 weights (`run_digest`). The same request is computed once and reused by whoever asks for it
-through these helpers (the tour, the notebooks), and different requests never share a folder, so
+through these helpers (the tour, the notebooks, the benchmarks), and different requests never share a folder, so
 nothing retrains or deletes another caller's run. (The CLI writes to the recipe's OUTPUT_DIR.) A pruned
 model is written beside its sparse model, named by mode and percent (`prune_stage`).
 """
@@ -97,9 +97,13 @@ def course_config(model: str, profile: str | None = None, extra: list[str] | Non
     cfg = load_config(PACKAGE_CONFIGS / "course" / f"{model}_{step}.yaml", overrides)
     if "OUTPUT_DIR" in overrides[0::2]:
         return cfg
-    stage = stage or (model if step == "shapes" else f"{model}_{step}")
+    return in_stage(cfg, stage or (model if step == "shapes" else f"{model}_{step}"), profile)
+
+
+def in_stage(cfg, stage: str, profile: str | None = None):
+    """cfg run in the profile's <root>/<stage>-<run_digest>: the folder every caller of the same request shares."""
     cfg = cfg.clone()
-    cfg.OUTPUT_DIR = f"{settings['root']}/{stage}-{run_digest(cfg)}"
+    cfg.OUTPUT_DIR = f"{PROFILES[profile or current_profile()]['root']}/{stage}-{run_digest(cfg)}"
     return cfg.freeze()
 
 
@@ -144,33 +148,35 @@ def sparse_config(model: str = "plain", profile: str | None = None, start: str |
 
 
 def tune_config(pruned: str | Path, iterations: int, profile: str | None = None, teacher: str | Path | None = None,
-                model: str = "plain", stage: str | None = None):
+                model: str = "plain", stage: str | None = None, extra: list[str] | None = None):
     """A short fine-tune of a pruned course model (its own architecture, no sparsity, LR 0.0005), optionally
     distilled from `teacher`; stage default <model>_tuned<iterations>."""
     return course_config(model, profile, [
         "MODEL.FINE_TUNE", "True", "MODEL.WEIGHTS", str(pruned), "PRUNE.TYPE", "no", "SOLVER.LR", "0.0005",
         "SOLVER.MAX_ITER", str(iterations), "SOLVER.WARMUP_ITERS", str(min(20, iterations // 4)),
-        "SOLVER.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "0", "DISTILL.TEACHER", str(teacher or "")],
-        stage=stage or f"{model}_tuned{iterations}")
+        "SOLVER.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "0", "DISTILL.TEACHER", str(teacher or ""),
+        *(extra or [])], stage=stage or f"{model}_tuned{iterations}")
 
 
-def pruned_path(sparse: str | Path, percent: float, mode: str = "normal", round_to: int = 1) -> Path:
-    """Where prune_stage writes the compact model of a sparse checkpoint: beside it, named by mode, percent and
-    (when kept widths are rounded up to a multiple) that multiple."""
+def pruned_path(sparse: str | Path, percent: float, mode: str = "normal", round_to: int = 1,
+                drop_levels: bool = False) -> Path:
+    """Where prune_stage writes the compact model of a sparse checkpoint: beside it, named by mode, percent,
+    (when kept widths are rounded up to a multiple) that multiple, and _max when head levels were dropped."""
     sparse = Path(sparse)
-    return sparse.parent / f"{sparse.stem}_{mode}_p{percent:g}{f'_r{round_to}' if round_to > 1 else ''}.pt"
+    rounded = f"_r{round_to}" if round_to > 1 else ""
+    return sparse.parent / f"{sparse.stem}_{mode}_p{percent:g}{rounded}{'_max' if drop_levels else ''}.pt"
 
 
 def prune_stage(sparse: str | Path, cfg, percent: float, mode: str = "normal", dataset=None,
-                quick: bool = False, round_to: int = 1) -> PruneReport:
-    """Prune a sparse checkpoint into pruned_path (the same request gives the same file: notebooks 04, 06, tour);
-    round_to > 1 rounds every kept width up to a multiple of it (`prune --regular 1`; CPU kernels run whole
-    blocks of 8 or 16 channels)."""
+                quick: bool = False, round_to: int = 1, drop_levels: bool = False) -> PruneReport:
+    """Prune a sparse checkpoint into pruned_path (the same request gives the same file: notebooks 04, 06, tour,
+    benchmarks); round_to > 1 rounds every kept width up to a multiple of it (`prune --regular 1`; CPU kernels run
+    whole blocks of 8 or 16 channels); drop_levels drops the head levels after an emptied layer (`--max 1`)."""
     if round_to > 1:
         cfg = cfg.clone()
         cfg.PRUNE.ROUND_TO = round_to
-    return prune_channels(sparse, percent, mode, cfg, regular=round_to > 1, quick=quick, dataset=dataset,
-                          tag=pruned_path(sparse, percent, mode, round_to).stem)
+    return prune_channels(sparse, percent, mode, cfg, regular=round_to > 1, drop_levels=drop_levels, quick=quick,
+                          dataset=dataset, tag=pruned_path(sparse, percent, mode, round_to, drop_levels).stem)
 
 
 def train_recipe(cfg) -> TrainResult:

@@ -293,3 +293,26 @@ def test_the_pruning_records_round_trip_through_the_sparse_runs():
     runs = from_records(stored)
     assert to_records(runs) == stored and all(run["prune"] and run["tuned"] for run in runs.values())
     assert {r["row"] for r in stored} == {"sparse", "pruned", "tuned"}
+
+
+def test_the_full_benchmark_runs_are_the_course_stages_of_the_same_requests(monkeypatch):
+    """The full profile adds nothing to the course recipes, so its from-scratch, sparse and QAT runs are the folders the
+    tour and the notebooks use (digests compared without training)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import course_training
+    import pruning
+    import quantization
+    from profiles import FULL
+
+    from ssdlab.course import QAT_ITERS, baseline, course_config, quant_config, sparse_config
+    monkeypatch.chdir(ROOT)
+    assert FULL.overrides() == [] and FULL.qat_iters == QAT_ITERS["full"]
+    start = baseline("plain")
+    pairs = [(course_training.recipe("plain"), course_config("plain", "full")),
+             (pruning.sparse_recipe("plain", start, None), sparse_config("plain", "full")),
+             (quantization.row_recipe("plain", "iao-w8a8", start, FULL.qat_iters), quant_config("IAO", 8, 8, 500, "full"))]
+    for bench, course in pairs:
+        assert bench.OUTPUT_DIR == course.OUTPUT_DIR and bench.OUTPUT_DIR.startswith("runs/")
+    weighted = pruning.sparse_recipe("plain", start, 0.01, "macs")  # another request: another folder
+    assert weighted.OUTPUT_DIR.startswith("runs/plain_sparse_sr0.01_macs-")
+    assert weighted.OUTPUT_DIR.rsplit("-", 1)[1] != pairs[1][0].OUTPUT_DIR.rsplit("-", 1)[1]
