@@ -234,7 +234,7 @@ def measure(rows: dict[str, tuple[Graph, Source]], profile: str, runs: int) -> l
     for name, (path, source) in rows.items():
         point = source if isinstance(source, Path) else None
         model = detector_model(source, reference)
-        detector = OnnxDetector(getattr(path, "path", path), model, session=open_session(path, torch.get_num_threads()))
+        detector = OnnxDetector(None, model, session=open_session(path, torch.get_num_threads()))
         metrics = evaluate_model(detector, val, cfg)
         state = ckpt.read_checkpoint(point) if point else None
         totals = summary(model, size)

@@ -6,7 +6,7 @@ from ssdlab.engine.evaluate import agreement
 from ssdlab.engine.inference import predict
 from ssdlab.errors import ExportError
 from ssdlab.export.qdq import QDQConv, qdq_model, OnnxDetector
-from ssdlab.export.runtime import optimized_ops
+from ssdlab.export.runtime import onnx_session, optimized_ops
 from ssdlab.export.weights import export_weights
 from ssdlab.model.build import build_model
 from ssdlab.quant.layers import QuantConv2d
@@ -49,6 +49,11 @@ def test_a_marked_input_layer_makes_the_whole_graph_int8(all_int8_course_model, 
     assert ops.count("QuantizeLinear") == 1  # the image, once; dequantized only before softmax and decoding
     onnx_dets = predict(OnnxDetector(path, model), val, cfg, progress=False)
     assert agreement(onnx_dets, predict(model, val, cfg, progress=False), min_score=0.3, iou=0.9)["fraction"] >= 0.95
+    opened = predict(OnnxDetector(None, model, session=onnx_session(path)), val, cfg, progress=False)
+    assert opened.keys() == onnx_dets.keys() and all(torch.equal(opened[i]["boxes"], onnx_dets[i]["boxes"]) for i in opened)
+    for source, session in ((path, onnx_session(path)), (None, None)):
+        with pytest.raises(ExportError, match="an .onnx path or an open session"):
+            OnnxDetector(source, model, session=session)
 
 
 def test_without_final_the_float_heads_read_dequantized_features(shapes_dir, tmp_path):

@@ -218,9 +218,12 @@ def store_int8_weights(source: Path, target: Path) -> None:
 class OnnxDetector(nn.Module):
     """An exported ONNX detector in onnxruntime, called like model.eval() (detections per image)."""
 
-    def __init__(self, path: str | Path, model: SSD, threads: int = 0, session=None):
-        """session: an open one to use instead (anything with onnxruntime's run(None, feeds), e.g. another runtime's)."""
+    def __init__(self, path: str | Path | None, model: SSD, threads: int = 0, session=None):
+        """path: the .onnx file; or (path None) session: an open one (anything with onnxruntime's run(None, feeds),
+        e.g. another runtime's)."""
         super().__init__()
+        if (path is None) == (session is None):
+            raise ExportError("OnnxDetector takes an .onnx path or an open session, not both or neither")
         self.session = session or onnx_session(path, threads)
         self.image_size, self.test = model.cfg.INPUT.IMAGE_SIZE, model.cfg.TEST
 
