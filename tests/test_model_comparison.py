@@ -131,6 +131,22 @@ def test_compare_latency_interleaves_the_contenders(monkeypatch):
     assert result["a"]["cpu"] == profile.cpu_flags() and profile.latency_note(result["a"]).startswith("batch 1")
 
 
+def test_compare_latency_times_only_the_call_after_the_warm_calls(monkeypatch):
+    """With warm_calls 2, each turn calls a contender three times back to back and times the third alone."""
+    clock, calls = [0.0], {"a": 0, "b": 0}
+
+    def contender(name):
+        def call():
+            calls[name] += 1
+            clock[0] += (10.0 if calls[name] % 3 else 1.0) / 1000  # the untimed calls take 10 ms, the timed one 1 ms
+        return call
+
+    monkeypatch.setattr(profile.time, "perf_counter", lambda: clock[0])
+    result = profile.compare_latency({"a": contender("a"), "b": contender("b")}, runs=4, warmup=1, warm_calls=2)
+    assert calls == {"a": 15, "b": 15}
+    assert result["a"]["max_ms"] == pytest.approx(1.0) and result["b"]["median_ms"] == pytest.approx(1.0)
+
+
 def test_layer_latency_times_each_layer_by_its_own_forward(monkeypatch):
     """A fake clock that moves only inside layer 3 (5 ms) and the head (2 ms): every other layer takes 0 ms."""
     import ssdlab

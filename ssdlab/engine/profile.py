@@ -175,14 +175,18 @@ def session_call(session, image_size: int) -> Callable[[], None]:
 
 
 def compare_latency(contenders: Mapping[str, Callable[[], object]], runs: int = 30, warmup: int = 3,
-                    threads: int | None = None) -> dict[str, dict]:
+                    threads: int | None = None, warm_calls: int = 0) -> dict[str, dict]:
     """Time contenders interleaved: each round runs every one once, in turn, so a slower spell of the machine
-    falls on all alike. Per contender: median, quartiles, min and max (ms), runs, torch threads, CPU flags."""
+    falls on all alike (warm_calls: untimed calls just before each timed one, so that many contenders do not
+    time each other's evicted caches). Per contender: median, quartiles, min and max (ms), runs, torch threads,
+    CPU flags."""
     threads = threads or torch.get_num_threads()
     times: dict[str, list[float]] = {name: [] for name in contenders}
     with torch_threads(threads):
         for round_ in range(warmup + runs):
             for name, call in contenders.items():
+                for _ in range(warm_calls):
+                    call()
                 start = time.perf_counter()
                 call()
                 if round_ >= warmup:

@@ -224,7 +224,7 @@ class OnnxDetector(nn.Module):
         super().__init__()
         if (path is None) == (session is None):
             raise ExportError("OnnxDetector takes an .onnx path or an open session, not both or neither")
-        self.session = session or onnx_session(path, threads)
+        self.session = session if path is None else onnx_session(path, threads)
         self.image_size, self.test = model.cfg.INPUT.IMAGE_SIZE, model.cfg.TEST
 
     def forward(self, images: Tensor) -> list[dict[str, Tensor]]:
