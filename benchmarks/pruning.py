@@ -86,10 +86,8 @@ def prune_row(model: str, sparse: Path, cfg: CfgNode, percent: float, regular: b
 
 def fine_tune(model: str, pruned: Path, teacher: Path | None, iterations: int, profile: BenchProfile = FULL) -> dict:
     """Fine-tune a pruned model (optionally distilled from the teacher) in its course stage
-    (<model>_tuned_plain or _distilled, as notebook 04 names them); its final metrics."""
-    how = "distilled" if teacher else "plain"
-    cfg = tune_config(pruned, iterations, profile.course, teacher, model, stage=f"{model}_tuned_{how}",
-                      extra=profile.overrides(iterations))
+    (ssdlab.course.tune_stage, shared with notebook 04); its final metrics."""
+    cfg = tune_config(pruned, iterations, profile.course, teacher, model, extra=profile.overrides(iterations))
     result = train_recipe(cfg)
     return {"model": model, "distilled": teacher is not None, "iterations": iterations, "reused": result.reused,
             "voc_map": result.metrics["voc_map"], "coco_ap": result.metrics["coco_ap"],

@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from ssdlab.config import CfgNode
-from ssdlab.course import COURSE_MODELS, baseline, prune_stage, quant_config, sparse_config, train_recipe
+from ssdlab.course import (COURSE_MODELS, baseline, prune_stage, quant_after, quant_config, sparse_config,
+                           train_recipe)
 from ssdlab.data.catalog import datasets
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import evaluate_model
@@ -60,10 +61,10 @@ def recipe(model: str, start: Path, kind: str, wbits: int, abits: int, iters: in
 
 
 def row_recipe(model: str, name: str, start: Path, iters: int, profile: BenchProfile = FULL) -> CfgNode:
-    """The recipe of a QAT row from `start` (a pruned-* row runs in <model>_pruned_quant_<kind>_w<b>a<b>, the
-    tour's name for it)."""
+    """The recipe of a QAT row from `start` (pruned-iao-w8a8 runs in the stage quant_after(model, "pruned"), as the
+    tour and notebook 06 do)."""
     kind, wbits, abits = ROWS[name]
-    stage = f"{model}_pruned_quant_{kind.lower()}_w{wbits}a{abits}" if name.startswith("pruned") else None
+    stage = quant_after(model, "pruned") if name == "pruned-iao-w8a8" else None
     return recipe(model, start, kind, wbits, abits, iters, profile, stage=stage)
 
 
@@ -92,7 +93,7 @@ def quantize_then_prune(model: str, sparse: Path, percent: float, iters: int, pr
     sparse_recipe = sparse_config(model, profile.course).PRUNE
     mode = sparse_recipe.TYPE
     cfg = recipe(model, sparse, "IAO", 8, 8, iters, profile, ["PRUNE.TYPE", mode, "PRUNE.SR", str(sparse_recipe.SR)],
-                 stage=f"{model}_sparse_quant_iao_w8a8")
+                 stage=quant_after(model, "sparse"))
     result = train_recipe(cfg)
     safe = make_plan(ckpt.load(result.checkpoint), 0.0, mode).highest_safe
     report = prune_stage(result.checkpoint, cfg, percent, mode, datasets(cfg, False), quick=True,

@@ -147,15 +147,25 @@ def sparse_config(model: str = "plain", profile: str | None = None, start: str |
                          step="sparse", stage=stage)
 
 
+def tune_stage(model: str, distilled: bool) -> str:
+    """The stage of a pruned course model's fine-tune (notebook 04, the benchmarks): <model>_tuned_plain|distilled."""
+    return f"{model}_tuned_{'distilled' if distilled else 'plain'}"
+
+
+def quant_after(model: str, step: str) -> str:
+    """The stage of IAO W8A8 QAT after a course step, "pruned" or "sparse" (notebook 06, the tour, the benchmarks)."""
+    return f"{model}_{step}_quant_iao_w8a8"
+
+
 def tune_config(pruned: str | Path, iterations: int, profile: str | None = None, teacher: str | Path | None = None,
-                model: str = "plain", stage: str | None = None, extra: list[str] | None = None):
+                model: str = "plain", extra: list[str] | None = None):
     """A short fine-tune of a pruned course model (its own architecture, no sparsity, LR 0.0005), optionally
-    distilled from `teacher`; stage default <model>_tuned<iterations>."""
+    distilled from `teacher`, in stage tune_stage."""
     return course_config(model, profile, [
         "MODEL.FINE_TUNE", "True", "MODEL.WEIGHTS", str(pruned), "PRUNE.TYPE", "no", "SOLVER.LR", "0.0005",
         "SOLVER.MAX_ITER", str(iterations), "SOLVER.WARMUP_ITERS", str(min(20, iterations // 4)),
         "SOLVER.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "0", "DISTILL.TEACHER", str(teacher or ""),
-        *(extra or [])], stage=stage or f"{model}_tuned{iterations}")
+        *(extra or [])], stage=tune_stage(model, bool(teacher)))
 
 
 def pruned_path(sparse: str | Path, percent: float, mode: str = "normal", round_to: int = 1,
@@ -296,7 +306,7 @@ def run_tour(profile: str | None = None) -> str:
         rows += [sparse, pruned,
                  quantize_row(model, f"{model}-quantized", baseline(model), QAT_ITERS[profile], profile),
                  quantize_row(model, f"{model}-pruned+q", pruned["checkpoint"], PRUNED_QAT_ITERS[profile], profile,
-                              stage=f"{model}_pruned_quant_iao_w8a8")]
+                              stage=quant_after(model, "pruned"))]
     notes = {r["ort_note"] for r in rows if r.get("ort_note")}
     return (f"ssdlab tour ({profile} profile; VOC mAP = area AP at IoU 0.5; ms: PyTorch; int8 ms: ONNX Runtime "
             f"int8 and its ratio to the fp32 graph of the float model it came from, {', '.join(notes) or '-'})\n"

@@ -180,6 +180,29 @@ def test_a_budget_out_of_reach_gives_the_highest_safe_plan(hand_spec):
             budget_plan(hand_spec, gammas, share)
 
 
+# Two head levels: emptying layer 2 past the safe ratio 3/12 drops level 1; emptying layer 1 (k >= 10) leaves none.
+TWO_LEVELS = {0: np.array([0.9, 0.8, 0.1, 0.05]), 1: np.array([0.7, 0.6, 0.5, 0.4]),
+              2: np.array([0.02, 0.03, 0.01, 0.04])}
+
+
+@pytest.mark.parametrize("share", [0.9, 0.5, 0.2, 0.05, 0.001])
+def test_a_budget_with_drop_levels_searches_past_the_safe_ratio(share):
+    """Against a walk over every k/12 whose --max plan exists; without drop_levels it stops at the safe 3/12."""
+    spec = spec_of(conv(4) + conv(4, level=0) + conv(4, level=1), image_size=4, boxes=(4, 4))
+    walk = []
+    for k in range(12):
+        try:
+            walk.append(plan(spec, TWO_LEVELS, k / 12, drop_levels=True))
+        except PruneError:
+            break
+    assert len(walk) == 10 and walk[4].levels == 1  # k = 4 empties layer 2
+    expected = next((p for p in walk if p.macs_after <= share * p.macs_before), walk[-1])
+    result = budget_plan(spec, TWO_LEVELS, share, drop_levels=True)
+    assert (result.percent, result.levels, result.macs_after) == (expected.percent, expected.levels,
+                                                                   expected.macs_after)
+    assert budget_plan(spec, TWO_LEVELS, share).percent <= 3 / 12
+
+
 def test_an_unknown_gamma_scale_names_the_key():
     with pytest.raises(ConfigError, match=r"PRUNE.GAMMA_SCALE = 'max' is unknown; use one of global, layer"):
         scale_gammas(HAND, "max")

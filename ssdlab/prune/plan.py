@@ -252,26 +252,44 @@ def plan(spec: ModelSpec, gammas: dict[int, np.ndarray], percent: float, mode: s
 
 
 def budget_plan(spec: ModelSpec, gammas: dict[int, np.ndarray], macs_share: float, mode: str = "normal",
-                regular: bool = False, round_to: int = 8) -> PrunePlan:
+                regular: bool = False, round_to: int = 8, drop_levels: bool = False) -> PrunePlan:
     """The plan at the smallest percent k/N (N prunable channels) whose MACs are at most `macs_share` of the
-    model's, by bisection over k (the plan at the highest safe percent when no safe percent gets there);
-    regular/round_to as in `plan`."""
+    model's, by bisection over k (the plan at the highest allowed percent when none gets there); regular,
+    round_to and drop_levels as in `plan` (drop_levels allows percents past the safe ratio that drop levels)."""
     if not 0.0 < macs_share < 1.0:
         raise PruneError(f"a MACs budget of {macs_share:g} is outside (0, 1); give the share of the MACs to keep")
     first = plan(spec, gammas, 0.0, mode)
     n = sum(len(gammas[i]) for i in first.producers)
-    low, high = 0, min(round(first.highest_safe * n), n - 1)
-    best = plan(spec, gammas, high / n, mode, regular, round_to=round_to)
+    low, high = 0, _highest_allowed(spec, gammas, mode, n, min(round(first.highest_safe * n), n - 1), drop_levels)
+    best = plan(spec, gammas, high / n, mode, regular, drop_levels, round_to)
     if best.macs_after > macs_share * best.macs_before:
         return best
     while low < high:  # invariant: the plan at k = high is within the budget
         middle = (low + high) // 2
-        candidate = plan(spec, gammas, middle / n, mode, regular, round_to=round_to)
+        candidate = plan(spec, gammas, middle / n, mode, regular, drop_levels, round_to)
         if candidate.macs_after <= macs_share * candidate.macs_before:
             high, best = middle, candidate
         else:
             low = middle + 1
     return best
+
+
+def _highest_allowed(spec: ModelSpec, gammas: dict[int, np.ndarray], mode: str, n: int, safe: int,
+                     drop_levels: bool) -> int:
+    """The largest k whose plan exists: the safe k, or with drop_levels the last k that keeps a head level
+    (bisection: once a percent empties a layer before the first level, every higher one does)."""
+    if not drop_levels:
+        return safe
+    low, high = safe, n - 1
+    while low < high:  # invariant: the plan at k = low exists
+        middle = (low + high + 1) // 2
+        try:
+            plan(spec, gammas, middle / n, mode, drop_levels=True)
+        except PruneError:
+            high = middle - 1
+        else:
+            low = middle
+    return low
 
 
 def _with_costs(result: PrunePlan, spec: ModelSpec) -> PrunePlan:

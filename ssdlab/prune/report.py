@@ -105,15 +105,12 @@ def default_tag(path: Path, result: PrunePlan, regular: bool, drop_levels: bool)
 def choose_plan(model: SSD, cfg: CfgNode, percent: float | None, macs: float | None, mode: str, regular: bool,
                 drop_levels: bool) -> PrunePlan:
     """The plan at `percent`, or (macs given) at the smallest percent whose compact model keeps at most that share
-    of the MACs (surgery.make_budget_plan)."""
+    of the MACs (surgery.make_budget_plan; with drop_levels past the safe ratio too)."""
     if (percent is None) == (macs is None):
         raise PruneError("give exactly one of percent (the share of channels to remove) and macs (the share of "
                          "the MACs to keep)")
     if macs is not None:
-        budget = make_budget_plan(model, macs, mode, regular, cfg.PRUNE.ROUND_TO, cfg.PRUNE.GAMMA_SCALE)
-        if not drop_levels:
-            return budget
-        percent = budget.percent
+        return make_budget_plan(model, macs, mode, regular, cfg.PRUNE.ROUND_TO, cfg.PRUNE.GAMMA_SCALE, drop_levels)
     assert percent is not None
     return make_plan(model, percent, mode, regular, drop_levels, cfg.PRUNE.ROUND_TO, cfg.PRUNE.GAMMA_SCALE)
 

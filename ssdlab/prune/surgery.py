@@ -52,11 +52,12 @@ def make_plan(model: SSD, percent: float, mode: str = "normal", regular: bool = 
 
 
 def make_budget_plan(model: SSD, macs_share: float, mode: str = "normal", regular: bool = False,
-                     round_to: int | None = None, gamma_scale: str | None = None) -> PrunePlan:
+                     round_to: int | None = None, gamma_scale: str | None = None,
+                     drop_levels: bool = False) -> PrunePlan:
     """The plan at the smallest percent that keeps at most `macs_share` of a model's MACs (see budget_plan)."""
     round_to = model.cfg.PRUNE.ROUND_TO if round_to is None else round_to
     return budget_plan(ModelSpec.from_model(model), plan_gammas(model, gamma_scale), macs_share, mode, regular,
-                       round_to)
+                       round_to, drop_levels)
 
 
 def pruned_groups(model: SSD, result: PrunePlan) -> list[tuple[Group, np.ndarray]]:
