@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,14 @@ class OpenVinoGraph:
             config["INFERENCE_PRECISION_HINT"] = self.precision
         return ov.Core().compile_model(str(self.path), "CPU", config)
 
+    @cached_property
+    def probe(self):
+        """The graph compiled once on one thread, for the questions below."""
+        return self.compile(1)
+
     def precision_used(self) -> str:
         """The inference precision OpenVINO runs this graph in on this CPU (e.g. f32, bf16)."""
-        return self.compile(1).get_property("INFERENCE_PRECISION_HINT").to_string()
+        return self.probe.get_property("INFERENCE_PRECISION_HINT").to_string()
 
     def files_mib(self) -> float:
         """Size on disk (an IR's .xml and .bin together)."""
@@ -44,7 +50,7 @@ class OpenVinoGraph:
 
     def conv_precisions(self) -> dict:
         """Convolutions of the graph OpenVINO runs, by the precision it runs them in."""
-        runtime = self.compile(1).get_runtime_model()
+        runtime = self.probe.get_runtime_model()
         counts = Counter(str(op.get_rt_info()["runtimePrecision"].astype(str)) for op in runtime.get_ops()
                          if op.get_rt_info()["layerType"].astype(str) == "Convolution")
         int8 = counts.pop("u8", 0) + counts.pop("i8", 0)

@@ -9,7 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 MEASURED = {  # what a typed-in measurement looks like
-    "an mAP or AP to four decimals": r"\b0\.[4-9]\d{3}\b",
+    "an mAP or AP": r"\b0\.[4-9]\d{3}\b|(?:mAP|AP)\D{0,30}\b0\.\d{2,3}\b",
     "a latency": r"\b\d+(\.\d+)? ?ms\b",
     "a speed-up or ratio": r"\b\d\.\d+ ?[×x](?!\w)",
     "an mAP change in points": r"[−+-]\d+\.\d+ points?\b",
@@ -24,8 +24,8 @@ def typed_figures(text: str) -> list[str]:
 
 
 def test_the_checker_finds_a_typed_figure_and_skips_generated_sections():
-    text = "mAP 0.9045 at 3.77 ms, 2.3× faster (−1.2 points)\n<!-- t:start -->0.9045 3 ms<!-- t:end -->"
-    assert len(typed_figures(text)) == 4 and typed_figures(text.split("\n")[1]) == []
+    text = "mAP 0.9045 at 3.77 ms, 2.3× faster (−1.2 points), AP about 0.61\n<!-- t:start -->0.9045 3 ms<!-- t:end -->"
+    assert len(typed_figures(text)) == 5 and typed_figures(text.split("\n")[1]) == []
     assert typed_figures("a rescale of 0.0123; 32×32 priors; ONNX Runtime int8 ms") == []
 
 
