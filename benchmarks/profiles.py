@@ -70,7 +70,7 @@ FULL = BenchProfile(
     pruning_runs=(("plain", None, "none"), ("plain", 0.01, "none"), ("plain", 0.01, "params"), ("residual", None, "none")),
     mobilenet_iters=(2500, 1000), mobilenet_size=192, mobilenet_percents=(0.3, 0.5, 0.7),
     latency_runs=30, speed_batch=8, speed_steps=10, speed_warmup=2, onnx_runs=50,
-    int8_configs=("vgg_bn_ssd300_hand_fpga_sparse_quan_w8a8_IAO.yaml",), int8_runs=10)
+    int8_configs=("vgg_bn_ssd300_hand_fpga_sparse_quan_w8a8_IAO.yaml",), int8_runs=30)
 
 SMOKE = BenchProfile(
     course="smoke", data=ROOT / "build" / "bench-smoke" / "shapes", n_train=32, n_val=8, course_iters=3,

@@ -95,15 +95,12 @@ class _Session:
         self.inputs.append(feeds)
         self.clock[0] += self.durations.pop(0) / 1000
 
-    def get_session_options(self):
-        return type("Options", (), {"intra_op_num_threads": 2})()
 
-
-def test_session_latency_drops_the_warmup_and_takes_the_median(monkeypatch):
+def test_a_timed_session_drops_the_warmup_and_takes_the_median(monkeypatch):
     clock = [10.0]
     monkeypatch.setattr(profile.time, "perf_counter", lambda: clock[0])
     session = _Session([100, 100, 3, 1, 2, 5, 4], clock)
-    result = profile.session_latency(session, 16, runs=5, warmup=2)
+    result = profile.compare_latency({"s": profile.session_call(session, 16)}, runs=5, warmup=2, threads=2)["s"]
     assert result["median_ms"] == pytest.approx(3) and result["min_ms"] == pytest.approx(1)
     assert result["max_ms"] == pytest.approx(5) and (result["runs"], result["threads"]) == (5, 2)
     assert len(session.inputs) == 7

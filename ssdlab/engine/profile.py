@@ -217,13 +217,6 @@ def summary(model: SSD, image_size: int) -> dict:
             "size_mib": size_mib(model), "priors": int(cast(torch.Tensor, model.priors).shape[0])}
 
 
-def session_latency(session, image_size: int, runs: int = 30, warmup: int = 3) -> dict:
-    """compare_latency of one onnxruntime session at batch 1 (see there); threads: the session's."""
-    threads = session.get_session_options().intra_op_num_threads
-    result = compare_latency({"session": session_call(session, image_size)}, runs, warmup)["session"]
-    return {**result, "threads": threads, "device": "cpu (onnxruntime)"}
-
-
 def measure(name: str, model: nn.Module, dataset, cfg: CfgNode, params: int | None = None,
             latency: bool = True, runs: int = 30) -> dict:
     """One report row: params, size, MACs, CPU latency (batch 1, median of runs) and the VOC/COCO metrics."""
