@@ -17,7 +17,7 @@ Every row starts from the committed float baseline (`ssdlab/checkpoints/plain_sh
   teaching), then ssdlab PTQ of every conv; Torch-Pruning (when installed) of the same sparse model
   at the same ratio, ranked by |γ| across layers and by its default (filter L2 norm, per layer), and NNCF
   int8 of the fine-tuned graph in OpenVINO.
-The rows are timed interleaved (`ssdlab.engine.profile.compare_latency`) at batch 1 on one
+The rows are timed interleaved (`ssdlab.engine.profile.compare_sessions`) at batch 1 on one
 thread and on every core, and evaluated on the val split through ONNX Runtime. One JSON record per
 row goes to benchmarks/int8_graph.jsonl (commit, machine and CPU flags, weights digest, metrics,
 cost); the RESULTS.md section between the int8-graph markers is generated from those records.
@@ -37,7 +37,7 @@ from ssdlab.data.catalog import build_dataset, datasets
 from ssdlab.data.transforms import build_transforms
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import evaluate_model
-from ssdlab.engine.profile import compare_latency, session_call, summary
+from ssdlab.engine.profile import compare_sessions, summary
 from ssdlab.export.onnx import write_onnx
 from ssdlab.export.qdq import OnnxDetector
 from ssdlab.export.runtime import optimized_ops, onnx_session
@@ -226,9 +226,7 @@ def measure(rows: dict[str, tuple[Graph, Source]], profile: str, runs: int) -> l
     """One record per row: latency at 1 thread and every core (interleaved), mAP through ONNX Runtime, graph counts."""
     cfg = course_config("plain", profile)
     val, size, reference = datasets(cfg, False), cfg.INPUT.IMAGE_SIZE, ckpt.load(baseline("plain"))
-    timings = {threads: compare_latency({name: session_call(open_session(path, threads), size)
-                                         for name, (path, _) in rows.items()}, runs=runs, threads=threads)
-               for threads in dict.fromkeys((1, torch.get_num_threads()))}
+    timings = compare_sessions({name: path for name, (path, _) in rows.items()}, open_session, size, runs)
     common = {**context("int8_graph", profile), "start": display(baseline("plain"))}
     records = []
     for name, (path, source) in rows.items():

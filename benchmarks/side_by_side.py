@@ -38,7 +38,7 @@ from ssdlab.data.catalog import datasets
 from ssdlab.data.transforms import build_target_transform
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import evaluate_model
-from ssdlab.engine.profile import compare_latency, count_params, measure_latency, session_call
+from ssdlab.engine.profile import compare_sessions, count_params, measure_latency
 from ssdlab.export.onnx import write_onnx
 from ssdlab.export.qdq import OnnxDetector
 from ssdlab.export.runtime import onnx_session
@@ -183,18 +183,9 @@ def compare_training(profile: BenchProfile = FULL) -> list[dict]:
 
 def interleaved_ort(paths: dict[str, Path], size: int, runs: int) -> dict[str, dict[str, float]]:
     """Median ONNX Runtime ms of each graph at batch 1 per thread count ({name: {threads: ms}}), the graphs timed
-    interleaved (compare_latency, 3 warm-up rounds) so that a slow spell of the machine falls on all alike."""
-    medians: dict[str, dict[str, float]] = {name: {} for name in paths}
-    for threads in thread_counts():
-        sessions = {name: session_call(onnx_session(path, threads), size) for name, path in paths.items()}
-        for name, result in compare_latency(sessions, runs, threads=threads).items():
-            medians[name][str(threads)] = result["median_ms"]
-    return medians
-
-
-def thread_counts() -> tuple[int, ...]:
-    """One thread, and every thread torch uses (once when that is one)."""
-    return tuple(dict.fromkeys((1, torch.get_num_threads())))
+    interleaved (compare_sessions, 3 warm-up rounds) so that a slow spell of the machine falls on all alike."""
+    timings = compare_sessions(paths, onnx_session, size, runs)
+    return {name: {str(threads): timing[name]["median_ms"] for threads, timing in timings.items()} for name in paths}
 
 
 def onnx_row(name: str, checkpoint: Path, out: Path, cfg: CfgNode, runs: int) -> tuple[dict, Path]:

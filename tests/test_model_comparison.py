@@ -108,6 +108,23 @@ def test_a_timed_session_drops_the_warmup_and_takes_the_median(monkeypatch):
     assert images.shape == (1, 3, 16, 16) and images.dtype == np.float32
 
 
+def test_compare_sessions_opens_every_graph_once_per_thread_count(monkeypatch):
+    """At 1 and at 3 threads each graph gets its own session from the opener, timed against the others."""
+    clock, opened = [0.0], []
+
+    def opener(graph, threads):
+        opened.append((graph, threads))
+        return _Session([graph * threads] * 6, clock)  # 3 warm-up rounds + 3 runs
+
+    monkeypatch.setattr(profile.time, "perf_counter", lambda: clock[0])
+    monkeypatch.setattr(profile.torch, "get_num_threads", lambda: 3)
+    monkeypatch.setattr(profile.torch, "set_num_threads", lambda n: None)
+    result = profile.compare_sessions({"a": 1.0, "b": 2.0}, opener, 8, runs=3)
+    assert opened == [(1.0, 1), (2.0, 1), (1.0, 3), (2.0, 3)] and list(result) == [1, 3]
+    assert result[3]["b"]["median_ms"] == pytest.approx(6.0) and result[1]["a"]["threads"] == 1
+    assert profile.thread_counts() == (1, 3)
+
+
 def test_compare_latency_interleaves_the_contenders(monkeypatch):
     """Each round runs every contender once, so a slow spell of the machine (here rounds 3-4) hits both alike."""
     clock, order = [0.0], []

@@ -5,7 +5,7 @@ import statistics
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator, Mapping, cast
+from typing import TYPE_CHECKING, Callable, Iterator, Mapping, TypeVar, cast
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ssdlab.model.ssd import SSD
 
 MIB = 2 ** 20
+G = TypeVar("G")
 
 
 def count_params(model: nn.Module) -> int:
@@ -195,6 +196,20 @@ def compare_latency(contenders: Mapping[str, Callable[[], object]], runs: int = 
     return {name: {"median_ms": statistics.median(values), "p25_ms": float(np.percentile(values, 25)),
                    "p75_ms": float(np.percentile(values, 75)), "min_ms": min(values), "max_ms": max(values),
                    "runs": runs, "threads": threads, "cpu": flags} for name, values in times.items()}
+
+
+def thread_counts() -> tuple[int, ...]:
+    """One thread, and every thread torch uses (once when that is one)."""
+    return tuple(dict.fromkeys((1, torch.get_num_threads())))
+
+
+def compare_sessions(graphs: Mapping[str, G], opener: Callable[[G, int], object], image_size: int,
+                     runs: int = 30) -> dict[int, dict[str, dict]]:
+    """compare_latency of batch-1 sessions (opener(graph, threads) gives one with run(None, feeds)) at each of
+    thread_counts(): {threads: {name: result}}."""
+    return {threads: compare_latency({name: session_call(opener(graph, threads), image_size)
+                                      for name, graph in graphs.items()}, runs=runs, threads=threads)
+            for threads in thread_counts()}
 
 
 def measure_latency(model: nn.Module, image_size: int, runs: int = 30, warmup: int = 3,
