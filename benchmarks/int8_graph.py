@@ -14,9 +14,9 @@ Every row starts from the committed float baseline (`ssdlab/checkpoints/plain_sh
   f32 and in OpenVINO's default precision for this CPU, and NNCF's int8 PTQ of it (same images);
 - pruned: notebook 02's sparse training with `PRUNE.SR_WEIGHT macs`, pruned at each --percents
   ratio (kept widths rounded up to 8) as fp32, fine-tuned --tune iterations (the sparse model
-  teaching), then ssdlab PTQ of every conv; Torch-Pruning (when installed) of the same sparse model
-  at the same ratio, ranked by |γ| across layers and by its default (filter L2 norm, per layer), and NNCF
-  int8 of the fine-tuned graph in OpenVINO.
+  teaching), then ssdlab PTQ with the heads int8 and of every conv; Torch-Pruning (when
+  installed) of the same sparse model at the same ratio, ranked by |γ| across layers and by its
+  default (filter L2 norm, per layer), and NNCF int8 of the fine-tuned graph in OpenVINO.
 The rows are timed interleaved (`ssdlab.engine.profile.compare_sessions`) at batch 1 on one
 thread and on every core, and evaluated on the val split through ONNX Runtime. One JSON record per
 row goes to benchmarks/int8_graph.jsonl (commit, machine and CPU flags, weights digest, metrics,
@@ -60,6 +60,7 @@ VARIANTS = {  # row suffix: QUANTIZATION.FINAL and backbone cfg
     "heads int8": ("True", "course_plain_quan.cfg"),
     "every conv int8": ("True", "course_plain_int8.cfg"),
 }
+PRUNED_VARIANTS = ("heads int8", "every conv int8")  # the pruned rows' PTQ: the two fastest dense variants
 
 
 def variant_overrides(variant: str) -> list[str]:
@@ -127,7 +128,7 @@ def sparse_checkpoint(profile: str) -> Path:
 def pruned_rows(out: Path, profile: str, images: int, percents: tuple[float, ...], tune: int,
                 batches: list[torch.Tensor]) -> dict[str, tuple[Graph, Source]]:
     """At each percent: ssdlab's prune (widths rounded up to 8), fine-tuned for `tune` iterations with the sparse model
-    as teacher, then ssdlab PTQ of every conv and NNCF int8; Torch-Pruning of the same sparse model at that ratio."""
+    as teacher, then ssdlab PTQ (PRUNED_VARIANTS) and NNCF int8; Torch-Pruning of the same sparse model at that ratio."""
     sparse = sparse_checkpoint(profile)
     rows: dict[str, tuple[Graph, Source]] = {}
     for percent in percents:
@@ -141,10 +142,11 @@ def pruned_rows(out: Path, profile: str, images: int, percents: tuple[float, ...
             name = f"{name} + {tune} it"
             fp32 = write_onnx(ckpt.load(pruned), out, f"tuned_{percent:g}")
             rows[f"{name}, fp32"] = (fp32, pruned)
-        quantized = post_training_quantize(ptq_config(images, profile, start=pruned,
-                                                      extra=variant_overrides("every conv int8")), images).checkpoint
-        rows[f"{name} + ssdlab PTQ, every conv int8"] = (
-            write_onnx(ckpt.load(quantized), out, f"pruned_ptq_{percent:g}"), quantized)
+        for variant in PRUNED_VARIANTS:
+            quantized = post_training_quantize(ptq_config(images, profile, start=pruned,
+                                                          extra=variant_overrides(variant)), images).checkpoint
+            rows[f"{name} + ssdlab PTQ, {variant}"] = (
+                write_onnx(ckpt.load(quantized), out, f"pruned_ptq_{percent:g}_{len(rows)}"), quantized)
         if openvino_rows.versions():
             rows[f"{name} + NNCF int8 in OpenVINO"] = (nncf_int8(fp32, out, batches), pruned)
         rows.update(torch_pruning_rows(out, sparse, percent))
