@@ -300,7 +300,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=DEFAULT_IMAGES, help="calibration images of every PTQ row")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--no-qat", action="store_true", help="leave out the QAT rows (they train)")
-    parser.add_argument("--percents", type=float, nargs="*", default=[0.3, 0.5],
+    parser.add_argument("--percents", type=float, nargs="*", default=[0.3, 0.35, 0.4, 0.5],
                         help="prune ratios of the pruned rows (none: leave them out)")
     parser.add_argument("--tune", type=int, default=500, help="fine-tune iterations of the pruned rows (0: none)")
     parser.add_argument("--records", type=Path, default=RECORDS)
