@@ -254,6 +254,49 @@ def ratio_cells(record: dict, fp32: dict) -> str:
                       for t in latency)
 
 
+GOALS = (  # issue 26: (the rows a goal is about, predicate on the row name, largest ratio at 1 thread, largest loss)
+    ("dense ssdlab int8", lambda row: row.startswith(("ssdlab PTQ", "ssdlab QAT")), 0.55, 0.3),
+    ("pruned fp32 (≤ 500 fine-tune iterations)", lambda row: row.startswith("pruned") and row.endswith(", fp32"),
+     0.6, 1.0),
+    ("pruned + ssdlab int8", lambda row: row.startswith("pruned") and "ssdlab PTQ" in row, 0.35, 1.5),
+)
+
+
+def ratio(record: dict, fp32: dict, threads: str = "1") -> float:
+    """A row's median latency over fp32's at a thread count."""
+    return record["cost"]["latency"][threads]["median_ms"] / fp32["cost"]["latency"][threads]["median_ms"]
+
+
+def loss_pt(record: dict, fp32: dict) -> float:
+    """The mAP points a row loses against fp32."""
+    return (fp32["metrics"]["voc_map"] - record["metrics"]["voc_map"]) * 100
+
+
+def goal_lines(records: list[dict], fp32: dict) -> list[str]:
+    """Issue 26's goals against the records: per goal the fastest row within its mAP loss, and whether it is fast
+    enough; FINAL True (heads int8) against FINAL False (heads float)."""
+    lines = []
+    for what, wanted, most, pt in GOALS:
+        kept = [r for r in records if wanted(r["row"]) and loss_pt(r, fp32) <= pt]
+        if not kept:
+            lines.append(f"- {what} ≤ {most:g} at ≤ {pt:g} pt: not met, no such row within {pt:g} pt")
+            continue
+        best = min(kept, key=lambda r: ratio(r, fp32))
+        verdict = "met" if ratio(best, fp32) <= most else "not met"
+        lines.append(f"- {what} ≤ {most:g} at ≤ {pt:g} pt: {verdict}, fastest within {pt:g} pt: {best['row']}, "
+                     f"{ratio(best, fp32):.3f} at {-loss_pt(best, fp32):+.2f} pt")
+    by_row = {r["row"]: r for r in records}
+    for method in ("ssdlab PTQ", "ssdlab QAT"):
+        final, plain = by_row.get(f"{method}, heads int8"), by_row.get(f"{method}, heads float")
+        if final and plain:
+            faster = all(ratio(final, plain, t) <= 1 for t in final["cost"]["latency"])
+            cells = ", ".join(f"{ratio(final, plain, t):.2f} at {t} thread{'s' if t != '1' else ''}"
+                              for t in final["cost"]["latency"])
+            lines.append(f"- FINAL True no slower than FINAL False ({method}): {'met' if faster else 'not met'}, "
+                         f"heads int8 / heads float {cells}")
+    return lines
+
+
 def table(records: list[dict]) -> str:
     """The RESULTS.md section, generated from the records alone."""
     fp32 = next(r for r in records if r["row"] == "fp32")
@@ -273,7 +316,9 @@ def table(records: list[dict]) -> str:
         lines.append(f"| {name} | {cost['params']:,} | {cost['macs'] / 1e6:.1f} | {cost['qlinearconv']} / "
                      f"{cost['float_conv']} | {cost['file_mib']:.2f} | {ratio_cells(r, fp32)} | "
                      f"{r['metrics']['voc_map']:.4f} | {delta:+.2f} |")
-    return "\n".join(lines + ["", NOTE, END])
+    goals = ["", "Issue 26's goals, from these rows (ratio to fp32 at 1 thread, exact; loss against fp32's mAP):", "",
+             *goal_lines(records, fp32)]
+    return "\n".join(lines + goals + ["", NOTE, END])
 
 
 NOTE = (

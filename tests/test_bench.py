@@ -226,10 +226,11 @@ def test_int8_graph_records_every_row_and_regenerates_its_section(smoke_bench, t
     every = records(stored)
     rows = [r for r in every if "OpenVINO" not in r["row"]]  # the ONNX Runtime rows; OpenVINO's below
     names = [r["row"] for r in rows]
-    assert names[:8] == ["fp32", "ssdlab PTQ, heads float", "ssdlab PTQ, heads int8", "ssdlab PTQ, every conv int8",
+    assert names[:9] == ["fp32", "ssdlab PTQ, heads float", "ssdlab PTQ, heads int8", "ssdlab PTQ, every conv int8",
                          "onnxruntime quantize_static", "pruned p0.3, fp32", "pruned p0.3 + 4 it, fp32",
+                         "pruned p0.3 + 4 it + ssdlab PTQ, heads int8",
                          "pruned p0.3 + 4 it + ssdlab PTQ, every conv int8"]
-    assert [n.split(" p0.3, ")[1] for n in names[8:]] == ["|γ| across layers", "defaults (L2, per layer)"]
+    assert [n.split(" p0.3, ")[1] for n in names[9:]] == ["|γ| across layers", "defaults (L2, per layer)"]
     by_row = {r["row"]: r for r in every}
     peers = [r["row"] for r in every if "OpenVINO" in r["row"]]
     if importlib.util.find_spec("openvino") and importlib.util.find_spec("nncf"):
@@ -245,9 +246,10 @@ def test_int8_graph_records_every_row_and_regenerates_its_section(smoke_bench, t
     assert by_row["fp32"]["cost"]["qlinearconv"] == 0 and by_row["ssdlab PTQ, every conv int8"]["cost"] == {
         **by_row["ssdlab PTQ, every conv int8"]["cost"], "qlinearconv": 21, "float_conv": 0}
     assert by_row["pruned p0.3, fp32"]["cost"]["params"] < by_row["fp32"]["cost"]["params"]
+    assert by_row["pruned p0.3 + 4 it + ssdlab PTQ, heads int8"]["cost"]["qlinearconv"] == 20
     assert by_row["pruned p0.3 + 4 it, fp32"]["cost"]["params"] == by_row["pruned p0.3, fp32"]["cost"]["params"]
     assert by_row["pruned p0.3 + 4 it, fp32"]["weights_digest"] != by_row["pruned p0.3, fp32"]["weights_digest"]
-    assert all(r["cost"]["macs"] < rows[0]["cost"]["macs"] for r in rows[8:])
+    assert all(r["cost"]["macs"] < rows[0]["cost"]["macs"] for r in rows[5:])
     for r in rows:
         assert r["cpu_flags"] == rows[0]["cpu_flags"] and r["commit"] and set(r["cost"]["latency"]) >= {"1"}
         assert (r["weights_digest"] is None) == (r["row"] == "onnxruntime quantize_static"
@@ -257,6 +259,31 @@ def test_int8_graph_records_every_row_and_regenerates_its_section(smoke_bench, t
     again = subprocess.run([sys.executable, str(BENCHMARKS / "int8_graph.py"), "--only", "summary", "--records",
                             str(stored), "--results", str(results)], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and section(results.read_text(), "int8-graph") == first  # from the records alone
+
+
+def test_int8_graph_goals_take_the_fastest_row_within_each_map_loss():
+    """Hand-made rows: each goal takes its fastest row within its mAP loss and compares that ratio to its bound."""
+    sys.path.insert(0, str(BENCHMARKS))
+    from int8_graph import goal_lines
+
+    def row(name, ms1, ms2, voc_map):
+        return {"row": name, "metrics": {"voc_map": voc_map},
+                "cost": {"latency": {"1": {"median_ms": ms1}, "2": {"median_ms": ms2}}}}
+    rows = [row("fp32", 10.0, 8.0, 0.90), row("ssdlab PTQ, heads float", 7.0, 6.0, 0.90),
+            row("ssdlab PTQ, heads int8", 5.0, 6.4, 0.899), row("ssdlab QAT, heads int8", 4.0, 3.0, 0.89),
+            row("pruned p0.3 + 500 it, fp32", 7.0, 6.0, 0.895), row("pruned p0.5 + 500 it, fp32", 5.0, 4.0, 0.85),
+            row("pruned p0.3 + 500 it + ssdlab PTQ, heads int8", 3.4, 3.0, 0.888),
+            row("pruned p0.5 + 500 it + ssdlab PTQ, heads int8", 2.0, 2.0, 0.80)]
+    lines = goal_lines(rows, rows[0])
+    assert lines[0] == ("- dense ssdlab int8 ≤ 0.55 at ≤ 0.3 pt: met, fastest within 0.3 pt: ssdlab PTQ, heads int8, "
+                        "0.500 at -0.10 pt")  # QAT's 0.40 loses 1 pt
+    assert lines[1].startswith("- pruned fp32 (≤ 500 fine-tune iterations) ≤ 0.6 at ≤ 1 pt: not met") and \
+        lines[1].endswith("pruned p0.3 + 500 it, fp32, 0.700 at -0.50 pt")
+    assert lines[2].endswith(": met, fastest within 1.5 pt: pruned p0.3 + 500 it + ssdlab PTQ, heads int8, 0.340 at "
+                             "-1.20 pt")
+    assert lines[3] == ("- FINAL True no slower than FINAL False (ssdlab PTQ): not met, heads int8 / heads float "
+                        "0.71 at 1 thread, 1.07 at 2 threads") and len(lines) == 4  # QAT has no heads float row
+    assert goal_lines([rows[0], rows[7]], rows[0])[2].endswith("not met, no such row within 1.5 pt")
 
 
 def test_results_md_holds_only_generated_sections():
