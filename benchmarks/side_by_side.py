@@ -38,7 +38,7 @@ from ssdlab.data.catalog import datasets
 from ssdlab.data.transforms import build_target_transform
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import evaluate_model
-from ssdlab.engine.profile import compare_sessions, count_params, measure_latency
+from ssdlab.engine.profile import compare_latency, compare_sessions, count_params, torch_call
 from ssdlab.export.onnx import write_onnx
 from ssdlab.export.qdq import OnnxDetector
 from ssdlab.export.runtime import onnx_session
@@ -188,25 +188,27 @@ def interleaved_ort(paths: dict[str, Path], size: int, runs: int) -> dict[str, d
     return {name: {str(threads): timing[name]["median_ms"] for threads, timing in timings.items()} for name in paths}
 
 
-def onnx_row(name: str, checkpoint: Path, out: Path, cfg: CfgNode, runs: int) -> tuple[dict, Path]:
-    """Export one checkpoint (int8 QDQ when it is IAO) and evaluate it in ONNX Runtime; its row and its graph."""
+def onnx_row(name: str, checkpoint: Path, out: Path, cfg: CfgNode) -> tuple[dict, Path, nn.Module]:
+    """Export one checkpoint (int8 QDQ when it is IAO) and evaluate it in ONNX Runtime; its row, graph and model."""
     model = ckpt.load(checkpoint)
     path = write_onnx(model, out, name)
     metrics = evaluate_model(OnnxDetector(path, model, torch.get_num_threads()), datasets(cfg, False), cfg)
     return {"model": name, **checkpoint_fields(checkpoint), "file_mib": path.stat().st_size / 2 ** 20,
-            "torch_ms": measure_latency(model, cfg.INPUT.IMAGE_SIZE, runs=runs)["median_ms"],
-            "voc_map": metrics["voc_map"], "coco_ap": metrics["coco_ap"]}, path
+            "voc_map": metrics["voc_map"], "coco_ap": metrics["coco_ap"]}, path, model
 
 
 def compare_onnx(iao_checkpoint: Path, profile: BenchProfile = FULL) -> list[dict]:
-    """The float baseline and an IAO W8A8 model in ONNX Runtime, timed interleaved."""
+    """The float baseline and an IAO W8A8 model in ONNX Runtime and in PyTorch, each pair timed interleaved."""
     cfg = course_config("plain", profile.course, profile.overrides())
+    size = cfg.INPUT.IMAGE_SIZE
     with tempfile.TemporaryDirectory() as folder:
-        rows = {name: onnx_row(name, checkpoint, Path(folder), cfg, profile.onnx_runs)
+        rows = {name: onnx_row(name, checkpoint, Path(folder), cfg)
                 for name, checkpoint in (("fp32", baseline("plain")), ("int8", iao_checkpoint))}
-        ort_ms = interleaved_ort({name: path for name, (_, path) in rows.items()}, cfg.INPUT.IMAGE_SIZE,
-                                 profile.onnx_runs)
-    return [{**row, "ort_ms": ort_ms[name]} for name, (row, _) in rows.items()]
+        ort_ms = interleaved_ort({name: path for name, (_, path, _) in rows.items()}, size, profile.onnx_runs)
+    torch_ms = compare_latency({name: torch_call(model, size) for name, (_, _, model) in rows.items()},
+                               profile.onnx_runs)
+    return [{**row, "torch_ms": torch_ms[name]["median_ms"], "ort_ms": ort_ms[name]}
+            for name, (row, _, _) in rows.items()]
 
 
 def calibrated_iao(config: str) -> tuple[nn.Module, nn.Module]:
@@ -285,8 +287,8 @@ def onnx_table(rows: list[dict], runs: int) -> list[str]:
                      + f" | {r['torch_ms']:.2f} | {r['voc_map']:.4f} | {r['coco_ap']:.4f} |")
     fp32, int8 = rows
     speed = ", ".join(f"{fp32['ort_ms'][t] / int8['ort_ms'][t]:.2f}x at {threads_text(t)}" for t in threads)
-    return lines + ["", f"Batch 1, median of {runs} runs, the two graphs timed in turn; int8 against fp32 in ONNX "
-                    f"Runtime: {speed}. " + ONNX_NOTE]
+    return lines + ["", f"Batch 1, median of {runs} runs, the two graphs timed in turn, and so the two PyTorch models; "
+                    f"int8 against fp32 in ONNX Runtime: {speed}. " + ONNX_NOTE]
 
 
 def full_size_table(rows: list[dict], runs: int) -> list[str]:
