@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from ssdlab.course import COURSE_MODELS, baseline
+from ssdlab.course import COURSE_MODELS, baseline, train_recipe
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.profile import compare_latency, measure, torch_call
 
@@ -145,7 +145,8 @@ def script_arguments(bench: Bench, family: str) -> list[str]:
     smoke = bench.name == "smoke"
     if family == "integer":
         stored = bench.quantized()
-        points = [str(ROOT / stored[m]["iao-w8a8"]["checkpoint"]) for m in COURSE_MODELS if "iao-w8a8" in stored.get(m, {})]
+        points = [str(ROOT / stored[m]["iao-w8a8"]["checkpoint"]) for m in COURSE_MODELS
+                  if "iao-w8a8" in stored.get(m, {}) and (ROOT / stored[m]["iao-w8a8"]["checkpoint"]).exists()]
         return ["--ckpt", *(points or [str(iao_checkpoint(bench))]), "--out", str(bench.results), "--data",
                 str(bench.profile.data)]
     if family == "int8_graph":
@@ -180,12 +181,13 @@ def combined_starts(bench: Bench, model: str) -> tuple[Path, Path, float]:
 
 
 def iao_checkpoint(bench: Bench) -> Path:
-    """The plain model's IAO W8A8 QAT checkpoint of the quantization family (for the int8 ONNX row)."""
+    """The plain model's IAO W8A8 QAT checkpoint of the quantization family (for the int8 ONNX row), trained in its
+    course stage when this checkout lacks it (a fresh clone has the records but not runs/)."""
     stored = bench.quantized().get("plain", {}).get("iao-w8a8")
-    if stored:
+    if stored and (ROOT / stored["checkpoint"]).exists():
         return ROOT / stored["checkpoint"]
     cfg = quantization.row_recipe("plain", "iao-w8a8", baseline("plain"), bench.profile.qat_iters, bench.profile)
-    return Path(cfg.OUTPUT_DIR) / "model_final.pt"
+    return train_recipe(cfg).checkpoint
 
 
 def row(family: str, model: str, variant: str, checkpoint: str | Path, metrics: dict, command: str,

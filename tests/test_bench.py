@@ -344,3 +344,33 @@ def test_the_full_benchmark_runs_are_the_course_stages_of_the_same_requests(monk
     weighted = pruning.sparse_recipe("plain", start, 0.01, "macs")  # another request: another folder
     assert weighted.OUTPUT_DIR.startswith("runs/plain_sparse_sr0.01_macs-")
     assert weighted.OUTPUT_DIR.rsplit("-", 1)[1] != pairs[1][0].OUTPUT_DIR.rsplit("-", 1)[1]
+
+
+def test_the_int8_rows_train_their_iao_checkpoint_when_the_checkout_lacks_it(monkeypatch, tmp_path):
+    """A fresh clone has the quantization records but not runs/: the side-by-side and integer families then train the
+    plain IAO W8A8 course stage instead of failing on the missing file (train_recipe recorded, not run)."""
+    sys.path.insert(0, str(BENCHMARKS))
+    import bench
+    import quantization
+
+    from ssdlab.course import baseline
+    monkeypatch.chdir(ROOT)
+    stored = records(BENCHMARKS / "quantization.jsonl")
+    (tmp_path / "quantization.jsonl").write_text("".join(json.dumps(r) + "\n" for r in stored))
+    b = bench.Bench("full", tmp_path)
+    recorded = b.quantized()["plain"]["iao-w8a8"]["checkpoint"]
+    trained = []
+
+    def fake_train(cfg):
+        trained.append(cfg.OUTPUT_DIR)
+        return type("Result", (), {"checkpoint": Path(cfg.OUTPUT_DIR) / "model_final.pt"})()
+    monkeypatch.setattr(bench, "train_recipe", fake_train)
+    monkeypatch.setattr(bench, "ROOT", tmp_path)  # where the recorded runs/ paths do not exist
+    expected = quantization.row_recipe("plain", "iao-w8a8", baseline("plain"), b.profile.qat_iters, b.profile)
+    assert bench.iao_checkpoint(b) == Path(expected.OUTPUT_DIR) / "model_final.pt"
+    assert trained == [expected.OUTPUT_DIR] and recorded == f"{expected.OUTPUT_DIR}/model_final.pt"
+    arguments = bench.script_arguments(b, "integer")
+    assert arguments[:2] == ["--ckpt", str(Path(expected.OUTPUT_DIR) / "model_final.pt")]
+    (tmp_path / recorded).parent.mkdir(parents=True)
+    (tmp_path / recorded).write_bytes(b"")  # once the file is there it is used as recorded, untrained
+    assert bench.iao_checkpoint(b) == tmp_path / recorded and len(trained) == 2
