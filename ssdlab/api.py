@@ -53,7 +53,10 @@ def prune_channels(checkpoint: str | Path, percent: float | None, mode: str | No
 def quantize(recipe: CfgNode | str | Path, checkpoint: str | Path | None = None, overrides: list[str] | None = None,
              ptq: int | None = None, fresh: bool = False):
     """Quantization-aware training of a float checkpoint under a recipe's QUANTIZATION.* (its MODEL.WEIGHTS when
-    checkpoint is None), or with ptq=N post-training quantization on N calibration images; a TrainResult."""
+    checkpoint is None), or with ptq=N post-training quantization on N calibration images; a TrainResult.
+
+    A recipe file's PTQ run goes to <OUTPUT_DIR>_ptq<N> unless the overrides set OUTPUT_DIR (as `quantize --ptq`),
+    so it never meets the QAT run; a CfgNode recipe's runs where its OUTPUT_DIR says."""
     from ssdlab.engine.train import train
     from ssdlab.quant.apply import quant_spec
     from ssdlab.quant.ptq import post_training_quantize
@@ -62,6 +65,8 @@ def quantize(recipe: CfgNode | str | Path, checkpoint: str | Path | None = None,
             *(["MODEL.WEIGHTS", str(checkpoint)] if checkpoint is not None else [])]
     if isinstance(recipe, (str, Path)):
         cfg = load_config(recipe, opts, freeze=False)
+        if ptq is not None and "OUTPUT_DIR" not in opts[0::2]:
+            cfg.OUTPUT_DIR = f"{cfg.OUTPUT_DIR}_ptq{ptq}"
     else:
         cfg = recipe.clone()
         merge_overrides(cfg, opts)

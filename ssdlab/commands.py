@@ -10,6 +10,7 @@ from ssdlab.config import CfgNode, load_config, merge_overrides
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine import distributed as dist
 from ssdlab.errors import STOPPED, CheckpointError, ConfigError
+from ssdlab.files import check_writable
 
 if TYPE_CHECKING:
     from ssdlab.engine.train import TrainResult
@@ -100,6 +101,7 @@ def check_output_file(path: Path | None, option: str) -> None:
         raise ConfigError(f"{option} {path} is a folder; give a file name, e.g. {path / 'detections.json'}")
     if not path.parent.is_dir():
         raise ConfigError(f"{option} {path}: the folder {path.parent} does not exist; create it first")
+    check_writable(path.parent, f"{option} {path}", ConfigError)
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
@@ -218,14 +220,13 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     (into <OUTPUT_DIR>_ptq<N> unless OUTPUT_DIR is given)."""
     from ssdlab.api import quantize
 
-    overrides = _opts(args)
-    if args.ptq is not None and "OUTPUT_DIR" not in overrides[0::2]:
-        overrides += ["OUTPUT_DIR", f"{load_config(args.config_file, overrides).OUTPUT_DIR}_ptq{args.ptq}"]
-    result = quantize(args.config_file, args.ckpt, overrides, args.ptq, args.fresh)
+    result = quantize(args.config_file, args.ckpt, _opts(args), args.ptq, args.fresh)
     if args.ptq is None:
         return _report(result, "quantization-aware training")
     state = "reused (--fresh calibrates again)" if result.reused else f"done in {result.train_seconds:.1f} s"
-    print(f"post-training quantization on {args.ptq} calibration images {state}: {result.checkpoint}")
+    used = ckpt.read_checkpoint(result.checkpoint).get("calibrated_on", args.ptq)
+    fewer = "" if used == args.ptq else f" (--ptq {args.ptq}, but the training set has only {used})"
+    print(f"post-training quantization on {used} calibration images{fewer} {state}: {result.checkpoint}")
     _print_metrics(result.metrics)
     return 0
 
@@ -235,7 +236,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from ssdlab.api import export_model
 
     out = export_model(args.ckpt, args.out, args.format, args.name, args.force, args.int8)
-    for path in sorted(out.iterdir()):
+    for path in sorted(p for p in out.iterdir() if not p.name.startswith(".")):
         print(f"{path}  ({path.stat().st_size:,} bytes)")
 
 

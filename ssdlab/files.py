@@ -33,17 +33,32 @@ def load_tensors(path: Path, error: type[SSDLabError], what: str) -> Any:
                     f"holds objects other than tensors, which ssdlab never loads ({type(err).__name__})") from None
 
 
-def check_output_folder(path: Path | None, option: str, error: type[SSDLabError]) -> None:
-    """`error` before any work when an output folder is an existing file (or lies below one)."""
+def check_output_folder(path: Path | None, option: str, error: type[SSDLabError], replaced: bool = False) -> None:
+    """`error` before any work when an output folder is an existing file (or lies below one), or when no file can
+    be made in it (or in the nearest folder above it that exists; replaced: the folder is made beside it and
+    renamed into place, staged_folder, so in the folder that holds it)."""
     if path is None:
         return
-    for folder in (Path(path), *Path(path).parents):
+    real = Path(path).resolve()
+    for folder in (real, *real.parents):
         if folder.exists() and not folder.is_dir():
-            below = "" if folder == Path(path) else f" (inside {folder}, which is a file)"
+            below = "" if folder == real else f" (inside {folder}, which is a file)"
             raise error(f"{option} {path} cannot be a folder{below}: {folder} is an existing file; "
                         "give a folder path, or move the file away")
         if folder.is_dir():
+            check_writable(folder.parent if replaced and folder == real else folder, f"{option} {path}", error)
             return
+
+
+def check_writable(folder: Path, what: str, error: type[SSDLabError]) -> None:
+    """`error` naming `what` when a file cannot be created in `folder` (tried with a temporary file)."""
+    try:
+        handle, name = tempfile.mkstemp(dir=folder, prefix=".ssdlab-write-test.")
+    except OSError as err:
+        raise error(f"{what}: cannot write into {folder} ({err.strerror}); choose another folder, "
+                    "or make that one writable") from None
+    os.close(handle)
+    os.unlink(name)
 
 
 def check_file_stem(name: str, option: str, error: type[SSDLabError]) -> None:
@@ -101,7 +116,7 @@ def write_json(data, path: str | Path) -> None:
 def staged_folder(out: Path) -> Iterator[Path]:
     """A temporary folder beside `out` to fill in the block; it replaces `out` (an existing one is removed) only when
     the block ends without error, and is removed otherwise: never a half-written folder."""
-    out = Path(out)
+    out = Path(out).resolve()  # '.' or 'a/..' renamed by their real names
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:

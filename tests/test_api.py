@@ -1,5 +1,6 @@
 """The public API (`ssdlab.evaluate/prune_channels/quantize/export_model`): each step gives what its library function gives."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -55,6 +56,20 @@ def test_quantize_calibrates_with_ptq_and_refuses_a_float_recipe(shapes_dir, tmp
     assert again.reused and again.checkpoint == result.checkpoint
     with pytest.raises(ConfigError, match="QUANTIZATION.TYPE no"):
         ssdlab.quantize(RECIPE, baseline("plain"), [*overrides, "QUANTIZATION.TYPE", "no"])
+
+
+def test_ptq_of_a_recipe_file_goes_beside_its_qat_run_as_the_cli_does(shapes_dir, tmp_path, monkeypatch, capsys):
+    """Without an OUTPUT_DIR override the PTQ run of a recipe file is <OUTPUT_DIR>_ptq<N>, from Python as from the CLI;
+    asking for more calibration images than the training set has says how many were used."""
+    from ssdlab.__main__ import main
+
+    monkeypatch.chdir(tmp_path)
+    result = ssdlab.quantize(RECIPE, baseline("plain"), data_overrides(shapes_dir), ptq=16)
+    assert result.checkpoint == Path("runs/plain_quant_ptq16/model_final.pt") and not Path("runs/plain_quant").exists()
+    assert main(["quantize", "--ptq", "500", "--ckpt", str(baseline("plain")), "--config-file", str(RECIPE),
+                 *data_overrides(shapes_dir)]) == 0
+    assert "on 160 calibration images (--ptq 500, but the training set has only 160)" in capsys.readouterr().out
+    assert Path("runs/plain_quant_ptq500/model_final.pt").is_file()
 
 
 def test_export_names_the_files_after_the_checkpoint(plain, tmp_path):

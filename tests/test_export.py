@@ -109,6 +109,23 @@ def test_bad_exports_leave_nothing(tiny_cfg, tmp_path):
         export_weights(model, tmp_path / "w", "bin")
     export_weights(model, tmp_path / "w", "bin", force=True)
     assert (tmp_path / "w" / "manifest.json").is_file() and not (tmp_path / "w" / "model.npz").exists()
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.txt").write_text("my work")  # not an export: --force must not replace it
+    with pytest.raises(ExportError, match="replaces only an earlier export"):
+        export_weights(model, tmp_path / "mine", "npz", force=True)
+    assert [p.name for p in (tmp_path / "mine").iterdir()] == ["thesis.txt"]
+
+
+def test_an_unwritable_output_folder_is_refused_before_any_work(tiny_cfg, tmp_path, monkeypatch):
+    """No file can be made where the export goes (here: mkstemp refused, as for a read-only folder or /proc)."""
+    from ssdlab import files
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    with pytest.raises(ExportError, match=r"--out .*new: cannot write into .* \(Permission denied\); choose another"):
+        export_weights(build_model(tiny_cfg()).eval(), tmp_path / "new", "npz")
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_export_cli_errors_are_one_line(tiny_cfg, tmp_path):

@@ -1,6 +1,7 @@
 """Pruning as a user runs it: the prune command, fine-tuning (with distillation), the sensitivity scan."""
 import json
 import math
+from pathlib import Path
 import subprocess
 import sys
 
@@ -209,3 +210,20 @@ def test_a_model_with_dropped_levels_fine_tunes(sparse_run, tmp_path):
     tune.OUTPUT_DIR, tune.SOLVER.MAX_ITER, tune.PRUNE.TYPE = str(tmp_path / "tune"), 2, "no"
     result = train(tune.freeze(), progress=False)  # targets are built for the pruned model's priors
     assert result.finished and len(ckpt.load(result.checkpoint).priors) == 256
+
+
+def test_the_default_tag_names_every_setting_that_shapes_the_plan(sparse_run):
+    """Two prunes of one checkpoint at one percent but another GAMMA_SCALE or ROUND_TO never share a file name."""
+    from ssdlab.prune.report import default_tag
+
+    path, cfg = sparse_run
+    result = make_plan(ckpt.load(path), 0.1)
+    tags = set()
+    for scale, round_to, regular, drop in [("global", 8, False, False), ("layer", 8, False, False),
+                                           ("global", 8, True, False), ("global", 16, True, True),
+                                           ("layer", 16, True, False)]:
+        prune = cfg.PRUNE.clone()
+        prune.GAMMA_SCALE, prune.ROUND_TO = scale, round_to
+        tags.add(default_tag(Path(path), result, regular, drop, prune))
+    stem = f"{Path(path).stem}_normal_p0.1"
+    assert tags == {stem, f"{stem}_layer", f"{stem}_regular", f"{stem}_regular16_max", f"{stem}_regular16_layer"}

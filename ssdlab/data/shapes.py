@@ -59,7 +59,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from tqdm.auto import tqdm
 
 from ssdlab.errors import DataError
-from ssdlab.files import staged_folder
+from ssdlab.files import check_output_folder, staged_folder
 
 log = logging.getLogger(__name__)
 
@@ -473,9 +473,11 @@ def is_complete(out: Path, n_train: int, n_val: int, seed: int) -> bool:
 
 
 def check_replaceable(out: Path) -> None:
-    """Refuse to overwrite a folder that is neither empty nor an ssdlab shapes dataset."""
+    """Refuse to overwrite a folder that is neither empty nor an ssdlab shapes dataset, or to write where no file
+    can be made."""
     if out.exists() and not out.is_dir():
         raise DataError(f"{out} exists and is not a folder; choose another --out")
+    check_output_folder(out, "--out", DataError, replaced=True)
     if out.is_dir() and any(out.iterdir()) and (read_manifest(out) or {}).get("format") != "ssdlab-shapes":
         raise DataError(f"{out} exists and is not an ssdlab shapes dataset (no valid MANIFEST.json); "
                         "choose another --out or remove the folder")

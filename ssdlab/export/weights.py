@@ -13,7 +13,8 @@ class head, then every box head — as little-endian float32 without headers:
                          for quantized layers the codes, per-channel scales and zero points,
                          the input scale and zero point; the input preprocessing and the priors
 
-`txt` writes the same tensors as readable text, `npz` as one NumPy archive. `load_weights`
+`txt` writes the same tensors as readable text, `npz` as one NumPy archive. Every export folder also holds
+the hidden `.ssdlab-export` ({"format", "name"}): `--force` replaces only such a folder (or an empty one). `load_weights`
 reads edited .bin files back into the fused model (the original SSD code's FPGA round trip).
 """
 from __future__ import annotations
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from ssdlab.model.ssd import SSD
 
 FORMATS = ("bin", "txt", "npz")
+MARKER = ".ssdlab-export"  # in every export folder: what --force may replace
 
 
 def layer_of(name: str) -> int | str:
@@ -164,17 +166,28 @@ def write_npz(model: SSD, out: Path, name: str) -> None:
     np.savez(out / f"{name}.npz", priors=cast(Tensor, model.priors).cpu().numpy(), **tensors)
 
 
+def check_replaceable(out: Path, force: bool) -> None:
+    """ExportError unless `out` is new, or (with force) empty or an earlier export (it holds MARKER)."""
+    if not out.exists():
+        return
+    if not force:
+        raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it")
+    if any(out.iterdir()) and not (out / MARKER).is_file():
+        raise ExportError(f"--force replaces only an earlier export, but {out} holds other files (no {MARKER}); "
+                          "choose another --out, or empty that folder yourself")
+
+
 def export_weights(model: SSD, out: str | Path, fmt: str = "bin", name: str = "model",
                    force: bool = False, int_codes: bool = False) -> Path:
     """Export into the folder `out` (all or nothing; an existing folder needs force)."""
     if fmt not in FORMATS + ("onnx",):
         raise ExportError(f"--format {fmt!r} is unknown; use one of {', '.join(FORMATS + ('onnx',))}")
     out = Path(out)
-    check_output_folder(out, "--out", ExportError)
+    check_output_folder(out, "--out", ExportError, replaced=True)
     check_file_stem(name, "--name", ExportError)
-    if out.exists() and not force:
-        raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it")
+    check_replaceable(out, force)
     with staged_folder(out) as work:
+        (work / MARKER).write_text(json.dumps({"format": fmt, "name": name}))
         if fmt == "bin":
             write_bin(model, work, name, int_codes)
         elif fmt == "txt":

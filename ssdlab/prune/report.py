@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from ssdlab.config import CfgNode
+from ssdlab.config import CfgNode, get_default_config
 from ssdlab.engine import checkpoint as ckpt
 from ssdlab.engine.inference import check_classes
 from ssdlab.engine.profile import compare_latency, latency_note, measure, torch_call
@@ -25,6 +25,7 @@ from ssdlab.model.ssd import SSD
 from ssdlab.prune.plan import PrunePlan
 from ssdlab.prune.surgery import compact_model, make_budget_plan, make_plan, masked_model
 
+DEFAULT_ROUND_TO = get_default_config().PRUNE.ROUND_TO
 log = logging.getLogger(__name__)
 
 NOT_SPARSE = ("{path} was not sparse-trained (its PRUNE.TYPE is 'no'), so its BN γ are not pushed towards zero: "
@@ -96,10 +97,12 @@ def check_request(result: PrunePlan, drop_levels: bool) -> None:
                          f"at most {result.highest_safe:.4f}, or pass {{drop_levels}} to drop the head levels after it")
 
 
-def default_tag(path: Path, result: PrunePlan, regular: bool, drop_levels: bool) -> str:
-    """<checkpoint stem>_<mode>_p<percent>[_regular][_max]."""
-    return (f"{path.stem}_{result.mode}_p{result.percent:g}" + ("_regular" if regular else "")
-            + ("_max" if drop_levels else ""))
+def default_tag(path: Path, result: PrunePlan, regular: bool, drop_levels: bool, prune: CfgNode) -> str:
+    """<checkpoint stem>_<mode>_p<percent>[_regular[<N>]][_max][_layer]: PRUNE.ROUND_TO (when not 8) and GAMMA_SCALE
+    layer are named too, as they shape the plan, so two different prunes never share a file."""
+    rounded = "" if prune.ROUND_TO == DEFAULT_ROUND_TO else str(prune.ROUND_TO)
+    return (f"{path.stem}_{result.mode}_p{result.percent:g}" + (f"_regular{rounded}" if regular else "")
+            + ("_max" if drop_levels else "") + ("_layer" if prune.GAMMA_SCALE == "layer" else ""))
 
 
 def choose_plan(model: SSD, cfg: CfgNode, percent: float | None, macs: float | None, mode: str, regular: bool,
@@ -122,7 +125,8 @@ def prune_checkpoint(path: str | Path, cfg: CfgNode, percent: float | None, mode
     """Prune one checkpoint at `percent` or to a MACs budget `macs` and write <tag>.pt, <tag>.cfg and <tag>.txt
     (see the module doc)."""
     path = Path(path)
-    check_output_folder(Path(out_dir) if out_dir else None, "--out", PruneError)
+    check_output_folder(Path(out_dir) if out_dir else path.parent,
+                        "--out" if out_dir else "the checkpoint's folder (or give --out)", PruneError)
     if tag is not None:
         check_file_stem(tag, "--tag", PruneError)
     state = ckpt.read_checkpoint(path)
@@ -153,7 +157,7 @@ def prune_checkpoint(path: str | Path, cfg: CfgNode, percent: float | None, mode
                       *summary_lines(result, rows, timing, cfg.PRUNE.GAMMA_SCALE),
                       *(f"warning: {w}" for w in warnings)]) + "\n"
     out_dir = Path(out_dir) if out_dir else path.parent
-    tag = tag or default_tag(path, result, regular, drop_levels)
+    tag = tag or default_tag(path, result, regular, drop_levels, cfg.PRUNE)
     metrics = {k: rows[-1][k] for k in ("voc_map", "coco_ap") if rows[-1][k] is not None}
     record = {"source": str(path), "mode": mode, "percent": float(result.percent), "macs_budget": macs,
               "regular": bool(regular),
