@@ -18,6 +18,17 @@ def _config_args(parser: argparse.ArgumentParser, required: bool = True) -> None
                         help="config overrides, e.g. SOLVER.MAX_ITER 1000")
 
 
+def score(text: str) -> float:
+    """A --score-threshold: a number from 0 to 1 (argparse turns the error into a usage line)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a score between 0 and 1") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside 0..1; detection scores are probabilities")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line interface."""
     parser = argparse.ArgumentParser(prog="python -m ssdlab", description=__doc__)
@@ -40,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="IAO models: also run the integer-only reference and report its agreement")
     evaluate.add_argument("--errors", action="store_true",
                           help="also say what became of each object by size, and what each confident detection was")
-    evaluate.add_argument("--score-threshold", type=float, default=0.3, help="confident detections for --errors")
+    evaluate.add_argument("--score-threshold", type=score, default=0.3, help="confident detections for --errors")
     evaluate.add_argument("--detections", type=Path, metavar="FILE",
                           help="also write the detections to FILE as COCO results JSON, and the ground truth they "
                                "were scored against to FILE's name with .gt.json (ids: a COCO set's own; other sets: "
@@ -51,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--ckpt", required=True)
     demo.add_argument("--images", required=True, type=Path, help="folder of .jpg/.png images")
     demo.add_argument("--out", required=True, type=Path, help="folder for the drawn images")
-    demo.add_argument("--score-threshold", type=float, default=0.4)
+    demo.add_argument("--score-threshold", type=score, default=0.4, help="draw detections scoring at least this")
     _config_args(demo, required=False)
 
     info = sub.add_parser("info", help="layer table, params, MACs, size and priors of a model")

@@ -115,6 +115,7 @@ def _defaults() -> dict:
             "TRAIN": [],  # names (voc_2007_trainval, coco_2014_train, ...) or paths (.data file, shapes folder)
             "TEST": [],
             "CACHE": True,  # keep decoded images in memory (small datasets)
+            "SKIP_BAD_IMAGES": False,  # leave out (with one warning) images that are missing or cannot be decoded
         },
         "DATA_LOADER": {
             "NUM_WORKERS": 2,
@@ -221,6 +222,29 @@ RANGES: dict[str, tuple[float, float | None, bool, str]] = {
 }
 
 
+CHOICES: dict[str, tuple[str, ...]] = {  # the keys whose value is one of a few words, checked where they are set
+    "SOLVER.OPTIMIZER": ("SGD", "AdamW"),
+    "SOLVER.SCHEDULER": ("multistep", "cosine"),
+    "SOLVER.PRECISION": ("fp32", "bf16", "auto"),
+    "PRUNE.TYPE": ("no", "normal", "shortcut", "coupled"),
+    "PRUNE.SR_SCHEDULE": ("constant", "step"),
+    "PRUNE.SR_WEIGHT": ("none", "params", "macs", "latency"),
+    "PRUNE.SR_PENALTY": ("l1", "hoyer"),
+    "PRUNE.GAMMA_SCALE": ("global", "layer"),
+    "QUANTIZATION.TYPE": ("no", "dorefa", "IAO", "BWN"),
+    "QUANTIZATION.IAO_MODE": ("symmetric", "asymmetric"),
+}
+
+
+def check_choice(key: str, value: Any, where: str) -> None:
+    """ConfigError naming where and the key when a word-valued key (CHOICES) holds another word."""
+    if key not in CHOICES or value in CHOICES[key]:
+        return
+    same = [c for c in CHOICES[key] if c.lower() == str(value).lower()]
+    hint = f"; did you mean {same[0]!r}?" if same else _closest(str(value), CHOICES[key])
+    raise ConfigError(f"{where}: {key} = {value!r} is unknown; use one of {', '.join(CHOICES[key])}{hint}")
+
+
 def check_range(key: str, value: Any, where: str) -> None:
     """ConfigError naming where and the key when a numeric value lies outside its range in RANGES."""
     if key not in RANGES:
@@ -256,7 +280,9 @@ def _all_keys(node: dict, prefix: str = "") -> list[str]:
 
 def _coerce(value: Any, default: Any, key: str, where: str) -> Any:
     """Convert value (from YAML or the command line) to the type of the default."""
-    bad = ConfigError(f"{where}: {key} = {value!r} should be a {type(default).__name__} like {default!r}")
+    kind = type(default).__name__
+    bad = ConfigError(f"{where}: {key} = {value!r} should be {'an' if kind[0] in 'aeiou' else 'a'} {kind} "
+                      f"like {default!r}")
     if isinstance(value, str) and not isinstance(default, str):
         value = _parse_text(value, default, bad)
     if isinstance(default, bool):
@@ -323,6 +349,7 @@ def merge_dict(cfg: CfgNode, update: dict, where: str, prefix: str = "", quiet: 
         else:
             cfg[key] = _coerce(value, cfg[key], full, where)
             check_range(full, cfg[key], where)
+            check_choice(full, cfg[key], where)
 
 
 def merge_overrides(cfg: CfgNode, opts: list[str], where: str = "command line") -> None:
@@ -342,19 +369,42 @@ def merge_overrides(cfg: CfgNode, opts: list[str], where: str = "command line") 
             raise ConfigError(f"{where}: {key} is a section; name one of its keys")
         node[parts[-1]] = _coerce(text, node[parts[-1]], key, where)
         check_range(key, node[parts[-1]], where)
+        check_choice(key, node[parts[-1]], where)
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (plain YAML silently keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        """The mapping, after checking that no key repeats (the error points at the second one)."""
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if not isinstance(key, str):
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is given twice in this section; "
+                                                        "keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def read_yaml(path: Path) -> dict:
     """Load a YAML recipe with safe_load; errors name the file."""
+    if path.is_dir():
+        raise ConfigError(f"config file {path} is a folder; pass a .yaml recipe in it as --config-file "
+                          f"(recipes ship in {PACKAGE_CONFIGS})")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist; pass an existing --config-file "
                           f"(recipes ship in {PACKAGE_CONFIGS})")
     try:
-        data = yaml.safe_load(read_text(path, ConfigError, "a YAML recipe (MODEL:, SOLVER:, ...)"))
+        data = yaml.load(read_text(path, ConfigError, "a YAML recipe (MODEL:, SOLVER:, ...)"), Loader=UniqueKeyLoader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if data is None:
-        return {}
+        raise ConfigError(f"{path} is empty, which would train the defaults (VGG16 SSD300 on VOC); give the "
+                          "sections to set (MODEL:, DATASETS:, SOLVER:, ...) or start from a shipped recipe "
+                          f"in {PACKAGE_CONFIGS}")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (MODEL:, SOLVER:, ...)")
     return data

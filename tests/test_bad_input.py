@@ -191,6 +191,23 @@ def test_coco_negative_size_is_dropped_naming_the_annotation(tmp_path, caplog):
     np.testing.assert_allclose(data.get_annotation(0)[0], [[1, 2, 4, 6]])
 
 
+def test_coco_annotations_of_an_unknown_image_are_named_in_one_warning(tmp_path, caplog):
+    orphan = {**ann(9, [1, 2, 3, 4]), "image_id": 42}
+    images, file = coco_set(tmp_path, [ann(1, [1, 2, 3, 4]), orphan, {**orphan, "id": 10}])
+    with caplog.at_level(logging.WARNING):
+        data = COCODataset(images, file)
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [
+        f"{file}: 2 annotations name an image_id missing from 'images' (first: annotation 9); they are left out "
+        "— fix the image_id or add the image"]
+    assert len(data) == 1 and len(data.get_annotation(0)[0]) == 1
+
+
+def test_a_score_threshold_outside_0_to_1_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["demo", "--ckpt", "m.pt", "--images", ".", "--out", "drawn", "--score-threshold", "2"])
+    assert stop.value.code == 2 and "--score-threshold: 2 is outside 0..1" in capsys.readouterr().err
+
+
 def test_coco_image_without_width_takes_its_size_from_the_file(tmp_path):
     images, file = coco_set(tmp_path, [ann(1, [1, 2, 3, 4])], image={"id": 1, "file_name": "1.jpg"})
     info = COCODataset(images, file).get_img_info(0)
@@ -271,7 +288,36 @@ def test_fine_tuning_to_other_classes_gives_advice_that_works(tiny_run, shapes_d
     assert train(fresh, progress=False).finished  # following the advice trains
 
 
+def test_fine_tuning_another_network_than_the_recipe_names_is_refused(shapes_dir, tmp_path, capsys):
+    """The residual baseline under the plain recipe would train the residual network recorded as course_plain.cfg."""
+    from ssdlab.course import baseline
+
+    recipe = PACKAGE_CONFIGS / "course" / "plain_shapes.yaml"
+    args = ["train", "--config-file", str(recipe), *data_args(shapes_dir), "MODEL.FINE_TUNE", "True",
+            "MODEL.WEIGHTS", str(baseline("residual")), "OUTPUT_DIR", str(tmp_path / "ft"), "SOLVER.MAX_ITER", "2"]
+    line = one_error_line(capsys, args)
+    assert f"MODEL.WEIGHTS {baseline('residual')} has a backbone of 19 layers that does not follow" in line
+    assert "course_plain.cfg" in line and "pick the recipe whose cfg the checkpoint was trained from" in line
+    assert not (tmp_path / "ft").exists()
+
+
 # ----------------------------------------------------------------------------- checkpoints
+
+def test_a_last_checkpoint_naming_a_missing_file_is_an_error_not_a_silent_restart(shapes_dir, tmp_path, capsys):
+    """Resuming must not start over from iteration 0 because last_checkpoint names a file that is gone;
+    --fresh still starts over."""
+    out = tmp_path / "run"
+    args = ["train", "--config-file", TINY, *data_args(shapes_dir), "SOLVER.MAX_ITER", "4", "OUTPUT_DIR", str(out),
+            "SOLVER.CHECKPOINT_PERIOD", "2"]
+    assert main(args) == 0
+    capsys.readouterr()
+    (out / "model_final.pt").unlink()  # as if stopped before the end
+    (out / "last_checkpoint").write_text("garbage-path.pt\n")
+    line = one_error_line(capsys, args)
+    assert f"{out / 'last_checkpoint'} names 'garbage-path.pt', which is not a file in {out}" in line
+    assert "(checkpoints there: model_000002.pt, model_000004.pt)" in line and "--fresh" in line
+    assert main(["train", "--fresh", *args[1:]]) == 0
+
 
 def test_a_marked_checkpoint_without_its_config_is_refused(tiny_run, tmp_path):
     for key in ("config", "cfg_text", "model"):
@@ -467,3 +513,15 @@ def test_staged_folder_replaces_a_folder_whole_or_not_at_all(tmp_path):
         (work / "new.bin").write_text("new")
     assert [p.name for p in tmp_path.iterdir()] == ["export"] and [p.name for p in out.iterdir()] == ["new.bin"]
     assert out.stat().st_mode & 0o777 == 0o755
+
+
+def test_a_checkpoint_whose_weights_changed_on_disk_is_refused(tiny_run, tmp_path):
+    """Bytes flipped inside a tensor still unpickle; the digest written with the weights tells."""
+    state = ckpt.read_checkpoint(tiny_run)
+    assert state["weights_digest"] == ckpt.weights_digest(state)  # sealed by save_checkpoint
+    state["model"]["backbone.module_list.0.conv.weight"][0, 0, 0, 0] += 1.0  # as a flipped byte would
+    torch.save(state, tmp_path / "flipped.pt")  # written around save_checkpoint, digest kept
+    with pytest.raises(CheckpointError, match=r"flipped.pt is damaged: its weights are not the ones it was saved"):
+        ssdlab.load(tmp_path / "flipped.pt")
+    ckpt.save_checkpoint(state, tmp_path / "edited.pt")  # saving through ssdlab seals the new weights
+    assert ckpt.read_checkpoint(tmp_path / "edited.pt")["weights_digest"] == ckpt.weights_digest(state)

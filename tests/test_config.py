@@ -122,3 +122,46 @@ def test_dump_round_trips(tmp_path):
     cfg = load_config(None, ["SOLVER.MAX_ITER", "7"])
     path = write(tmp_path, cfg.dump(), "dumped.yaml")
     assert load_config(path).to_dict() == cfg.to_dict()
+
+
+def test_a_word_outside_its_choices_is_refused_where_it_is_set_with_a_hint(tmp_path):
+    """SOLVER.OPTIMIZER adamw in a recipe file names that file (not only later, when training builds the
+    optimizer); QUANTIZATION.TYPE iao on the command line is met with 'did you mean IAO'."""
+    recipe = tmp_path / "opt.yaml"
+    recipe.write_text("SOLVER:\n  OPTIMIZER: adamw\n")
+    with pytest.raises(ConfigError, match=rf"^{recipe}: SOLVER.OPTIMIZER = 'adamw' is unknown; use one of SGD, "
+                                          r"AdamW; did you mean 'AdamW'\?$"):
+        load_config(recipe)
+    with pytest.raises(ConfigError, match=r"^command line: QUANTIZATION.TYPE = 'iao' is unknown; use one of no, "
+                                          r"dorefa, IAO, BWN; did you mean 'IAO'\?$"):
+        load_config(None, ["QUANTIZATION.TYPE", "iao"])
+    with pytest.raises(ConfigError, match=r"SOLVER.SCHEDULER = 'cosin' is unknown; .*did you mean 'cosine'\?$"):
+        load_config(None, ["SOLVER.SCHEDULER", "cosin"])
+
+
+def test_the_choices_are_the_words_the_code_acts_on():
+    """CHOICES (checked at load) against the lists the modules branch on, so the two never drift apart."""
+    from ssdlab.config import CHOICES
+    from ssdlab.prune.plan import COSTS, MODES
+    from ssdlab.quant.layers import BITS
+
+    assert CHOICES["PRUNE.TYPE"] == ("no", *MODES) and CHOICES["PRUNE.SR_WEIGHT"] == ("none", *COSTS)
+    assert CHOICES["QUANTIZATION.TYPE"] == ("no", *BITS)
+    for key, words in CHOICES.items():
+        assert get_default_config()[key.split(".")[0]][key.split(".")[1]] in words, key
+
+
+def test_a_key_twice_an_empty_recipe_and_a_folder_are_refused_naming_the_file(tmp_path):
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("SOLVER:\n  LR: 0.01\n  MAX_ITER: 10\n  LR: 0.1\n")
+    with pytest.raises(ConfigError, match=rf"^{twice}: not valid YAML: .*key 'LR' is given twice in this section; "
+                                          r"keep one\n.*line 4"):
+        load_config(twice)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    with pytest.raises(ConfigError, match=rf"^{empty} is empty, which would train the defaults"):
+        load_config(empty)
+    with pytest.raises(ConfigError, match=rf"^config file {tmp_path} is a folder; pass a .yaml recipe in it"):
+        load_config(tmp_path)
+    with pytest.raises(ConfigError, match=r"SOLVER.MAX_ITER = 'ten' should be an int like"):
+        load_config(None, ["SOLVER.MAX_ITER", "ten"])

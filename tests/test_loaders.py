@@ -336,6 +336,14 @@ def test_text_corrupt_image_and_skip(text_root, caplog):
     with caplog.at_level(logging.WARNING):
         data = TextDataset(text_root / "hand.data", "train", skip_bad_images=True)
     assert data.ids == ["sub/b"] and any("skipped 1 " in r.getMessage() for r in caplog.records)
+    from ssdlab.config import load_config
+    from ssdlab.data.catalog import datasets
+
+    train = ["DATASETS.TRAIN", str([str(text_root / "hand.data")])]
+    with pytest.raises(DataError, match=r"images/a\.png .*DATASETS\.SKIP_BAD_IMAGES True"):
+        datasets(load_config(None, train), True, with_transforms=False)
+    chosen = datasets(load_config(None, [*train, "DATASETS.SKIP_BAD_IMAGES", "True"]), True, with_transforms=False)
+    assert chosen.ids == ["sub/b"]  # the CLI's way to the same skip: a config key
 
 
 def test_text_zero_area_warning_once(text_root, caplog):

@@ -9,7 +9,7 @@ from torch import nn
 import ssdlab
 from ssdlab.engine.profile import MIB, size_mib
 from ssdlab.engine.train import train
-from ssdlab.errors import QuantError
+from ssdlab.errors import ConfigError, QuantError
 from ssdlab.model.build import build_model
 from ssdlab.quant import quantizers as q
 from ssdlab.quant.layers import ActQuant, IAOConvBN, QuantConv2d, QuantSpec
@@ -194,12 +194,14 @@ def test_iao_folded_conv_bn_equals_conv_then_bn_without_quantization(training):
 
 def test_bad_quantization_settings_name_the_key(tiny_cfg):
     for overrides, key in [(["QUANTIZATION.TYPE", "int8"], "QUANTIZATION.TYPE"),
-                           (["QUANTIZATION.TYPE", "dorefa", "QUANTIZATION.WBITS", "1"], "QUANTIZATION.WBITS"),
+                           (["QUANTIZATION.TYPE", "IAO", "QUANTIZATION.IAO_MODE", "affine"], "QUANTIZATION.IAO_MODE")]:
+        with pytest.raises(ConfigError, match=f"command line: {key} = .* is unknown"):  # words: where they are set
+            tiny_cfg(*QUAN, *overrides)
+    for overrides, key in [(["QUANTIZATION.TYPE", "dorefa", "QUANTIZATION.WBITS", "1"], "QUANTIZATION.WBITS"),
                            (["QUANTIZATION.TYPE", "BWN", "QUANTIZATION.WBITS", "4"], "QUANTIZATION.WBITS"),
                            (["QUANTIZATION.TYPE", "BWN", "QUANTIZATION.WBITS", "2", "QUANTIZATION.ABITS", "8"],
-                            "QUANTIZATION.ABITS"),
-                           (["QUANTIZATION.TYPE", "IAO", "QUANTIZATION.IAO_MODE", "affine"], "QUANTIZATION.IAO_MODE")]:
-        with pytest.raises(QuantError, match=key):
+                            "QUANTIZATION.ABITS")]:
+        with pytest.raises(QuantError, match=key):  # bit widths: per type, when the model is built
             build_model(tiny_cfg(*QUAN, *overrides))
     with pytest.raises(QuantError, match="quantization=1"):
         build_model(tiny_cfg("QUANTIZATION.TYPE", "IAO"))  # tiny.cfg marks no layer

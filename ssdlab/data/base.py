@@ -70,7 +70,8 @@ def rgb8(image: Image.Image) -> np.ndarray:
     return np.repeat(gray[..., None], 3, axis=2)
 
 
-SKIP_ADVICE = "replace the file, or pass skip_bad_images=True to leave such images out"
+SKIP_ADVICE = ("replace the file, or leave such images out: DATASETS.SKIP_BAD_IMAGES True "
+               "(Python: skip_bad_images=True)")
 
 
 def read_image(path: Path, advice: str = SKIP_ADVICE) -> np.ndarray:

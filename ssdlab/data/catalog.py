@@ -88,15 +88,16 @@ def build_one(name: str, is_train: bool, **kwargs) -> DetectionDataset:
 
 
 def build_dataset(name: str | Sequence[str], is_train: bool, transform: Callable | None = None,
-                  target_transform: Callable | None = None,
-                  cache: bool = False) -> DetectionDataset | ConcatDetectionDataset:
-    """The dataset called name (several names: their concatenation, which must share class names)."""
+                  target_transform: Callable | None = None, cache: bool = False,
+                  skip_bad_images: bool = False) -> DetectionDataset | ConcatDetectionDataset:
+    """The dataset called name (several names: their concatenation, which must share class names);
+    skip_bad_images leaves out images that are missing or cannot be decoded (DATASETS.SKIP_BAD_IMAGES)."""
     names = [name] if isinstance(name, (str, Path)) else list(name)
     if not names:
         raise DataError("no dataset given; set DATASETS.TRAIN / DATASETS.TEST to one or more of "
                         f"{', '.join(known_names())} or a path")
-    parts = [build_one(str(n), is_train, transform=transform, target_transform=target_transform, cache=cache)
-             for n in names]
+    parts = [build_one(str(n), is_train, transform=transform, target_transform=target_transform, cache=cache,
+                       skip_bad_images=skip_bad_images) for n in names]
     return parts[0] if len(parts) == 1 else ConcatDetectionDataset(parts)
 
 
@@ -109,4 +110,4 @@ def datasets(cfg: CfgNode, is_train: bool, with_transforms: bool = True):
     transform = build_transforms(cfg, is_train) if with_transforms else None
     target = build_target_transform(cfg) if is_train and with_transforms else None
     return build_dataset(names, is_train, transform=transform, target_transform=target,
-                         cache=cfg.DATASETS.CACHE)
+                         cache=cfg.DATASETS.CACHE, skip_bad_images=cfg.DATASETS.SKIP_BAD_IMAGES)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +21,8 @@ from pycocotools.coco import COCO
 from ssdlab.data.base import (DetectionDataset, ImageRecord, box_problem, drop_unreadable, image_size, make_record,
                               warn_invalid)
 from ssdlab.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def load_coco(ann_file: Path) -> COCO:
@@ -91,7 +94,16 @@ def image_records(coco: COCO, image_root: Path, category_to_label: dict[int, int
         file = image_root / info["file_name"]
         records.append(make_record(image_id, file, *image_dims(info, file), boxes, labels))
     warn_invalid(ann_file, problems)
+    warn_orphans(coco, ann_file)
     return records
+
+
+def warn_orphans(coco: COCO, ann_file: Path) -> None:
+    """One warning naming the annotations whose image_id no 'images' entry has (left out: no image to read)."""
+    orphans = [a.get("id") for a in coco.dataset.get("annotations", []) if a.get("image_id") not in coco.imgs]
+    if orphans:
+        log.warning("%s: %d annotations name an image_id missing from 'images' (first: annotation %s); they are "
+                    "left out — fix the image_id or add the image", ann_file, len(orphans), orphans[0])
 
 
 class COCODataset(DetectionDataset):

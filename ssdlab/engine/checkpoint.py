@@ -17,7 +17,7 @@ from torch import nn
 
 from ssdlab.config import CfgNode, config_from_dict
 from ssdlab.errors import CheckpointError, ConfigError
-from ssdlab.files import load_tensors, staged
+from ssdlab.files import load_tensors, read_text, staged
 from ssdlab.quant.layers import QUANTIZER_STATE
 
 if TYPE_CHECKING:
@@ -49,11 +49,16 @@ def weights_digest(checkpoint: dict) -> str:
     return digest.hexdigest()[:16]
 
 
+def sealed(checkpoint: dict) -> dict:
+    """The checkpoint with the digest of its weights as they are now, which read_checkpoint checks."""
+    return {**checkpoint, "weights_digest": weights_digest(checkpoint)}
+
+
 def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:
-    """Write through a temporary file in the same folder, then rename: a crash never leaves half a file."""
+    """Write (sealed) through a temporary file in the same folder, then rename: a crash never leaves half a file."""
     path = Path(path)
     with staged(path) as (temp,):
-        torch.save(checkpoint, temp)
+        torch.save(sealed(checkpoint), temp)
     return path
 
 
@@ -80,6 +85,10 @@ def read_checkpoint(path: str | Path) -> dict:
         lacking = f"lacks {', '.join(repr(k) for k in missing)}" if missing else "holds no state dict under 'model'"
         raise CheckpointError(f"{path} has the ssdlab marker but {lacking}, so no model can be rebuilt from it; "
                               "it is damaged or was edited by hand: use a file written by ssdlab train/prune/quantize")
+    stored = checkpoint.get("weights_digest")  # None in a file written before checkpoints were sealed
+    if stored is not None and stored != weights_digest(checkpoint):
+        raise CheckpointError(f"{path} is damaged: its weights are not the ones it was saved with (their digest "
+                              "differs; bytes changed on disk or in a copy); copy it again, or train it again")
     return checkpoint
 
 
@@ -136,12 +145,19 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> SSD:
 
 
 def last_checkpoint(output_dir: str | Path) -> Path | None:
-    """The checkpoint named in OUTPUT_DIR/last_checkpoint, if any."""
+    """The checkpoint named in OUTPUT_DIR/last_checkpoint; None without that file; CheckpointError when it names
+    no checkpoint file (resuming from nothing would silently start over)."""
     marker = Path(output_dir) / "last_checkpoint"
     if not marker.is_file():
         return None
-    path = Path(output_dir) / marker.read_text().strip()
-    return path if path.is_file() else None
+    name = read_text(marker, CheckpointError, "the name of a checkpoint in that folder").strip()
+    path = Path(output_dir) / name
+    if not name or not path.is_file():
+        found = ", ".join(sorted(p.name for p in Path(output_dir).glob("model_*.pt"))) or "none"
+        raise CheckpointError(f"{marker} names {name!r}, which is not a file in {output_dir} (checkpoints there: "
+                              f"{found}); write one of their names into it to resume from there, or delete it "
+                              "(or train with --fresh) to start over")
+    return path
 
 
 def write_last_checkpoint(output_dir: str | Path, path: Path) -> None:

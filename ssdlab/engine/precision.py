@@ -20,10 +20,10 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from ssdlab.config import CfgNode
+from ssdlab.config import CHOICES, CfgNode
 from ssdlab.errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16", "auto")
+PRECISIONS = CHOICES["SOLVER.PRECISION"]
 
 
 def native_bf16(device: torch.device) -> bool:

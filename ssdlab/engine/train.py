@@ -138,8 +138,9 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
 
 
-RESUMABLE_CHANGES = ("OUTPUT_DIR", "TEST.", "DATASETS.TEST", "DATA_LOADER.", "MODEL.DEVICE", "SOLVER.LOG_PERIOD",
-                     "SOLVER.CHECKPOINT_PERIOD", "SOLVER.EVAL_PERIOD", "SOLVER.KEEP_LAST", "SOLVER.NUM_THREADS")
+RESUMABLE_CHANGES = ("OUTPUT_DIR", "TEST.", "DATASETS.TEST", "DATASETS.SKIP_BAD_IMAGES", "DATA_LOADER.",
+                     "MODEL.DEVICE", "SOLVER.LOG_PERIOD", "SOLVER.CHECKPOINT_PERIOD", "SOLVER.EVAL_PERIOD",
+                     "SOLVER.KEEP_LAST", "SOLVER.NUM_THREADS")  # a run hit a bad image: skip it and resume
 
 
 def flat_settings(node: dict, prefix: str = "") -> dict:

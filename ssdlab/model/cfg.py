@@ -240,3 +240,15 @@ def read_backbone_text(cfg) -> tuple[str, str]:
     """(text, path) of the backbone cfg file named by MODEL.BACKBONE.CFG."""
     path = resolve_file(cfg.MODEL.BACKBONE.CFG)
     return read_text(path, CfgError, "a darknet-style backbone .cfg file (MODEL.BACKBONE.CFG)"), str(path)
+
+
+def check_follows_recipe(cfg_text: str, cfg) -> list[dict]:
+    """A start checkpoint's layers (its cfg_text), checked to follow MODEL.BACKBONE.CFG layer by layer (same types;
+    widths may differ, and a pruned model may end early): ConfigError naming both otherwise."""
+    own, recipe = parse_cfg(cfg_text), parse_cfg(read_backbone_text(cfg)[0])
+    if len(own) > len(recipe) or any(a["type"] != b["type"] for a, b in zip(own, recipe)):
+        raise ConfigError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} has a backbone of {len(own)} layers that does not "
+                          f"follow MODEL.BACKBONE.CFG {cfg.MODEL.BACKBONE.CFG} ({len(recipe)} layers) layer by "
+                          "layer, so the run would train another network than its recipe names; pick the recipe "
+                          "whose cfg the checkpoint was trained from, or set MODEL.BACKBONE.CFG to it")
+    return recipe

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ssdlab.config import CHOICES
 from ssdlab.errors import ConfigError, PruneError
 from ssdlab.model.cfg import feature_layers, infer_channels
 
@@ -183,7 +184,7 @@ class PrunePlan:
         return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
 
 
-GAMMA_SCALES = ("global", "layer")
+GAMMA_SCALES = CHOICES["PRUNE.GAMMA_SCALE"]
 
 
 def scale_gammas(gammas: dict[int, np.ndarray], scale: str = "global") -> dict[int, np.ndarray]:

@@ -172,7 +172,7 @@ def write_outputs(out_dir: Path, tag: str, checkpoint: dict, cfg_text: str, repo
     """Write the three files through temporary names, then rename them all (nothing half-written)."""
     targets = {"checkpoint": out_dir / f"{tag}.pt", "cfg": out_dir / f"{tag}.cfg", "report": out_dir / f"{tag}.txt"}
     with staged(*targets.values()) as (weights, cfg, text):
-        torch.save(checkpoint, weights)
+        torch.save(ckpt.sealed(checkpoint), weights)
         cfg.write_text(cfg_text, encoding="utf-8")
         text.write_text(report, encoding="utf-8")
     return targets

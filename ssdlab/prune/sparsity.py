@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssdlab.config import CfgNode
+from ssdlab.config import CHOICES, CfgNode
 from ssdlab.engine.plugins import Plugin
 from ssdlab.engine.profile import cpu_flags, layer_latency
 from ssdlab.errors import ConfigError
@@ -53,9 +53,9 @@ from ssdlab.prune.surgery import make_budget_plan
 if TYPE_CHECKING:
     from ssdlab.model.ssd import SSD
 
-SCHEDULES = ("constant", "step")
+SCHEDULES = CHOICES["PRUNE.SR_SCHEDULE"]
 WEIGHTS = ("none", *COSTS)
-PENALTIES = ("l1", "hoyer")
+PENALTIES = CHOICES["PRUNE.SR_PENALTY"]
 REPLAN_EVERY = 50  # iterations between two budget plans of PRUNE.SR_TARGET
 REPLAN_UNTIL = 0.5  # the share of SOLVER.MAX_ITER after which the plan stays as it is
 

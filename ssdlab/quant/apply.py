@@ -16,8 +16,8 @@ from torch import nn
 
 from ssdlab.config import CfgNode
 from ssdlab.engine.plugins import Plugin
-from ssdlab.errors import ConfigError, QuantError
-from ssdlab.model.cfg import parse_cfg, read_backbone_text, write_cfg
+from ssdlab.errors import QuantError
+from ssdlab.model.cfg import check_follows_recipe, parse_cfg, read_backbone_text, write_cfg
 from ssdlab.quant.layers import ActQuant, IAOConvBN, QuantConv2d, QuantSpec
 
 CONV_TYPES = ("convolutional", "depthwise")
@@ -125,11 +125,7 @@ def quantization_flags(cfg_text: str, cfg: CfgNode) -> str:
     """
     if cfg.QUANTIZATION.TYPE == "no":
         return cfg_text
-    own, marks = parse_cfg(cfg_text), parse_cfg(read_backbone_text(cfg)[0])
-    if len(own) > len(marks) or any(a["type"] != b["type"] for a, b in zip(own, marks)):
-        raise ConfigError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS} has a backbone of {len(own)} layers that does not "
-                          f"follow MODEL.BACKBONE.CFG {cfg.MODEL.BACKBONE.CFG} layer by layer, so its quantization=1 "
-                          "marks cannot be applied; pick the recipe whose cfg the checkpoint was trained from")
+    own, marks = parse_cfg(cfg_text), check_follows_recipe(cfg_text, cfg)
     if all(a.get("quantization", 0) == b.get("quantization", 0) for a, b in zip(own, marks)):
         return cfg_text
     for layer, marked in zip(own, marks):

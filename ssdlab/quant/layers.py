@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ssdlab.config import CHOICES
 from ssdlab.errors import QuantError
 from ssdlab.quant import quantizers as q
 from ssdlab.quant.quantizers import per_channel_absmax
@@ -45,7 +46,7 @@ BITS = {
     "IAO": (tuple(range(2, 17)) + (32,), tuple(range(2, 17)) + (32,)),
     "BWN": ((2, 3, 32), (2, 32)),
 }
-IAO_MODES = ("symmetric", "asymmetric")
+IAO_MODES = CHOICES["QUANTIZATION.IAO_MODE"]
 
 
 def _allowed(values: tuple[int, ...]) -> str:

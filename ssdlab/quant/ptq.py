@@ -77,7 +77,8 @@ def post_training_quantize(cfg: CfgNode, images: int = DEFAULT_IMAGES, resume: b
     if done is not None:
         return done
     clock = time.perf_counter()
-    train_set = build_dataset(cfg.DATASETS.TRAIN, False, transform=build_transforms(cfg, False))
+    train_set = build_dataset(cfg.DATASETS.TRAIN, False, transform=build_transforms(cfg, False),
+                              skip_bad_images=cfg.DATASETS.SKIP_BAD_IMAGES)
     check_start_classes(start_state, train_set.class_names, cfg.MODEL.WEIGHTS)
     model = initial_model(cfg, train_set.class_names, start_state)
     used = min(images, len(train_set))
