@@ -375,7 +375,7 @@ def merge_overrides(cfg: CfgNode, opts: list[str], where: str = "command line") 
 class UniqueKeyLoader(yaml.SafeLoader):
     """yaml.safe_load that refuses a key given twice in one mapping (plain YAML silently keeps the last)."""
 
-    def construct_mapping(self, node, deep=False):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         """The mapping, after checking that no key repeats (the error points at the second one)."""
         seen: set = set()
         for key_node, _ in node.value:
