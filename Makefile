@@ -40,5 +40,7 @@ assignments: install  ## classroom: nbgrader student versions of notebooks/assig
 	done
 	test -f $(ASSIGNMENTS)/nbgrader_config.py || \
 		printf 'c = get_config()  # noqa: F821\nc.CourseDirectory.course_id = "ssdlab"\n' > $(ASSIGNMENTS)/nbgrader_config.py
-	cd $(ASSIGNMENTS) && $(PYTHON) -m nbgrader generate_assignment "*" --force
+	# nbgrader runs `alembic` from PATH: the interpreter's own bin folder first, activated or not
+	exe=$$($(PYTHON) -c "import sys; print(sys.executable)") && \
+		cd $(ASSIGNMENTS) && PATH="$$(dirname "$$exe"):$$PATH" "$$exe" -m nbgrader generate_assignment "*" --force
 	@echo "student versions: $(ASSIGNMENTS)/release/ (instructor guide: notebooks/assignments/README.md)"

@@ -21,12 +21,21 @@ if TYPE_CHECKING:  # `import ssdlab` stays light: torch is imported by the step 
     from ssdlab.model.ssd import SSD
 
 
-def evaluate(model: "SSD", dataset=None, cfg: CfgNode | None = None, device: str = "cpu") -> dict:
-    """VOC and COCO metrics of a model (eval mode) on `dataset`, by default its config's DATASETS.TEST."""
-    from ssdlab.data.catalog import datasets
+def evaluate(model: "SSD | str | Path", dataset=None, cfg: CfgNode | None = None, device: str = "cpu") -> dict:
+    """VOC and COCO metrics of a model (or a checkpoint's; eval mode) on `dataset` (a dataset, or a name or path as
+    DATASETS.TEST takes), by default its config's DATASETS.TEST."""
+    from ssdlab.data.catalog import build_dataset, datasets
+    from ssdlab.data.transforms import build_transforms
+    from ssdlab.engine import checkpoint as ckpt
     from ssdlab.engine.inference import check_classes, evaluate_model
 
+    model = ckpt.load(model) if isinstance(model, (str, Path)) else model
+    if not hasattr(model, "cfg"):
+        raise ConfigError(f"evaluate(model): give an SSD or the path of its checkpoint, not {type(model).__name__}")
     cfg = cfg or model.cfg
+    if isinstance(dataset, (str, Path, list, tuple)):
+        dataset = build_dataset([str(d) for d in dataset] if isinstance(dataset, (list, tuple)) else str(dataset),
+                                False, transform=build_transforms(cfg, False))
     dataset = dataset if dataset is not None else datasets(cfg, is_train=False)
     check_classes(model, dataset, "the model")
     return evaluate_model(model.eval(), dataset, cfg, device)
@@ -41,10 +50,14 @@ def prune_channels(checkpoint: str | Path, percent: float | None, mode: str | No
     sparse-trained), dataset to the cfg's DATASETS.TEST."""
     from ssdlab.data.catalog import datasets
     from ssdlab.engine import checkpoint as ckpt
+    from ssdlab.prune.plan import check_mode, check_percent
     from ssdlab.prune.report import prune_checkpoint
 
     cfg = cfg or ckpt.checkpoint_config(ckpt.read_checkpoint(checkpoint), str(checkpoint))
     mode = mode or (cfg.PRUNE.TYPE if cfg.PRUNE.TYPE != "no" else "normal")
+    check_mode(mode)  # the request before the dataset: a typo costs no data generation
+    if percent is not None:
+        check_percent(percent)
     dataset = dataset if dataset is not None else datasets(cfg, is_train=False)
     return prune_checkpoint(checkpoint, cfg, percent, mode, regular, drop_levels, quick, out, tag, dataset=dataset,
                             macs=macs)
@@ -61,6 +74,13 @@ def quantize(recipe: CfgNode | str | Path, checkpoint: str | Path | None = None,
     from ssdlab.quant.apply import quant_spec
     from ssdlab.quant.ptq import post_training_quantize
 
+    if overrides is not None and (not isinstance(overrides, (list, tuple)) or
+                                  not all(isinstance(o, str) for o in overrides)):
+        raise ConfigError(f"quantize(overrides=...): give a list of strings, KEY VALUE KEY VALUE "
+                          f"(e.g. ['SOLVER.MAX_ITER', '200']), not {overrides!r}")
+    if ptq is not None and (isinstance(ptq, bool) or not isinstance(ptq, int)):
+        raise ConfigError(f"quantize(ptq=...): give the number of calibration images as an int (e.g. 256), "
+                          f"not {ptq!r}")
     opts = [*(overrides or []), "MODEL.FINE_TUNE", "True",
             *(["MODEL.WEIGHTS", str(checkpoint)] if checkpoint is not None else [])]
     if isinstance(recipe, (str, Path)):
@@ -84,6 +104,8 @@ def export_model(model: "SSD | str | Path", out: str | Path, fmt: str = "bin", n
     from ssdlab.engine import checkpoint as ckpt
     from ssdlab.export.weights import export_weights
 
+    if not isinstance(out, (str, Path)):
+        raise ConfigError(f"export_model(out=...): give the folder to create as a str or Path, not {out!r}")
     if isinstance(model, (str, Path)):
         name = name or Path(model).stem
         model = ckpt.load(model)

@@ -81,3 +81,35 @@ def test_export_names_the_files_after_the_checkpoint(plain, tmp_path):
     with pytest.raises(ssdlab.SSDLabError, match="already exists"):
         ssdlab.export_model(plain, tmp_path / "onnx", "onnx")
     assert torch.is_tensor(plain.priors)
+
+
+def test_wrong_arguments_name_the_argument_before_any_work(tmp_path, monkeypatch):
+    """A model where a path goes, a string for a number, overrides as one string: one message saying what to give,
+    and a prune request is checked before its dataset is built (a typo costs no data generation)."""
+    from ssdlab.errors import CheckpointError, PruneError
+
+    model = ssdlab.load(baseline("plain"))
+    with pytest.raises(CheckpointError, match="a checkpoint is named by its path .* not SSD; a model in memory"):
+        ssdlab.prune_channels(model, 0.5)
+    with pytest.raises(CheckpointError, match="not int"):
+        ssdlab.load(5)
+    monkeypatch.setattr("ssdlab.data.catalog.datasets", lambda *a, **k: pytest.fail("the dataset was built"))
+    with pytest.raises(PruneError, match=r"^percent '0.5' is not a number; give the fraction"):
+        ssdlab.prune_channels(baseline("plain"), "0.5")
+    with pytest.raises(PruneError, match=r"^percent 1.2 is outside \[0, 1\)"):
+        ssdlab.prune_channels(baseline("plain"), 1.2)
+    with pytest.raises(PruneError, match="prune mode 'nrmal' is unknown"):
+        ssdlab.prune_channels(baseline("plain"), 0.5, mode="nrmal")
+    with pytest.raises(ConfigError, match=r"overrides=.*give a list of strings"):
+        ssdlab.quantize(RECIPE, baseline("plain"), "SOLVER.MAX_ITER 2")
+    with pytest.raises(ConfigError, match=r"ptq=.*as an int .* not '8'"):
+        ssdlab.quantize(RECIPE, baseline("plain"), ptq="8")
+    with pytest.raises(ConfigError, match=r"export_model\(out=\.\.\.\): give the folder to create as a str or Path, not 7"):
+        ssdlab.export_model(baseline("plain"), 7)
+    with pytest.raises(ConfigError, match=r"evaluate\(model\): give an SSD or the path of its checkpoint, not int"):
+        ssdlab.evaluate(3)
+
+
+def test_evaluate_takes_a_checkpoint_path_and_a_dataset_name(shapes_dir, plain, val):
+    expected = ssdlab.evaluate(plain, val)["voc_map"]
+    assert ssdlab.evaluate(baseline("plain"), f"{shapes_dir}:val")["voc_map"] == pytest.approx(expected)

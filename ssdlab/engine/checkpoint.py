@@ -8,6 +8,7 @@ A checkpoint is a dict of plain types and tensors (so `torch.load(weights_only=T
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -64,6 +65,9 @@ def save_checkpoint(checkpoint: dict, path: str | Path) -> Path:
 
 def read_checkpoint(path: str | Path) -> dict:
     """Load and validate an ssdlab checkpoint (weights_only=True)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise CheckpointError(f"a checkpoint is named by its path (a str or Path), not {type(path).__name__}; a model "
+                              "in memory is saved first: save_checkpoint(make_checkpoint(model), 'model.pt')")
     if not str(path).strip():
         raise CheckpointError("no checkpoint given (an empty path); set MODEL.WEIGHTS or --ckpt to a .pt file "
                               "written by `python -m ssdlab train`")

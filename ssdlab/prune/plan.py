@@ -126,8 +126,7 @@ def _make_group(layers: list[dict], members: list[int], width: int, is_image: bo
 
 def prunable_groups(layers: list[dict], mode: str, in_channels: int = 3) -> list[Group]:
     """The groups pruned in a mode (normal | shortcut | coupled)."""
-    if mode not in _MODE_KINDS:
-        raise PruneError(f"prune mode {mode!r} is unknown; use one of {', '.join(MODES)}")
+    check_mode(mode)
     return [g for g in channel_groups(layers, in_channels) if not g.blocked and g.kind in _MODE_KINDS[mode]]
 
 
@@ -217,11 +216,24 @@ def _check_gammas(groups: list[Group], gammas: dict[int, np.ndarray], widths: li
                 raise PruneError(f"layer {i} has {widths[i]} channels but {len(gammas[i])} γ values were given")
 
 
+def check_percent(percent: object) -> None:
+    """PruneError unless percent is a number in [0, 1) (the share of the prunable channels to remove)."""
+    if isinstance(percent, bool) or not isinstance(percent, (int, float, np.floating)):
+        raise PruneError(f"{{percent}} {percent!r} is not a number; give the fraction of channels to prune, e.g. 0.5")
+    if not 0.0 <= percent < 1.0:
+        raise PruneError(f"{{percent}} {percent} is outside [0, 1); give the fraction of channels to prune, e.g. 0.5")
+
+
+def check_mode(mode: str) -> None:
+    """PruneError unless mode is a prune mode."""
+    if mode not in _MODE_KINDS:
+        raise PruneError(f"prune mode {mode!r} is unknown; use one of {', '.join(MODES)}")
+
+
 def plan(spec: ModelSpec, gammas: dict[int, np.ndarray], percent: float, mode: str = "normal",
          regular: bool = False, drop_levels: bool = False, round_to: int = 8) -> PrunePlan:
     """Kept channels for a global |γ| threshold at `percent`, plus params and MACs before and after."""
-    if not 0.0 <= percent < 1.0:
-        raise PruneError(f"{{percent}} {percent} is outside [0, 1); give the fraction of channels to prune, e.g. 0.5")
+    check_percent(percent)
     if round_to < 1:
         raise PruneError(f"PRUNE.ROUND_TO = {round_to}; it must be a positive number of channels")
     layers = spec.layers

@@ -30,8 +30,8 @@ log = logging.getLogger(__name__)
 
 NOT_SPARSE = ("{path} was not sparse-trained (its PRUNE.TYPE is 'no'), so its BN γ are not pushed towards zero: "
               "pruning will remove channels that still carry signal and the accuracy will collapse. Sparse-train "
-              "it first (PRUNE.TYPE normal and PRUNE.SR 0.001 with MODEL.FINE_TUNE True MODEL.WEIGHTS {path}), "
-              "or fine-tune the pruned model afterwards")
+              "it first (PRUNE.TYPE normal and PRUNE.SR 0.005, as ssdlab/configs/course/plain_sparse.yaml, with "
+              "MODEL.FINE_TUNE True MODEL.WEIGHTS {path}), or fine-tune the pruned model afterwards")
 
 
 @dataclass
