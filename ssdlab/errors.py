@@ -10,20 +10,31 @@ _WORKER = re.compile(r"Caught \w+ in DataLoader worker process \d+\.\nOriginal T
 
 
 class SSDLabError(Exception):
-    """Base class: a message that names the file (line or key), the problem and the fix."""
+    """Base class: a message that names the file (line or key), the problem and the fix.
+
+    A message may name a request's arguments by markers ({percent}, {--format}, ...): str(err) words them as the
+    Python arguments (PYTHON), cli_message() as the command's options (CLI).
+    """
+
+    PYTHON: dict[str, str] = {}
+    CLI: dict[str, str] = {}
 
     def __init__(self, message: str = ""):
         if _WORKER.match(message):  # keep the worker's own one-line message, not its traceback
             message = message.rstrip().rsplit(f"{type(self).__module__}.{type(self).__qualname__}: ", 1)[-1]
-        super().__init__(message)
+        self.template = message
+        super().__init__(_worded(message, self.PYTHON))
 
     def cli_message(self) -> str:
         """The message as the command line shows it."""
-        return str(self)
+        return _worded(self.template, self.CLI)
 
 
 class ConfigError(SSDLabError):
     """A YAML recipe or a KEY VALUE override is wrong."""
+
+    PYTHON = {"{--ptq}": "ptq="}
+    CLI = {"{--ptq}": "--ptq "}
 
 
 class CfgError(SSDLabError):
@@ -39,22 +50,10 @@ class CheckpointError(SSDLabError):
 
 
 class PruneError(SSDLabError):
-    """A pruning request cannot be carried out.
-
-    Its message names the request's arguments by markers ({percent}, {mode}, {drop_levels}): worded as the
-    Python arguments of ssdlab.prune_channels in str(err), as the prune command's options in cli_message().
-    """
+    """A pruning request cannot be carried out (markers: ssdlab.prune_channels' arguments or prune's options)."""
 
     PYTHON = {"{percent}": "percent", "{mode}": "mode=", "{drop_levels}": "drop_levels=True"}
     CLI = {"{percent}": "--percent", "{mode}": "--mode ", "{drop_levels}": "--max 1"}
-
-    def __init__(self, message: str = ""):
-        self.template = message
-        super().__init__(_worded(message, self.PYTHON))
-
-    def cli_message(self) -> str:
-        """The message naming --percent, --mode and --max 1."""
-        return _worded(self.template, self.CLI)
 
 
 def _worded(template: str, words: dict[str, str]) -> str:
@@ -69,4 +68,8 @@ class QuantError(SSDLabError):
 
 
 class ExportError(SSDLabError):
-    """An export request cannot be carried out (format, folder, quantization)."""
+    """An export request cannot be carried out (format, folder, quantization; markers: ssdlab.export_model's
+    arguments or export's options)."""
+
+    PYTHON = {"{--format}": "fmt", "{--int8}": "int8=True", "{--force}": "force=True", "{--out}": "out", "{--name}": "name"}
+    CLI = {"{--format}": "--format", "{--int8}": "--int8", "{--force}": "--force", "{--out}": "--out", "{--name}": "--name"}

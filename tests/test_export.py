@@ -105,13 +105,14 @@ def test_bad_exports_leave_nothing(tiny_cfg, tmp_path):
     assert list(tmp_path.iterdir()) == []  # no folder, no temporary leftovers
     model = build_model(tiny_cfg()).eval()
     export_weights(model, tmp_path / "w", "npz")
-    with pytest.raises(ExportError, match="--force"):
-        export_weights(model, tmp_path / "w", "bin")
+    with pytest.raises(ExportError, match=r"already exists; choose another out or pass force=True") as refused:
+        export_weights(model, tmp_path / "w", "bin")  # Python words the arguments, the CLI its options
+    assert "choose another --out or pass --force" in refused.value.cli_message()
     export_weights(model, tmp_path / "w", "bin", force=True)
     assert (tmp_path / "w" / "manifest.json").is_file() and not (tmp_path / "w" / "model.npz").exists()
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.txt").write_text("my work")  # not an export: --force must not replace it
-    with pytest.raises(ExportError, match="replaces only an earlier export"):
+    with pytest.raises(ExportError, match="^force=True replaces only an earlier export"):
         export_weights(model, tmp_path / "mine", "npz", force=True)
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["thesis.txt"]
 
@@ -123,7 +124,7 @@ def test_an_unwritable_output_folder_is_refused_before_any_work(tiny_cfg, tmp_pa
     def refuse(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
     monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
-    with pytest.raises(ExportError, match=r"--out .*new: cannot write into .* \(Permission denied\); choose another"):
+    with pytest.raises(ExportError, match=r"^out .*new: cannot write into .* \(Permission denied\); choose another"):
         export_weights(build_model(tiny_cfg()).eval(), tmp_path / "new", "npz")
     assert list(tmp_path.iterdir()) == []
 

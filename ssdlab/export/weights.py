@@ -66,7 +66,7 @@ def check_codes(model: SSD, int_codes: bool) -> bool:
         return True
     if int_codes:
         kind = spec.kind if spec else "float"
-        raise ExportError(f"--int8 asks for integer weight codes, but this is a {kind} model: "
+        raise ExportError(f"{{--int8}} asks for integer weight codes, but this is a {kind} model: "
                           + ("DoReFa/BWN weights are not integers times a per-channel scale, so " if spec else "")
                           + "only IAO-quantized models have int8 codes; export without --int8 or train with "
                             "QUANTIZATION.TYPE IAO")
@@ -171,20 +171,20 @@ def check_replaceable(out: Path, force: bool) -> None:
     if not out.exists():
         return
     if not force:
-        raise ExportError(f"{out} already exists; choose another --out or pass --force to replace it")
+        raise ExportError(f"{out} already exists; choose another {{--out}} or pass {{--force}} to replace it")
     if any(out.iterdir()) and not (out / MARKER).is_file():
-        raise ExportError(f"--force replaces only an earlier export, but {out} holds other files (no {MARKER}); "
-                          "choose another --out, or empty that folder yourself")
+        raise ExportError(f"{{--force}} replaces only an earlier export, but {out} holds other files (no {MARKER}); "
+                          "choose another {--out}, or empty that folder yourself")
 
 
 def export_weights(model: SSD, out: str | Path, fmt: str = "bin", name: str = "model",
                    force: bool = False, int_codes: bool = False) -> Path:
     """Export into the folder `out` (all or nothing; an existing folder needs force)."""
     if fmt not in FORMATS + ("onnx",):
-        raise ExportError(f"--format {fmt!r} is unknown; use one of {', '.join(FORMATS + ('onnx',))}")
+        raise ExportError(f"{{--format}} {fmt!r} is unknown; use one of {', '.join(FORMATS + ('onnx',))}")
     out = Path(out)
-    check_output_folder(out, "--out", ExportError, replaced=True)
-    check_file_stem(name, "--name", ExportError)
+    check_output_folder(out, "{--out}", ExportError, replaced=True)
+    check_file_stem(name, "{--name}", ExportError)
     check_replaceable(out, force)
     with staged_folder(out) as work:
         (work / MARKER).write_text(json.dumps({"format": fmt, "name": name}))

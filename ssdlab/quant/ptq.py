@@ -48,7 +48,7 @@ def check_ptq_recipe(cfg: CfgNode, images: int) -> None:
         raise ConfigError("post-training quantization needs a trained float start: MODEL.FINE_TUNE True "
                           "MODEL.WEIGHTS <checkpoint> (python -m ssdlab quantize --ptq --ckpt FILE ...)")
     if images < 1:
-        raise ConfigError(f"--ptq {images}: calibrate on at least one image (256 is typical)")
+        raise ConfigError(f"{{--ptq}}{images}: calibrate on at least one image (256 is typical)")
 
 
 def reused_run(final: Path, cfg: CfgNode, start: str | None, images: int) -> TrainResult | None:
