@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ssdlab.api import prune_channels
 from ssdlab.config import PACKAGE_CONFIGS, load_config
 from ssdlab.data.catalog import datasets
@@ -341,15 +343,36 @@ def course_checkpoints(profile: str | None = None, model: str = "plain") -> dict
 
 
 def short_names(paths: dict[str, Path]) -> dict[str, Path]:
-    """The names with each run folder's '-<digest>' dropped where no other run of the same stage is listed."""
+    """The names with each run folder's '-<digest>' dropped where no other run of the same stage is listed; where
+    several are, the settings that tell them apart (`plain_ptq256 (QUANTIZATION.FINAL True)`), else the digest."""
     def short(name: str) -> str:
         folder, _, rest = name.partition("/")
         return "/".join(filter(None, [folder.rsplit("-", 1)[0], rest]))
 
-    counts: dict[str, int] = {}
+    groups: dict[str, list[str]] = {}
     for name in paths:
-        counts[short(name)] = counts.get(short(name), 0) + 1
-    return {short(name) if counts[short(name)] == 1 else name: path for name, path in paths.items()}
+        groups.setdefault(short(name), []).append(name)
+    labels = {}
+    for stage, names in groups.items():
+        if len(names) == 1:
+            labels[names[0]] = stage
+            continue
+        apart = settings_apart([paths[n].parent / "config.yaml" for n in names])
+        labels.update({name: f"{stage} ({apart[i]})" if apart else name for i, name in enumerate(names)})
+    return {labels[name]: path for name, path in paths.items()}
+
+
+def settings_apart(configs: list[Path]) -> list[str] | None:
+    """For each run's config.yaml, 'KEY value, ...' of the training settings on which the runs differ; None when a
+    file is missing or two runs share every setting."""
+    if not all(c.is_file() for c in configs):
+        return None
+    flat = [flat_settings(yaml.safe_load(c.read_text()) or {}) for c in configs]
+    keys = sorted(k for k in set().union(*flat) if not k.startswith(RESUMABLE_CHANGES) and k != "MODEL.WEIGHTS"
+                  and len({json.dumps(f.get(k)) for f in flat}) > 1)
+    shown = [{k: Path(v).name if isinstance(v, str) and "/" in v else v for k, v in f.items()} for f in flat]
+    labels = [", ".join(f"{k} {f.get(k)}" for k in keys) for f in shown]
+    return labels if keys and len(set(labels)) == len(labels) else None
 
 
 def measure_checkpoints(paths: dict[str, Path], dataset, cfg, latency: bool = True,

@@ -181,3 +181,18 @@ def test_layer_latency_times_each_layer_by_its_own_forward(monkeypatch):
     assert all(times[i] == 0.0 for i in range(len(model.backbone.module_list)) if i != 3)
     rows = profile.layer_table(model, 128, latency=True)
     assert [row["ms"] for row in rows] == pytest.approx([times[row["index"]] for row in rows])
+
+
+def test_two_runs_of_one_stage_are_named_by_the_settings_that_tell_them_apart(tmp_path, monkeypatch):
+    """Notebook 06's two PTQ runs (heads float, heads int8) read 'plain_ptq256 (QUANTIZATION.FINAL ...)', not digests."""
+    monkeypatch.setitem(course.PROFILES, "here", {"root": str(tmp_path)})
+    for digest, final, log in (("1111bbbb", False, 20), ("2222cccc", True, 50)):
+        folder = tmp_path / f"plain_ptq256-{digest}"
+        folder.mkdir()
+        (folder / "model_final.pt").write_bytes(b"")
+        (folder / "config.yaml").write_text(f"QUANTIZATION:\n  FINAL: {final}\nSOLVER:\n  LOG_PERIOD: {log}\n"
+                                            f"OUTPUT_DIR: {folder}\n")  # logging and folder do not tell runs apart
+    found = course.course_checkpoints("here")
+    assert found == {"baseline": course.baseline("plain"),
+                     "plain_ptq256 (QUANTIZATION.FINAL False)": tmp_path / "plain_ptq256-1111bbbb/model_final.pt",
+                     "plain_ptq256 (QUANTIZATION.FINAL True)": tmp_path / "plain_ptq256-2222cccc/model_final.pt"}
