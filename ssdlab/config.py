@@ -422,7 +422,7 @@ def resolve_file(name: str, base: Path | None = None, subdir: str = "backbones")
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
-    tried = ", ".join(str(c) for c in candidates)
+    tried = ", ".join(dict.fromkeys(str(c) for c in candidates))  # each place once
     raise ConfigError(f"cannot find {name!r} (looked in: {tried})")
 
 
