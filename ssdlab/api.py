@@ -22,10 +22,9 @@ if TYPE_CHECKING:  # `import ssdlab` stays light: torch is imported by the step 
 
 
 def evaluate(model: "SSD | str | Path", dataset=None, cfg: CfgNode | None = None, device: str = "cpu") -> dict:
-    """VOC and COCO metrics of a model (or a checkpoint's; eval mode) on `dataset` (a dataset, or a name or path as
-    DATASETS.TEST takes), by default its config's DATASETS.TEST."""
-    from ssdlab.data.catalog import build_dataset, datasets
-    from ssdlab.data.transforms import build_transforms
+    """VOC and COCO metrics of a model (or a checkpoint's; eval mode) on `dataset` (a dataset, or one name or path
+    as DATASETS.TEST takes), by default its config's DATASETS.TEST."""
+    from ssdlab.data.catalog import datasets
     from ssdlab.engine import checkpoint as ckpt
     from ssdlab.engine.inference import check_classes, evaluate_model
 
@@ -33,9 +32,10 @@ def evaluate(model: "SSD | str | Path", dataset=None, cfg: CfgNode | None = None
     if not hasattr(model, "cfg"):
         raise ConfigError(f"evaluate(model): give an SSD or the path of its checkpoint, not {type(model).__name__}")
     cfg = cfg or model.cfg
-    if isinstance(dataset, (str, Path, list, tuple)):
-        dataset = build_dataset([str(d) for d in dataset] if isinstance(dataset, (list, tuple)) else str(dataset),
-                                False, transform=build_transforms(cfg, False))
+    if isinstance(dataset, (str, Path)):  # built as DATASETS.TEST would be (transforms, cache, bad images)
+        named = cfg.clone()
+        named.DATASETS.TEST = [str(dataset)]
+        dataset = datasets(named, is_train=False)
     dataset = dataset if dataset is not None else datasets(cfg, is_train=False)
     check_classes(model, dataset, "the model")
     return evaluate_model(model.eval(), dataset, cfg, device)

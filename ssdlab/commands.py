@@ -224,7 +224,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     if args.ptq is None:
         return _report(result, "quantization-aware training")
     state = "reused (--fresh calibrates again)" if result.reused else f"done in {result.train_seconds:.1f} s"
-    used = ckpt.read_checkpoint(result.checkpoint).get("calibrated_on", args.ptq)
+    used = result.calibrated_on or args.ptq
     fewer = "" if used == args.ptq else f" (--ptq {args.ptq}, but the training set has only {used})"
     print(f"post-training quantization on {used} calibration images{fewer} {state}: {result.checkpoint}")
     _print_metrics(result.metrics)
@@ -234,9 +234,10 @@ def cmd_quantize(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> None:
     """Export a checkpoint's fused weights (or ONNX) into a new folder."""
     from ssdlab.api import export_model
+    from ssdlab.export.weights import exported_files
 
     out = export_model(args.ckpt, args.out, args.format, args.name, args.force, args.int8)
-    for path in sorted(p for p in out.iterdir() if not p.name.startswith(".")):
+    for path in exported_files(out):
         print(f"{path}  ({path.stat().st_size:,} bytes)")
 
 

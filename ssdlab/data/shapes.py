@@ -475,9 +475,7 @@ def is_complete(out: Path, n_train: int, n_val: int, seed: int) -> bool:
 def check_replaceable(out: Path) -> None:
     """Refuse to overwrite a folder that is neither empty nor an ssdlab shapes dataset, or to write where no file
     can be made."""
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out} exists and is not a folder; choose another --out")
-    check_output_folder(out, "--out", DataError, replaced=True)
+    check_output_folder(out, "--out", DataError, replaced=True)  # also: out an existing file
     if out.is_dir() and any(out.iterdir()) and (read_manifest(out) or {}).get("format") != "ssdlab-shapes":
         raise DataError(f"{out} exists and is not an ssdlab shapes dataset (no valid MANIFEST.json); "
                         "choose another --out or remove the folder")

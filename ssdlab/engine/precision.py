@@ -20,11 +20,8 @@ from contextlib import AbstractContextManager
 
 import torch
 
-from ssdlab.config import CHOICES, CfgNode
+from ssdlab.config import CfgNode, check_choice
 from ssdlab.errors import ConfigError
-
-PRECISIONS = CHOICES["SOLVER.PRECISION"]
-
 
 def native_bf16(device: torch.device) -> bool:
     """True when the device computes bfloat16 in hardware (AVX512-BF16 or AMX on a CPU; a CUDA GPU that supports it)."""
@@ -39,8 +36,7 @@ def native_bf16(device: torch.device) -> bool:
 def training_dtype(cfg: CfgNode, device: torch.device) -> torch.dtype:
     """The dtype the forward pass computes in: torch.bfloat16 or torch.float32, as SOLVER.PRECISION says."""
     choice = cfg.SOLVER.PRECISION
-    if choice not in PRECISIONS:
-        raise ConfigError(f"SOLVER.PRECISION = {choice!r} is unknown; use one of {', '.join(PRECISIONS)}")
+    check_choice("SOLVER.PRECISION", choice, "config")
     quantized = cfg.QUANTIZATION.TYPE != "no"
     if choice == "bf16" and quantized:
         raise ConfigError(f"SOLVER.PRECISION bf16 cannot train a quantized model (QUANTIZATION.TYPE "

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from ssdlab.config import CfgNode
+from ssdlab.config import CfgNode, check_choice
 from ssdlab.errors import ConfigError
 
 
@@ -15,8 +15,7 @@ class WarmupSchedule:
 
     def __init__(self, kind: str, max_iter: int, steps: list[int], gamma: float,
                  warmup_factor: float, warmup_iters: int):
-        if kind not in ("multistep", "cosine"):
-            raise ConfigError(f"SOLVER.SCHEDULER = {kind!r}; use 'multistep' or 'cosine'")
+        check_choice("SOLVER.SCHEDULER", kind, "config")
         if max_iter < 1:
             raise ConfigError(f"SOLVER.MAX_ITER = {max_iter}; train for at least 1 iteration")
         if list(steps) != sorted(steps):
@@ -44,12 +43,11 @@ def build_optimizer(cfg: CfgNode, model: torch.nn.Module) -> torch.optim.Optimiz
     params = [p for p in model.parameters() if p.requires_grad]
     solver = cfg.SOLVER
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
+    check_choice("SOLVER.OPTIMIZER", solver.OPTIMIZER, "config")
     if solver.OPTIMIZER == "SGD":
         return torch.optim.SGD(params, lr=solver.LR, momentum=solver.MOMENTUM,
                                weight_decay=solver.WEIGHT_DECAY, fused=fused)
-    if solver.OPTIMIZER == "AdamW":
-        return torch.optim.AdamW(params, lr=solver.LR, weight_decay=solver.WEIGHT_DECAY, fused=fused)
-    raise ConfigError(f"SOLVER.OPTIMIZER = {solver.OPTIMIZER!r}; use 'SGD' or 'AdamW'")
+    return torch.optim.AdamW(params, lr=solver.LR, weight_decay=solver.WEIGHT_DECAY, fused=fused)
 
 
 def build_scheduler(cfg: CfgNode, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:

@@ -227,6 +227,7 @@ class TrainResult:
     metrics: dict = field(default_factory=dict)
     train_seconds: float = 0.0
     reused: bool = False  # the run had already finished in OUTPUT_DIR and was not trained again
+    calibrated_on: int | None = None  # post-training quantization: the images its ranges were observed on
 
 
 class Trainer:

@@ -166,6 +166,11 @@ def write_npz(model: SSD, out: Path, name: str) -> None:
     np.savez(out / f"{name}.npz", priors=cast(Tensor, model.priors).cpu().numpy(), **tensors)
 
 
+def exported_files(folder: str | Path) -> list[Path]:
+    """The files of an export folder, sorted, less the hidden MARKER."""
+    return sorted(p for p in Path(folder).iterdir() if p.name != MARKER)
+
+
 def check_replaceable(out: Path, force: bool) -> None:
     """ExportError unless `out` is new, or (with force) empty or an earlier export (it holds MARKER)."""
     if not out.exists():

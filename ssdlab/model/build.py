@@ -10,7 +10,6 @@ from pathlib import Path
 
 from ssdlab.config import CfgNode
 from ssdlab.errors import ConfigError
-from ssdlab.model.cfg import check_follows_recipe
 from ssdlab.model.pretrained import load_imagenet_weights
 from ssdlab.model.ssd import SSD, check_feature_maps
 from ssdlab.quant.apply import quant_spec, quantization_flags, quantize_model
@@ -55,6 +54,5 @@ def stored_model(cfg: CfgNode, cfg_text: str, class_names, quant: dict | None) -
 def fine_tune_model(cfg: CfgNode, cfg_text: str, class_names) -> SSD:
     """The model a fine-tune under cfg starts from, before the start's weights: the start's layers and widths
     (pruned ones too) with the recipe's quantization=1 marks, layer by layer, quantized as cfg says; refused when
-    the start is another network than MODEL.BACKBONE.CFG (check_follows_recipe)."""
-    check_follows_recipe(cfg_text, cfg)
+    the start is another network than MODEL.BACKBONE.CFG (quantization_flags checks it)."""
     return build_model(cfg, class_names, quantization_flags(cfg_text, cfg), imagenet=False)

@@ -30,8 +30,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ssdlab.config import CHOICES
-from ssdlab.errors import ConfigError, PruneError
+from ssdlab.config import check_choice
+from ssdlab.errors import PruneError
 from ssdlab.model.cfg import feature_layers, infer_channels
 
 MODES = ("normal", "shortcut", "coupled")
@@ -183,14 +183,10 @@ class PrunePlan:
         return 1.0 - self.params_after / self.params_before if self.params_before else 0.0
 
 
-GAMMA_SCALES = CHOICES["PRUNE.GAMMA_SCALE"]
-
-
 def scale_gammas(gammas: dict[int, np.ndarray], scale: str = "global") -> dict[int, np.ndarray]:
     """The |γ| the global threshold ranks: as they are (`global`), or each over the largest |γ| of its layer
     (`layer`: a layer whose γ all shrank together keeps its relative order, so it is neither emptied nor spared)."""
-    if scale not in GAMMA_SCALES:
-        raise ConfigError(f"PRUNE.GAMMA_SCALE = {scale!r} is unknown; use one of {', '.join(GAMMA_SCALES)}")
+    check_choice("PRUNE.GAMMA_SCALE", scale, "config")
     if scale == "global":
         return gammas
     return {i: np.abs(g) / max(float(np.max(np.abs(g))), 1e-12) for i, g in gammas.items()}

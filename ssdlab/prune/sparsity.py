@@ -42,45 +42,37 @@ import numpy as np
 import torch
 from torch import nn
 
-from ssdlab.config import CHOICES, CfgNode
+from ssdlab.config import CfgNode, check_choice
 from ssdlab.engine.plugins import Plugin
 from ssdlab.engine.profile import cpu_flags, layer_latency
-from ssdlab.errors import ConfigError
 from ssdlab.files import write_json
-from ssdlab.prune.plan import COSTS, MODES, ModelSpec, PrunePlan, channel_cost, layer_speed, prunable_layers
+from ssdlab.prune.plan import ModelSpec, PrunePlan, channel_cost, layer_speed, prunable_layers
 from ssdlab.prune.surgery import make_budget_plan
 
 if TYPE_CHECKING:
     from ssdlab.model.ssd import SSD
 
-SCHEDULES = CHOICES["PRUNE.SR_SCHEDULE"]
-WEIGHTS = ("none", *COSTS)
-PENALTIES = CHOICES["PRUNE.SR_PENALTY"]
 REPLAN_EVERY = 50  # iterations between two budget plans of PRUNE.SR_TARGET
 REPLAN_UNTIL = 0.5  # the share of SOLVER.MAX_ITER after which the plan stays as it is
 
 
 def sparsity_enabled(cfg: CfgNode) -> bool:
     """True when PRUNE.TYPE names a prune mode (anything but 'no')."""
-    kind = cfg.PRUNE.TYPE
-    if kind != "no" and kind not in MODES:
-        raise ConfigError(f"PRUNE.TYPE = {kind!r} is unknown; use no, {', '.join(MODES)}")
-    return kind != "no"
+    check_choice("PRUNE.TYPE", cfg.PRUNE.TYPE, "config")
+    return cfg.PRUNE.TYPE != "no"
 
 
 def check_sparsity(cfg: CfgNode) -> None:
     """ConfigError now, rather than mid-run, for an unknown PRUNE.TYPE, SR_SCHEDULE or SR_PENALTY."""
     sparsity_enabled(cfg)
     sr_at(cfg, 0)
-    if cfg.PRUNE.SR_PENALTY not in PENALTIES:
-        raise ConfigError(f"PRUNE.SR_PENALTY = {cfg.PRUNE.SR_PENALTY!r} is unknown; use one of {', '.join(PENALTIES)}")
+    check_choice("PRUNE.SR_PENALTY", cfg.PRUNE.SR_PENALTY, "config")
 
 
 def sr_at(cfg: CfgNode, iteration: int) -> float:
     """The sparsity rate at an iteration under PRUNE.SR_SCHEDULE."""
     prune = cfg.PRUNE
-    if prune.SR_SCHEDULE not in SCHEDULES:
-        raise ConfigError(f"PRUNE.SR_SCHEDULE = {prune.SR_SCHEDULE!r} is unknown; use one of {', '.join(SCHEDULES)}")
+    check_choice("PRUNE.SR_SCHEDULE", prune.SR_SCHEDULE, "config")
     if prune.SR_SCHEDULE == "step" and iteration >= prune.SR_STEP_AT * cfg.SOLVER.MAX_ITER:
         return prune.SR * prune.SR_STEP_FACTOR
     return prune.SR
@@ -121,8 +113,7 @@ def measured_layer_ms(model: nn.Module, table: Path | None = None) -> dict[int |
 def sr_weights(model: nn.Module, mode: str, weight: str, table: Path | None = None) -> dict[int, float]:
     """Per prunable layer, the factor on SR: 1 for `none`; for `params`, `macs` or `latency`, what one of its
     channels carries over the mean across all prunable channels (latency: see measured_layer_ms)."""
-    if weight not in WEIGHTS:
-        raise ConfigError(f"PRUNE.SR_WEIGHT = {weight!r} is unknown; use one of {', '.join(WEIGHTS)}")
+    check_choice("PRUNE.SR_WEIGHT", weight, "config")
     bns = prunable_bns(model, mode)
     if weight == "none":
         return dict.fromkeys(bns, 1.0)

@@ -118,14 +118,16 @@ def freezes(cfg: CfgNode) -> bool:
 
 
 def quantization_flags(cfg_text: str, cfg: CfgNode) -> str:
-    """For QAT from a checkpoint: its cfg with the recipe cfg's quantization=1 marks, layer by layer.
+    """For a fine-tune from a checkpoint: its cfg with the recipe cfg's quantization=1 marks, layer by layer.
 
     The checkpoint's layers (pruned ones too: same layer types, possibly a prefix) keep their widths;
-    only the marks come from MODEL.BACKBONE.CFG. Without quantization the text is returned as is.
+    only the marks come from MODEL.BACKBONE.CFG; a start of another network is refused (check_follows_recipe).
+    Without quantization the text is returned as is.
     """
+    marks = check_follows_recipe(cfg_text, cfg)
     if cfg.QUANTIZATION.TYPE == "no":
         return cfg_text
-    own, marks = parse_cfg(cfg_text), check_follows_recipe(cfg_text, cfg)
+    own = parse_cfg(cfg_text)
     if all(a.get("quantization", 0) == b.get("quantization", 0) for a, b in zip(own, marks)):
         return cfg_text
     for layer, marked in zip(own, marks):

@@ -61,7 +61,8 @@ def reused_run(final: Path, cfg: CfgNode, start: str | None, images: int) -> Tra
         raise CheckpointError(f"{final} was calibrated on {state.get('calibration_images')} images, not {images}; "
                               "choose another OUTPUT_DIR, or --fresh to calibrate it again")
     metrics = dict(state.get("metrics", {}))
-    return TrainResult(final, 0, True, metrics, metrics.pop("train_seconds", 0.0), reused=True)
+    return TrainResult(final, 0, True, metrics, metrics.pop("train_seconds", 0.0), reused=True,
+                       calibrated_on=state.get("calibrated_on"))
 
 
 def post_training_quantize(cfg: CfgNode, images: int = DEFAULT_IMAGES, resume: bool = True) -> TrainResult:
@@ -91,4 +92,4 @@ def post_training_quantize(cfg: CfgNode, images: int = DEFAULT_IMAGES, resume: b
     (output / "config.yaml").write_text(cfg.dump())
     ckpt.save_checkpoint(state, final)
     ckpt.write_last_checkpoint(output, final)
-    return TrainResult(final, 0, True, metrics, seconds)
+    return TrainResult(final, 0, True, metrics, seconds, calibrated_on=used)
